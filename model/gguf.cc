@@ -215,9 +215,10 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path
     return absl::DataLossError(StrCat(path, ": empty file, not a GGUF model"));
   }
   void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int mmap_errno = errno;  // before close() can overwrite it
   ::close(fd);
   if (map == MAP_FAILED) {
-    return absl::InternalError(StrCat(path, ": mmap failed: ", std::strerror(errno)));
+    return absl::InternalError(StrCat(path, ": mmap failed: ", std::strerror(mmap_errno)));
   }
   // Weights are read by layer span, not sequentially: do not let readahead pull in other spans.
   ::madvise(map, size, MADV_RANDOM);
@@ -359,6 +360,11 @@ const GgufValue* GgufFile::Find(std::string_view key) const {
 
 namespace {
 
+bool IsSigned(GgufType type) {
+  return type == GgufType::kInt8 || type == GgufType::kInt16 || type == GgufType::kInt32 ||
+         type == GgufType::kInt64;
+}
+
 absl::Status Missing(const std::string& file, std::string_view key) {
   return absl::NotFoundError(StrCat(file, ": metadata key '", key, "' is missing"));
 }
@@ -374,7 +380,10 @@ absl::Status WrongType(const std::string& file, std::string_view key, const Gguf
 absl::StatusOr<uint64_t> GgufFile::GetUint(std::string_view key) const {
   const GgufValue* v = Find(key);
   if (v == nullptr) return Missing(name_, key);
-  if (!v->is_integer() || v->i < 0) return WrongType(name_, key, *v, "a non-negative integer");
+  // Unsigned values at or above 2^63 have a negative `i`; only signed types can be negative.
+  if (!v->is_integer() || (IsSigned(v->type) && v->i < 0)) {
+    return WrongType(name_, key, *v, "a non-negative integer");
+  }
   return v->u;
 }
 
@@ -382,7 +391,9 @@ absl::StatusOr<double> GgufFile::GetFloat(std::string_view key) const {
   const GgufValue* v = Find(key);
   if (v == nullptr) return Missing(name_, key);
   if (v->is_float()) return v->f;
-  if (v->is_integer()) return static_cast<double>(v->i);
+  if (v->is_integer()) {
+    return IsSigned(v->type) ? static_cast<double>(v->i) : static_cast<double>(v->u);
+  }
   return WrongType(name_, key, *v, "a number");
 }
 
