@@ -2,6 +2,10 @@
 
 #include <algorithm>
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -17,6 +21,17 @@ inline void CpuRelax() {
 
 constexpr int kSpinIterations = 20000;
 
+// Direct futex calls: libstdc++ 12's std::atomic::wait can miss wake-ups.
+void FutexWait(std::atomic<uint32_t>* word, uint32_t expected) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr,
+          nullptr, 0);
+}
+
+void FutexWakeAll(std::atomic<uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr,
+          nullptr, 0);
+}
+
 }  // namespace
 
 ThreadPool::ThreadPool(int num_threads) : num_threads_(std::max(1, num_threads)) {
@@ -27,7 +42,7 @@ ThreadPool::ThreadPool(int num_threads) : num_threads_(std::max(1, num_threads))
 ThreadPool::~ThreadPool() {
   stop_.store(true, std::memory_order_release);
   generation_.fetch_add(1, std::memory_order_acq_rel);
-  generation_.notify_all();
+  FutexWakeAll(&generation_);
   for (auto& t : workers_) t.join();
 }
 
@@ -42,8 +57,8 @@ void ThreadPool::Run(absl::FunctionRef<void(int, int)> fn) {
   }
   job_ = &fn;
   pending_.store(num_threads_ - 1, std::memory_order_release);
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  generation_.notify_all();
+  generation_.fetch_add(1, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) FutexWakeAll(&generation_);
   fn(0, num_threads_);
   int spins = 0;
   while (pending_.load(std::memory_order_acquire) != 0) {
@@ -75,7 +90,9 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
 }
 
 void ThreadPool::WorkerLoop(int index) {
-  uint32_t seen = generation_.load(std::memory_order_acquire);
+  // Generation 0 is the value before any Run: a worker that starts after the first Run began must
+  // still take part in it, so do not read the counter here.
+  uint32_t seen = 0;
   while (true) {
     int spins = 0;
     uint32_t now;
@@ -83,7 +100,9 @@ void ThreadPool::WorkerLoop(int index) {
       if (++spins < kSpinIterations) {
         CpuRelax();
       } else {
-        generation_.wait(seen, std::memory_order_acquire);
+        sleepers_.fetch_add(1, std::memory_order_seq_cst);
+        FutexWait(&generation_, seen);
+        sleepers_.fetch_sub(1, std::memory_order_seq_cst);
       }
     }
     seen = now;

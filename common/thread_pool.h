@@ -42,6 +42,7 @@ class ThreadPool {
   const absl::FunctionRef<void(int, int)>* job_ = nullptr;
   std::atomic<uint32_t> generation_{0};
   std::atomic<int> pending_{0};
+  std::atomic<int> sleepers_{0};  // workers blocked in a futex wait
   std::atomic<bool> stop_{false};
 };
 

@@ -1,0 +1,21 @@
+// Sub-commands of the `strata` binary. Each Register* adds its sub-command and flags to the app;
+// the callback runs the command and sets the process exit code through `*exit_code`.
+#pragma once
+
+#include <string>
+
+#include "CLI/CLI.hpp"
+
+namespace strata::cli {
+
+void RegisterGenerate(CLI::App& app, int* exit_code);
+void RegisterBench(CLI::App& app, int* exit_code);
+
+// The default model: $STRATA_MODEL, else models/SmolLM2-135M-Instruct.Q4_1.gguf next to the
+// source tree the binary was built from, else in the current directory.
+std::string DefaultModelPath();
+
+// Prints "error: <message>" to stderr; returns 1 for use as an exit code.
+int Fail(const std::string& message);
+
+}  // namespace strata::cli

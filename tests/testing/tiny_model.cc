@@ -1,0 +1,152 @@
+#include "tests/testing/tiny_model.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <random>
+#include <vector>
+
+#include "common/status.h"
+#include "common/strings.h"
+#include "kernels/quant.h"
+#include "model/gguf_writer.h"
+
+namespace strata::testing {
+namespace {
+
+using kernels::DType;
+
+// GPT-2's byte-to-unicode map: printable bytes stand for themselves, the rest shift to U+0100+.
+std::string ByteToken(int b) {
+  static std::vector<int> map = [] {
+    std::vector<int> m(256, -1);
+    int next = 256;
+    for (int c = 0; c < 256; ++c) {
+      bool printable = (c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE);
+      m[c] = printable ? c : next++;
+    }
+    return m;
+  }();
+  int cp = map[b];
+  std::string out;
+  if (cp < 0x80) {
+    out.push_back(static_cast<char>(cp));
+  } else {
+    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+  return out;
+}
+
+absl::Status AddMatrix(model::GgufWriter& w, const std::string& name, DType dtype, int64_t rows,
+                       int64_t cols, float scale, std::mt19937_64& rng) {
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> row(cols);
+  const size_t row_bytes = kernels::RowBytes(dtype, cols);
+  std::vector<uint8_t> data(row_bytes * rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (float& x : row) x = dist(rng);
+    kernels::QuantizeRowRef(dtype, row.data(), data.data() + r * row_bytes, cols);
+  }
+  return w.AddTensor(name, dtype, {rows, cols}, data.data(), data.size());
+}
+
+absl::Status AddVector(model::GgufWriter& w, const std::string& name, int64_t n, float mean,
+                       float spread, std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> dist(mean - spread, mean + spread);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return w.AddTensor(name, DType::kF32, {n}, v.data(), v.size() * sizeof(float));
+}
+
+}  // namespace
+
+absl::Status WriteTinyModel(const TinyModelSpec& s, const std::string& path) {
+  model::GgufWriter w;
+  const std::string a = s.arch;
+  w.SetString("general.architecture", a);
+  w.SetString("general.name", "tiny-" + a);
+  w.SetUint32(a + ".block_count", s.n_layer);
+  w.SetUint32(a + ".context_length", s.n_ctx);
+  w.SetUint32(a + ".embedding_length", s.n_embd);
+  w.SetUint32(a + ".feed_forward_length", s.n_ff);
+  w.SetUint32(a + ".attention.head_count", s.n_head);
+  w.SetUint32(a + ".attention.head_count_kv", s.n_head_kv);
+  w.SetFloat32(a + ".attention.layer_norm_rms_epsilon", 1e-5f);
+  w.SetFloat32(a + ".rope.freq_base", s.rope_base);
+  w.SetUint32(a + ".vocab_size", kTinyVocab);
+
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;
+  for (int b = 0; b < 256; ++b) {
+    tokens.push_back(ByteToken(b));
+    types.push_back(1);
+  }
+  tokens.push_back("<|im_start|>");
+  tokens.push_back("<|im_end|>");
+  types.push_back(3);
+  types.push_back(3);
+  std::vector<std::string> merges;
+  w.SetString("tokenizer.ggml.model", "gpt2");
+  w.SetString("tokenizer.ggml.pre", "smollm");
+  w.SetArray("tokenizer.ggml.tokens", std::span<const std::string>(tokens));
+  w.SetArray("tokenizer.ggml.token_type", std::span<const int32_t>(types));
+  w.SetArray("tokenizer.ggml.merges", std::span<const std::string>(merges));
+  w.SetUint32("tokenizer.ggml.bos_token_id", 256);
+  w.SetUint32("tokenizer.ggml.eos_token_id", 257);
+  w.SetBool("tokenizer.ggml.add_bos_token", false);
+  w.SetString("tokenizer.chat_template",
+              "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+              "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}");
+
+  std::mt19937_64 rng(s.seed);
+  const int64_t e = s.n_embd, hd = s.n_embd / s.n_head, q = hd * s.n_head,
+                kv = hd * s.n_head_kv, ff = s.n_ff;
+  RETURN_IF_ERROR(AddMatrix(w, "token_embd.weight", s.embd_type, kTinyVocab, e, 1.0f, rng));
+  RETURN_IF_ERROR(AddVector(w, "output_norm.weight", e, 1.0f, 0.2f, rng));
+  if (!s.tied_output) {
+    RETURN_IF_ERROR(AddMatrix(w, "output.weight", s.output_type, kTinyVocab, e, 0.1f, rng));
+  }
+  const float in_scale = 1.0f / std::sqrt(static_cast<float>(e));
+  const float ff_scale = 1.0f / std::sqrt(static_cast<float>(ff));
+  for (int l = 0; l < s.n_layer; ++l) {
+    const std::string p = StrCat("blk.", l, ".");
+    RETURN_IF_ERROR(AddVector(w, p + "attn_norm.weight", e, 1.0f, 0.2f, rng));
+    RETURN_IF_ERROR(AddMatrix(w, p + "attn_q.weight", s.weight_type, q, e, in_scale, rng));
+    RETURN_IF_ERROR(AddMatrix(w, p + "attn_k.weight", s.weight_type, kv, e, in_scale, rng));
+    RETURN_IF_ERROR(AddMatrix(w, p + "attn_v.weight", s.weight_type, kv, e, in_scale, rng));
+    RETURN_IF_ERROR(AddMatrix(w, p + "attn_output.weight", s.weight_type, e, q, in_scale, rng));
+    RETURN_IF_ERROR(AddVector(w, p + "ffn_norm.weight", e, 1.0f, 0.2f, rng));
+    RETURN_IF_ERROR(AddMatrix(w, p + "ffn_gate.weight", s.weight_type, ff, e, in_scale, rng));
+    RETURN_IF_ERROR(AddMatrix(w, p + "ffn_up.weight", s.weight_type, ff, e, in_scale, rng));
+    RETURN_IF_ERROR(AddMatrix(w, p + "ffn_down.weight", s.weight_type, e, ff, ff_scale, rng));
+    if (a == "qwen2") {
+      RETURN_IF_ERROR(AddVector(w, p + "attn_q.bias", q, 0.0f, 0.1f, rng));
+      RETURN_IF_ERROR(AddVector(w, p + "attn_k.bias", kv, 0.0f, 0.1f, rng));
+      RETURN_IF_ERROR(AddVector(w, p + "attn_v.bias", kv, 0.0f, 0.1f, rng));
+    }
+  }
+  return w.WriteFile(path);
+}
+
+std::string TempPath(const std::string& suffix) {
+  static std::mutex mu;
+  static std::vector<std::string>* paths = [] {
+    auto* v = new std::vector<std::string>();
+    std::atexit([] {
+      for (const auto& p : *paths) std::filesystem::remove(p);
+    });
+    return v;
+  }();
+  static int counter = 0;
+  const char* tmp = std::getenv("TMPDIR");
+  std::lock_guard<std::mutex> lock(mu);
+  std::string path = StrCat(tmp ? tmp : "/tmp", "/strata-test-", ::getpid(), "-", counter++, suffix);
+  paths->push_back(path);
+  return path;
+}
+
+}  // namespace strata::testing
