@@ -37,7 +37,7 @@ absl::StatusOr<std::vector<int32_t>> PromptTokens(const model::Tokenizer& tok,
   std::vector<model::ChatMessage> messages;
   if (!f.system.empty()) messages.push_back({"system", f.system});
   messages.push_back({"user", f.prompt});
-  auto text = model::ApplyChatTemplate(tok.chat_template(), messages, true);
+  auto text = model::ApplyChatTemplate(tok, messages, true);
   if (!text.ok()) return text.status();
   return tok.EncodeChatPrompt(*text);
 }
