@@ -1,68 +1,69 @@
 // strata generate: text from a prompt, locally or (with --coordinator) through a swarm.
-#include <unistd.h>
-
 #include <cstdio>
 #include <iostream>
 #include <random>
 
+#include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "client/generate.h"
 #include "client/local_model.h"
-#include "model/chat_template.h"
+#include "client/prompt.h"
 #include "nlohmann/json.hpp"
+#include "strata/client.h"
 
 namespace strata::cli {
 namespace {
 
 struct GenerateFlags {
+  std::string coordinators;
   std::string model;
-  std::string prompt;
-  std::string system;
-  bool chat = false;
-  int max_tokens = 128;
-  float temperature = 0.7f;
-  int top_k = 40;
-  float top_p = 0.95f;
-  float min_p = 0.05f;
-  float repeat_penalty = 1.0f;
+  GenerateRequest request;
   int64_t seed = -1;
   int threads = 0;
   bool json = false;
-  std::vector<std::string> stop;
 };
 
-absl::StatusOr<std::vector<int32_t>> PromptTokens(const model::Tokenizer& tok,
-                                                  const GenerateFlags& f) {
-  if (!f.chat) return tok.Encode(f.prompt, /*add_special=*/true, /*parse_special=*/false);
-  std::vector<model::ChatMessage> messages;
-  if (!f.system.empty()) messages.push_back({"system", f.system});
-  messages.push_back({"user", f.prompt});
-  auto text = model::ApplyChatTemplate(tok, messages, true);
-  if (!text.ok()) return text.status();
-  return tok.EncodeChatPrompt(*text);
+nlohmann::json ResultJson(const GenerateResult& r, uint64_t seed) {
+  nlohmann::json j;
+  j["text"] = r.text;
+  j["token_ids"] = r.token_ids;
+  j["prompt_tokens"] = r.prompt_tokens;
+  j["completion_tokens"] = r.token_ids.size();
+  j["ttft_ms"] = r.ttft_ms;
+  j["decode_tokens_per_s"] = r.decode_tokens_per_s;
+  j["finish_reason"] = r.finish_reason;
+  j["seed"] = seed;
+  return j;
 }
 
-int RunGenerate(const GenerateFlags& f) {
+absl::StatusOr<GenerateResult> GenerateLocally(const GenerateFlags& f, const std::string& path,
+                                               const TokenCallback& stream) {
   client::LocalModelOptions lo;
-  lo.path = f.model.empty() ? DefaultModelPath() : f.model;
+  lo.path = path;
   lo.threads = f.threads;
   lo.show_progress = !f.json;
   auto lm = client::LocalModel::Load(lo);
-  if (!lm.ok()) return Fail(std::string(lm.status().message()));
-  auto prompt = PromptTokens((*lm)->tokenizer(), f);
-  if (!prompt.ok()) return Fail(std::string(prompt.status().message()));
+  if (!lm.ok()) return lm.status();
+  auto prompt = client::PromptTokens((*lm)->tokenizer(), f.request);
+  if (!prompt.ok()) return prompt.status();
   auto session = (*lm)->NewSession();
-  if (!session.ok()) return Fail(std::string(session.status().message()));
+  if (!session.ok()) return session.status();
+  auto r = client::Generate(**session, (*lm)->tokenizer(), *prompt,
+                            client::ToGenerateOptions(f.request), stream);
+  if (!r.ok()) return r.status();
+  GenerateResult out;
+  out.text = r->text;
+  out.token_ids = r->tokens;
+  out.prompt_tokens = r->prompt_tokens;
+  out.ttft_ms = r->ttft_ms;
+  out.decode_tokens_per_s = r->decode_tokens_per_s;
+  out.finish_reason = r->finish_reason;
+  return out;
+}
 
-  client::GenerateOptions go;
-  go.max_tokens = f.max_tokens;
-  go.stop = f.stop;
-  go.sampling.temperature = f.temperature;
-  go.sampling.top_k = f.top_k;
-  go.sampling.top_p = f.top_p;
-  go.sampling.min_p = f.min_p;
-  go.sampling.repeat_penalty = f.repeat_penalty;
-  go.sampling.seed = f.seed >= 0 ? static_cast<uint64_t>(f.seed) : std::random_device{}();
+int RunGenerate(GenerateFlags f) {
+  const std::string path = f.model.empty() ? DefaultModelPath() : f.model;
+  f.request.sampling.seed = f.seed >= 0 ? static_cast<uint64_t>(f.seed) : std::random_device{}();
   auto stream = [&](int32_t, std::string_view piece) {
     if (!f.json && !piece.empty()) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
@@ -70,25 +71,41 @@ int RunGenerate(const GenerateFlags& f) {
     }
     return true;
   };
-  auto result = client::Generate(**session, (*lm)->tokenizer(), *prompt, go, stream);
-  if (!result.ok()) return Fail(std::string(result.status().message()));
+  absl::StatusOr<GenerateResult> result;
+  if (f.coordinators.empty()) {
+    result = GenerateLocally(f, path, stream);
+  } else {
+    ClientOptions co;
+    for (absl::string_view c : absl::StrSplit(f.coordinators, ',', absl::SkipEmpty())) {
+      co.coordinators.emplace_back(c);
+    }
+    co.model_path = path;
+    co.threads = f.threads;
+    auto client = Client::Connect(co);
+    if (!client.ok()) return Fail(std::string(client.status().message()));
+    result = (*client)->Generate(f.request, stream);
+  }
+  if (!result.ok()) {
+    if (!f.json) std::printf("\n");
+    return Fail(std::string(result.status().message()));
+  }
   if (f.json) {
-    nlohmann::json j;
-    j["text"] = result->text;
-    j["token_ids"] = result->tokens;
-    j["prompt_tokens"] = result->prompt_tokens;
-    j["completion_tokens"] = result->tokens.size();
-    j["ttft_ms"] = result->ttft_ms;
-    j["decode_tokens_per_s"] = result->decode_tokens_per_s;
-    j["finish_reason"] = result->finish_reason;
-    j["seed"] = go.sampling.seed;
-    j["model"] = lo.path;
-    j["threads"] = (*lm)->pool().num_threads();
+    nlohmann::json j = ResultJson(*result, f.request.sampling.seed);
+    if (!f.coordinators.empty()) {
+      nlohmann::json route = nlohmann::json::array();
+      for (const RouteHop& h : result->route) {
+        route.push_back({{"node_id", h.node_id},
+                         {"address", h.address},
+                         {"first_layer", h.first_layer},
+                         {"last_layer", h.last_layer}});
+      }
+      j["route"] = route;
+    }
     std::cout << j.dump() << std::endl;
   } else {
     std::printf("\n");
     std::fprintf(stderr, "[%d prompt tokens, %zu generated, first token %.0f ms, %.1f tokens/s]\n",
-                 result->prompt_tokens, result->tokens.size(), result->ttft_ms,
+                 result->prompt_tokens, result->token_ids.size(), result->ttft_ms,
                  result->decode_tokens_per_s);
   }
   return 0;
@@ -98,23 +115,32 @@ int RunGenerate(const GenerateFlags& f) {
 
 void RegisterGenerate(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<GenerateFlags>();
+  GenerateRequest& r = flags->request;
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt");
+  cmd->add_option("--coordinator", flags->coordinators,
+                  "Generate through a swarm: coordinator address(es), comma-separated");
   cmd->add_option("--model", flags->model, "GGUF model file (default: the installed model)");
-  cmd->add_option("--prompt", flags->prompt, "Prompt text")->required();
-  cmd->add_flag("--chat", flags->chat, "Wrap the prompt in the model's chat template");
-  cmd->add_option("--system", flags->system, "System message (with --chat)");
-  cmd->add_option("--max-tokens", flags->max_tokens, "Tokens to generate")
+  cmd->add_option("--prompt", r.prompt, "Prompt text")->required();
+  cmd->add_flag("--chat", r.chat, "Wrap the prompt in the model's chat template");
+  cmd->add_option("--system", r.system, "System message (with --chat)");
+  cmd->add_option("--max-tokens", r.max_tokens, "Tokens to generate")
+      ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--temperature", flags->temperature, "Sampling temperature; 0 = greedy")
+  cmd->add_option("--temperature", r.sampling.temperature, "Sampling temperature; 0 = greedy")
+      ->capture_default_str()
       ->check(CLI::Range(0.0, 100.0));
-  cmd->add_option("--top-k", flags->top_k, "Keep the k most likely tokens (0 = off)");
-  cmd->add_option("--top-p", flags->top_p, "Nucleus sampling mass (1 = off)")
+  cmd->add_option("--top-k", r.sampling.top_k, "Keep the k most likely tokens (0 = off)")
+      ->capture_default_str();
+  cmd->add_option("--top-p", r.sampling.top_p, "Nucleus sampling mass (1 = off)")
+      ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--min-p", flags->min_p, "Drop tokens below min-p x the best (0 = off)")
+  cmd->add_option("--min-p", r.sampling.min_p, "Drop tokens below min-p x the best (0 = off)")
+      ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--repeat-penalty", flags->repeat_penalty, "Repetition penalty (1 = off)");
+  cmd->add_option("--repeat-penalty", r.sampling.repeat_penalty, "Repetition penalty (1 = off)")
+      ->capture_default_str();
   cmd->add_option("--seed", flags->seed, "Random seed (default: random)");
-  cmd->add_option("--stop", flags->stop, "Stop before this string (repeatable)");
+  cmd->add_option("--stop", r.stop, "Stop before this string (repeatable)");
   cmd->add_option("--threads", flags->threads, "CPU threads (default: all)");
   cmd->add_flag("--json", flags->json, "Print one JSON object instead of streaming text");
   cmd->callback([flags, exit_code] { *exit_code = RunGenerate(*flags); });

@@ -35,6 +35,9 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   strata::cli::RegisterGenerate(app, &exit_code);
   strata::cli::RegisterBench(app, &exit_code);
+  strata::cli::RegisterCoordinator(app, &exit_code);
+  strata::cli::RegisterNode(app, &exit_code);
+  strata::cli::RegisterDemo(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

@@ -25,14 +25,14 @@ size_t PendingStopPrefix(std::string_view text, const std::vector<std::string>& 
 
 }  // namespace
 
-absl::StatusOr<GenerateResult> Generate(InferenceSession& session,
+absl::StatusOr<Generation> Generate(InferenceSession& session,
                                         const model::Tokenizer& tokenizer,
                                         std::span<const int32_t> prompt,
                                         const GenerateOptions& options,
-                                        const TokenCallback& on_token) {
+                                    const strata::TokenCallback& on_token) {
   RETURN_IF_ERROR(options.sampling.Validate());
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
-  GenerateResult result;
+  Generation result;
   result.prompt_tokens = static_cast<int>(prompt.size());
   const model::Sampler sampler(options.sampling);
   model::StreamDecoder decoder(tokenizer);

@@ -12,6 +12,7 @@
 #include "client/session.h"
 #include "model/sampling.h"
 #include "model/tokenizer.h"
+#include "strata/client.h"
 
 namespace strata::client {
 
@@ -22,7 +23,7 @@ struct GenerateOptions {
   bool stop_at_end_of_generation = true;
 };
 
-struct GenerateResult {
+struct Generation {
   std::vector<int32_t> tokens;  // generated ids (an end-of-generation token is not included)
   std::string text;
   int prompt_tokens = 0;
@@ -32,15 +33,11 @@ struct GenerateResult {
   std::string finish_reason;       // "stop", "length" or "cancelled"
 };
 
-// Called with each generated token and the text it completes (possibly empty while a UTF-8
-// sequence or a possible stop string is pending). Return false to stop.
-using TokenCallback = std::function<bool(int32_t token, std::string_view text)>;
-
 // Feeds `prompt` to the (fresh) session and generates. The session holds the text afterwards.
-absl::StatusOr<GenerateResult> Generate(InferenceSession& session,
+absl::StatusOr<Generation> Generate(InferenceSession& session,
                                         const model::Tokenizer& tokenizer,
                                         std::span<const int32_t> prompt,
                                         const GenerateOptions& options,
-                                        const TokenCallback& on_token = nullptr);
+                                    const strata::TokenCallback& on_token = nullptr);
 
 }  // namespace strata::client

@@ -22,8 +22,8 @@ absl::StatusOr<std::unique_ptr<LocalChain>> LocalChain::Create(
   for (size_t i = 0; i + 1 < boundaries.size(); ++i) {
     Stage stage;
     ASSIGN_OR_RETURN(stage.span, model::LayerSpan::Load(model, boundaries[i], boundaries[i + 1]));
-    stage.pool = std::make_unique<model::KvPool>(stage.span->kv_layout(), kv_bytes);
-    stage.cache = std::make_unique<model::KvCache>(stage.pool.get());
+    stage.pool = std::make_unique<model::KvPool>(kv_bytes);
+    stage.cache = std::make_unique<model::KvCache>(stage.pool.get(), stage.span->kv_layout());
     chain->stages_.push_back(std::move(stage));
   }
   return chain;

@@ -16,9 +16,13 @@ inline void AppendPiece(std::string& out, const char* s) { out.append(s); }
 inline void AppendPiece(std::string& out, const std::string& s) { out.append(s); }
 inline void AppendPiece(std::string& out, char c) { out.push_back(c); }
 inline void AppendPiece(std::string& out, absl::string_view s) { out.append(s.data(), s.size()); }
-template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T>>>
+template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T> || std::is_enum_v<T>>>
 inline void AppendPiece(std::string& out, T v) {
-  absl::StrAppend(&out, v);
+  if constexpr (std::is_enum_v<T>) {
+    absl::StrAppend(&out, static_cast<std::underlying_type_t<T>>(v));
+  } else {
+    absl::StrAppend(&out, v);
+  }
 }
 
 }  // namespace internal

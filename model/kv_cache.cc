@@ -10,43 +10,52 @@
 
 namespace strata::model {
 
-KvPool::KvPool(KvLayout layout, size_t max_bytes, int page_cells)
-    : layout_(layout), page_cells_(std::max(1, page_cells)) {
-  page_bytes_ = static_cast<size_t>(page_cells_) * layout_.n_layers * 2 * layout_.kv_dim *
-                sizeof(uint16_t);
-  page_bytes_ = std::max<size_t>(64, (page_bytes_ + 63) / 64 * 64);
-  max_pages_ = max_bytes / page_bytes_;
+size_t KvPageBytes(const KvLayout& layout, int page_cells) {
+  size_t bytes = static_cast<size_t>(page_cells) * layout.n_layers * 2 * layout.kv_dim *
+                 sizeof(uint16_t);
+  return std::max<size_t>(64, (bytes + 63) / 64 * 64);
 }
+
+KvPool::KvPool(size_t max_bytes) : max_bytes_(max_bytes) {}
 
 KvPool::~KvPool() {
-  for (uint16_t* p : spare_) std::free(p);
+  for (auto& [bytes, p] : spare_) std::free(p);
 }
 
-absl::StatusOr<uint16_t*> KvPool::Allocate() {
-  if (used_pages_.load(std::memory_order_relaxed) >= max_pages_) {
-    return absl::ResourceExhaustedError(
-        StrCat("KV cache full: ", capacity_bytes() >> 20, " MiB in use (raise --kv-memory)"));
+absl::StatusOr<uint16_t*> KvPool::Allocate(size_t bytes) {
+  if (used_bytes() + bytes > max_bytes_) {
+    return absl::ResourceExhaustedError(StrCat("KV cache full: ", used_bytes() >> 20, " of ",
+                                               max_bytes_ >> 20,
+                                               " MiB in use (raise --kv-memory)"));
   }
-  uint16_t* page;
-  if (!spare_.empty()) {
-    page = spare_.back();
-    spare_.pop_back();
-    std::memset(page, 0, page_bytes_);
-  } else {
-    page = static_cast<uint16_t*>(std::aligned_alloc(64, page_bytes_));
+  uint16_t* page = nullptr;
+  for (size_t i = 0; i < spare_.size(); ++i) {
+    if (spare_[i].first == bytes) {
+      page = spare_[i].second;
+      spare_[i] = spare_.back();
+      spare_.pop_back();
+      break;
+    }
+  }
+  if (page == nullptr) {
+    page = static_cast<uint16_t*>(std::aligned_alloc(64, bytes));
     if (page == nullptr) return absl::ResourceExhaustedError("KV cache: out of host memory");
-    std::memset(page, 0, page_bytes_);
   }
-  used_pages_.fetch_add(1, std::memory_order_relaxed);
+  std::memset(page, 0, bytes);
+  used_bytes_.fetch_add(bytes, std::memory_order_relaxed);
   return page;
 }
 
-void KvPool::Free(uint16_t* page) {
-  spare_.push_back(page);
-  used_pages_.fetch_sub(1, std::memory_order_relaxed);
+void KvPool::Free(uint16_t* page, size_t bytes) {
+  spare_.emplace_back(bytes, page);
+  used_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
 }
 
-KvCache::KvCache(KvPool* pool) : pool_(pool) {}
+KvCache::KvCache(KvPool* pool, KvLayout layout, int page_cells)
+    : pool_(pool),
+      layout_(layout),
+      page_cells_(std::max(1, page_cells)),
+      page_bytes_(KvPageBytes(layout, std::max(1, page_cells))) {}
 
 KvCache::~KvCache() { Clear(); }
 
@@ -80,16 +89,16 @@ absl::StatusOr<std::vector<int32_t>> KvCache::AddCells(std::span<const Cell> row
   for (int32_t i = 0; i < static_cast<int32_t>(cells_.size()) && slots.size() < rows.size(); ++i) {
     if (cells_[i].seqs == 0) slots.push_back(i);
   }
-  const int pc = pool_->page_cells();
+  const int pc = page_cells_;
   const size_t missing = rows.size() - slots.size();
   const size_t new_pages = (missing + pc - 1) / pc;
-  if (new_pages > pool_->free_pages()) {
+  if (new_pages * page_bytes_ > pool_->free_bytes()) {
     return absl::ResourceExhaustedError(
-        StrCat("KV cache full: ", rows.size(), " more cells need ", new_pages,
-               " pages, the node has ", pool_->free_pages(), " free (raise --kv-memory)"));
+        StrCat("KV cache full: ", rows.size(), " more cells need ", (new_pages * page_bytes_) >> 10,
+               " KiB, ", pool_->free_bytes() >> 10, " KiB free (raise --kv-memory)"));
   }
   for (size_t p = 0; p < new_pages; ++p) {
-    auto page = pool_->Allocate();
+    auto page = pool_->Allocate(page_bytes_);
     if (!page.ok()) {  // cannot happen after the check above unless another cache raced us
       return page.status();
     }
@@ -109,13 +118,13 @@ void KvCache::FreeSlot(int32_t cell) {
 }
 
 void KvCache::ReleaseTrailingPages() {
-  const int pc = pool_->page_cells();
+  const int pc = page_cells_;
   while (!pages_.empty()) {
     const size_t first = (pages_.size() - 1) * pc;
     bool empty = true;
     for (size_t i = first; i < cells_.size(); ++i) empty = empty && cells_[i].seqs == 0;
     if (!empty) break;
-    pool_->Free(pages_.back());
+    pool_->Free(pages_.back(), page_bytes_);
     pages_.pop_back();
     cells_.resize(first);
   }
@@ -163,7 +172,7 @@ void KvCache::FreeSlots(std::span<const int32_t> slots) {
 }
 
 void KvCache::Clear() {
-  for (uint16_t* p : pages_) pool_->Free(p);
+  for (uint16_t* p : pages_) pool_->Free(p, page_bytes_);
   pages_.clear();
   cells_.clear();
   used_cells_ = 0;

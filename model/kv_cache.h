@@ -1,7 +1,7 @@
 // Paged key/value cache following DESIGN.md's node KV contract.
 //
-// A KvPool owns a node's KV memory: fixed-size pages handed out on demand up to a byte cap, so
-// memory grows with the text actually held, never reserved for a maximum length. A KvCache is
+// A KvPool owns a node's KV memory budget: pages handed out on demand up to a byte cap, so memory
+// grows with the text actually held, never reserved for a maximum length. A KvCache is
 // one session's view: cells (logical position, set of sequence ids), each holding K and V (f16)
 // for every layer of the span. Sequence 0 is the committed text; other ids hold drafts.
 //
@@ -29,33 +29,29 @@ struct KvLayout {
   int kv_dim = 0;    // n_head_kv * head_dim
 };
 
+// Bytes of one page of `page_cells` cells for `layout` (K and V, f16, every layer).
+size_t KvPageBytes(const KvLayout& layout, int page_cells);
+
 class KvPool {
  public:
-  // `max_bytes` caps the memory of all pages together; `page_cells` cells share one page.
-  KvPool(KvLayout layout, size_t max_bytes, int page_cells = 32);
+  // `max_bytes` caps the memory of all pages of all caches drawing from this pool.
+  explicit KvPool(size_t max_bytes);
   ~KvPool();
   KvPool(const KvPool&) = delete;
   KvPool& operator=(const KvPool&) = delete;
 
-  const KvLayout& layout() const { return layout_; }
-  int page_cells() const { return page_cells_; }
-  size_t page_bytes() const { return page_bytes_; }
-  size_t cell_bytes() const { return page_bytes_ / page_cells_; }
-  size_t capacity_bytes() const { return max_pages_ * page_bytes_; }
-  size_t used_bytes() const { return used_pages_.load(std::memory_order_relaxed) * page_bytes_; }
-  size_t free_pages() const { return max_pages_ - used_pages_.load(std::memory_order_relaxed); }
+  size_t capacity_bytes() const { return max_bytes_; }
+  size_t used_bytes() const { return used_bytes_.load(std::memory_order_relaxed); }
+  size_t free_bytes() const { return max_bytes_ - used_bytes(); }
 
-  // A page of zeroed memory; RESOURCE_EXHAUSTED when the cap is reached.
-  absl::StatusOr<uint16_t*> Allocate();
-  void Free(uint16_t* page);
+  // A zeroed page of `bytes`; RESOURCE_EXHAUSTED when it would exceed the cap.
+  absl::StatusOr<uint16_t*> Allocate(size_t bytes);
+  void Free(uint16_t* page, size_t bytes);
 
  private:
-  KvLayout layout_;
-  int page_cells_;
-  size_t page_bytes_;
-  size_t max_pages_;
-  std::atomic<size_t> used_pages_{0};
-  std::vector<uint16_t*> spare_;  // freed pages kept for reuse
+  size_t max_bytes_;
+  std::atomic<size_t> used_bytes_{0};
+  std::vector<std::pair<size_t, uint16_t*>> spare_;  // freed pages kept for reuse, by size
 };
 
 class KvCache {
@@ -65,7 +61,8 @@ class KvCache {
     SeqMask seqs = 0;  // 0: the slot is free
   };
 
-  explicit KvCache(KvPool* pool);
+  // A cache for `layout` drawing pages of `page_cells` cells from `pool`.
+  KvCache(KvPool* pool, KvLayout layout, int page_cells = 32);
   ~KvCache();
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
@@ -87,7 +84,9 @@ class KvCache {
   // Frees everything.
   void Clear();
 
-  const KvLayout& layout() const { return pool_->layout(); }
+  const KvLayout& layout() const { return layout_; }
+  int page_cells() const { return page_cells_; }
+  size_t page_bytes() const { return page_bytes_; }
 
   // One past the highest position held for `seq`, 0 when empty.
   int32_t SeqLength(SeqId seq) const;
@@ -104,8 +103,8 @@ class KvCache {
 
  private:
   uint16_t* Slot(int32_t cell, int layer, int which) const {
-    const int pc = pool_->page_cells();
-    const size_t kv = static_cast<size_t>(pool_->layout().kv_dim);
+    const int pc = page_cells_;
+    const size_t kv = static_cast<size_t>(layout_.kv_dim);
     uint16_t* page = pages_[cell / pc];
     return page + ((static_cast<size_t>(layer) * 2 + which) * pc + cell % pc) * kv;
   }
@@ -113,6 +112,9 @@ class KvCache {
   void ReleaseTrailingPages();
 
   KvPool* pool_;
+  KvLayout layout_;
+  int page_cells_;
+  size_t page_bytes_;
   std::vector<Cell> cells_;       // slot -> cell; size is a multiple of page_cells
   std::vector<uint16_t*> pages_;  // slot / page_cells -> page
   int32_t used_cells_ = 0;

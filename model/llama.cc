@@ -1,9 +1,11 @@
 #include "model/llama.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <numeric>
 
+#include "absl/strings/str_format.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/strings.h"
@@ -49,6 +51,19 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Open(const std::string& path
   model->path_ = path;
   ASSIGN_OR_RETURN(model->file_, GgufFile::Open(path));
   ASSIGN_OR_RETURN(model->hparams_, HParams::FromGguf(*model->file_));
+  // FNV-1a over the size and the header bytes.
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](uint8_t b) { h = (h ^ b) * 1099511628211ull; };
+  const uint64_t size = model->file_->size();
+  for (int i = 0; i < 8; ++i) mix(static_cast<uint8_t>(size >> (8 * i)));
+  const uint8_t* base = model->file_->base();
+  for (size_t i = 0; i < model->file_->data_offset(); ++i) mix(base[i]);
+  std::string name;
+  for (char c : model->hparams_.model_name.empty() ? model->hparams_.arch_name
+                                                   : model->hparams_.model_name) {
+    name += std::isalnum(static_cast<unsigned char>(c)) ? static_cast<char>(std::tolower(c)) : '-';
+  }
+  model->id_ = absl::StrFormat("%s-%016x", name, h);
   return std::shared_ptr<const Model>(std::move(model));
 }
 

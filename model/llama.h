@@ -31,6 +31,10 @@ class Model {
   const HParams& hparams() const { return hparams_; }
   const GgufFile& gguf() const { return *file_; }
   const std::string& path() const { return path_; }
+  // Identifies the model for a swarm: "<name>-<16 hex digits>" where the digits hash the file
+  // size and every byte before the tensor data (metadata and tensor table). Two files with the
+  // same id hold the same model layout and metadata.
+  const std::string& id() const { return id_; }
 
   // A weight tensor checked for presence, shape (outermost first) and a supported dtype.
   absl::StatusOr<kernels::Tensor> Weight(const std::string& name,
@@ -39,6 +43,7 @@ class Model {
  private:
   Model() = default;
   std::string path_;
+  std::string id_;
   std::unique_ptr<GgufFile> file_;
   HParams hparams_;
 };

@@ -16,23 +16,22 @@ std::vector<KvCache::Cell> Rows(int32_t from, int32_t to, SeqMask seqs) {
 }
 
 TEST(KvCacheTest, GrowsByPagesNotReservation) {
-  KvPool pool(kLayout, 1 << 20, /*page_cells=*/4);
-  KvCache cache(&pool);
+  KvPool pool(1 << 20);
+  KvCache cache(&pool, kLayout, /*page_cells=*/4);
   EXPECT_EQ(cache.pages(), 0u);
   EXPECT_EQ(pool.used_bytes(), 0u);
   ASSERT_TRUE(cache.AddCells(Rows(0, 3, 1)).ok());
   EXPECT_EQ(cache.pages(), 1u);
   ASSERT_TRUE(cache.AddCells(Rows(3, 9, 1)).ok());
   EXPECT_EQ(cache.pages(), 3u);
-  EXPECT_EQ(pool.used_bytes(), 3 * pool.page_bytes());
+  EXPECT_EQ(pool.used_bytes(), 3 * cache.page_bytes());
   EXPECT_EQ(cache.SeqLength(0), 9);
 }
 
 TEST(KvCacheTest, FullPoolIsResourceExhaustedAndChangesNothing) {
-  KvPool pool(kLayout, 0, 4);  // fix the page size first
-  const size_t page = pool.page_bytes();
-  KvPool small(kLayout, 2 * page, 4);
-  KvCache cache(&small);
+  const size_t page = KvPageBytes(kLayout, 4);
+  KvPool small(2 * page);
+  KvCache cache(&small, kLayout, 4);
   ASSERT_TRUE(cache.AddCells(Rows(0, 6, 1)).ok());
   auto st = cache.AddCells(Rows(6, 9, 1));
   ASSERT_FALSE(st.ok());
@@ -44,8 +43,8 @@ TEST(KvCacheTest, FullPoolIsResourceExhaustedAndChangesNothing) {
 }
 
 TEST(KvCacheTest, RejectsDuplicatePositionsAndBadRows) {
-  KvPool pool(kLayout, 1 << 20, 4);
-  KvCache cache(&pool);
+  KvPool pool(1 << 20);
+  KvCache cache(&pool, kLayout, 4);
   ASSERT_TRUE(cache.AddCells(Rows(0, 4, 1)).ok());
   EXPECT_EQ(cache.AddCells(Rows(3, 5, 1)).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(cache.AddCells(Rows(-1, 0, 1)).status().code(), absl::StatusCode::kInvalidArgument);
@@ -58,8 +57,8 @@ TEST(KvCacheTest, RejectsDuplicatePositionsAndBadRows) {
 }
 
 TEST(KvCacheTest, TruncateFreesCellsAndTrailingPages) {
-  KvPool pool(kLayout, 1 << 20, 4);
-  KvCache cache(&pool);
+  KvPool pool(1 << 20);
+  KvCache cache(&pool, kLayout, 4);
   ASSERT_TRUE(cache.AddCells(Rows(0, 10, 1)).ok());
   cache.Truncate(0, 5);
   EXPECT_EQ(cache.SeqLength(0), 5);
@@ -74,8 +73,8 @@ TEST(KvCacheTest, TruncateFreesCellsAndTrailingPages) {
 }
 
 TEST(KvCacheTest, ForkSharesWithoutCopyAndBranchesDiverge) {
-  KvPool pool(kLayout, 1 << 20, 4);
-  KvCache cache(&pool);
+  KvPool pool(1 << 20);
+  KvCache cache(&pool, kLayout, 4);
   auto slots = cache.AddCells(Rows(0, 6, 1));
   ASSERT_TRUE(slots.ok());
   cache.Fork(0, 3);
@@ -95,8 +94,8 @@ TEST(KvCacheTest, ForkSharesWithoutCopyAndBranchesDiverge) {
 }
 
 TEST(KvCacheTest, FreeSlotsUndoesAnAppend) {
-  KvPool pool(kLayout, 1 << 20, 4);
-  KvCache cache(&pool);
+  KvPool pool(1 << 20);
+  KvCache cache(&pool, kLayout, 4);
   ASSERT_TRUE(cache.AddCells(Rows(0, 3, 1)).ok());
   auto added = cache.AddCells(Rows(3, 7, 1));
   ASSERT_TRUE(added.ok());
@@ -107,12 +106,12 @@ TEST(KvCacheTest, FreeSlotsUndoesAnAppend) {
 }
 
 TEST(KvCacheTest, DestructionReturnsPagesToThePool) {
-  KvPool pool(kLayout, 1 << 20, 4);
+  KvPool pool(1 << 20);
   {
-    KvCache a(&pool), b(&pool);
+    KvCache a(&pool, kLayout, 4), b(&pool, kLayout, 4);
     ASSERT_TRUE(a.AddCells(Rows(0, 9, 1)).ok());
     ASSERT_TRUE(b.AddCells(Rows(0, 2, 1)).ok());
-    EXPECT_EQ(pool.used_bytes(), 4 * pool.page_bytes());
+    EXPECT_EQ(pool.used_bytes(), 4 * a.page_bytes());
   }
   EXPECT_EQ(pool.used_bytes(), 0u);
 }

@@ -52,8 +52,8 @@ std::vector<float> ModelRunner::Split(std::span<const int32_t> tokens,
   for (size_t i = 0; i < rows.size(); ++i) rows[i] = {static_cast<int32_t>(i), 1};
   for (size_t b = 0; b + 1 < boundaries.size(); ++b) {
     auto span = Unwrap(model::LayerSpan::Load(model_, boundaries[b], boundaries[b + 1]));
-    model::KvPool kv_pool(span->kv_layout(), kKvBytes);
-    model::KvCache cache(&kv_pool);
+    model::KvPool kv_pool(kKvBytes);
+    model::KvCache cache(&kv_pool, span->kv_layout());
     absl::Status st = span->Forward(rows, hidden.data(), cache, *pool_, scratch_);
     EXPECT_TRUE(st.ok()) << st;
   }
@@ -61,8 +61,8 @@ std::vector<float> ModelRunner::Split(std::span<const int32_t> tokens,
 }
 
 std::vector<float> ModelRunner::TokenByToken(std::span<const int32_t> tokens) {
-  model::KvPool kv_pool(full_->kv_layout(), kKvBytes);
-  model::KvCache cache(&kv_pool);
+  model::KvPool kv_pool(kKvBytes);
+  model::KvCache cache(&kv_pool, full_->kv_layout());
   std::vector<float> all;
   for (size_t i = 0; i < tokens.size(); ++i) {
     std::vector<float> h = Embed(tokens.subspan(i, 1));
@@ -77,8 +77,8 @@ std::vector<float> ModelRunner::TokenByToken(std::span<const int32_t> tokens) {
 
 std::vector<float> ModelRunner::InterleavedWith(std::span<const int32_t> tokens,
                                                 std::span<const int32_t> other) {
-  model::KvPool kv_pool(full_->kv_layout(), kKvBytes);
-  model::KvCache cache(&kv_pool);
+  model::KvPool kv_pool(kKvBytes);
+  model::KvCache cache(&kv_pool, full_->kv_layout());
   // Batch: t0, o0, t1, o1, ... (other may be shorter or longer).
   std::vector<int32_t> ids;
   std::vector<model::Row> rows;
@@ -105,8 +105,8 @@ std::vector<float> ModelRunner::InterleavedWith(std::span<const int32_t> tokens,
 
 std::vector<float> ModelRunner::CrossSession(std::span<const int32_t> tokens,
                                              std::span<const int32_t> other, int chunk) {
-  model::KvPool kv_pool(full_->kv_layout(), kKvBytes);
-  model::KvCache a(&kv_pool), b(&kv_pool);
+  model::KvPool kv_pool(kKvBytes);
+  model::KvCache a(&kv_pool, full_->kv_layout()), b(&kv_pool, full_->kv_layout());
   const int e = model_->hparams().n_embd;
   std::vector<float> picked;
   for (size_t start = 0; start < std::max(tokens.size(), other.size()); start += chunk) {

@@ -7,12 +7,12 @@ namespace strata::testing {
 
 std::string SourceDir() {
   const char* env = std::getenv("STRATA_SOURCE_DIR");
-  return env ? env : ".";
+  return env ? env : STRATA_SOURCE_DIR_DEFAULT;
 }
 
 std::string BinaryDir() {
   const char* env = std::getenv("STRATA_BINARY_DIR");
-  return env ? env : ".";
+  return env ? env : STRATA_BINARY_DIR_DEFAULT;
 }
 
 std::string DefaultModelPath() {

@@ -5,9 +5,9 @@
 
 namespace strata::testing {
 
-// Root of the source tree (env STRATA_SOURCE_DIR, set by ctest).
+// Root of the source tree (env STRATA_SOURCE_DIR, else the tree this was built from).
 std::string SourceDir();
-// Root of the build tree (env STRATA_BINARY_DIR, set by ctest).
+// Root of the build tree (env STRATA_BINARY_DIR, else the tree this was built in).
 std::string BinaryDir();
 // Path of the default model installed by the setup step (models/SmolLM2-135M-Instruct.Q4_1.gguf),
 // or env STRATA_MODEL when set.

@@ -1,0 +1,107 @@
+// Strata client SDK: generate text with a model served by a swarm.
+//
+//   strata::ClientOptions options;
+//   options.coordinators = {"127.0.0.1:7000"};
+//   options.model_path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+//   auto client = strata::Client::Connect(options);
+//   strata::GenerateRequest request;
+//   request.prompt = "Why is the sky blue?";
+//   request.chat = true;
+//   auto result = (*client)->Generate(request, [](int32_t, std::string_view text) {
+//     std::cout << text << std::flush;
+//     return true;  // false stops the generation
+//   });
+//
+// The client holds only the tokenizer, the embeddings, the final norm and the head (read from
+// its local copy of the model file); every transformer layer runs on the swarm's nodes. Sampling
+// happens here, so a seed gives the same text whatever route served it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace strata {
+
+struct ClientOptions {
+  std::vector<std::string> coordinators;  // host:port, tried in order
+  std::string model_path;                 // local GGUF file of the swarm's model
+  int threads = 0;                        // CPU threads for embeddings and head (0: all)
+  int step_timeout_ms = 60000;            // longest wait for one step through the route
+};
+
+struct SamplingOptions {
+  float temperature = 0.7f;  // 0: greedy
+  int top_k = 40;            // 0: off
+  float top_p = 0.95f;       // 1: off
+  float min_p = 0.05f;       // 0: off
+  float repeat_penalty = 1.0f;
+  uint64_t seed = 0;         // the draw at position p depends only on (seed, p)
+};
+
+struct GenerateRequest {
+  std::string prompt;
+  bool chat = false;          // wrap the prompt in the model's chat template
+  std::string system;         // system message when chat is set
+  int max_tokens = 128;
+  SamplingOptions sampling;
+  std::vector<std::string> stop;  // end before any of these strings
+};
+
+// One hop of the route a generation used.
+struct RouteHop {
+  std::string node_id;
+  std::string address;
+  int first_layer = 0;  // layers [first_layer, last_layer)
+  int last_layer = 0;
+};
+
+struct GenerateResult {
+  std::string text;
+  std::vector<int32_t> token_ids;  // generated ids
+  int prompt_tokens = 0;
+  double ttft_ms = 0;               // time to the first generated token
+  double decode_tokens_per_s = 0;
+  std::string finish_reason;        // "stop", "length" or "cancelled"
+  std::vector<RouteHop> route;
+};
+
+// Called with each token and the text it completes ("" while a character or a possible stop
+// string is incomplete). Return false to stop.
+using TokenCallback = std::function<bool(int32_t token, std::string_view text)>;
+
+// A session over a route: feed tokens, read logits and final hidden states (for research).
+class Session {
+ public:
+  virtual ~Session() = default;
+  // Appends tokens and returns the logits of the last one.
+  virtual absl::StatusOr<std::span<const float>> Feed(std::span<const int32_t> tokens) = 0;
+  // Final hidden states (before the head) of the last row fed, hidden_size() values.
+  virtual std::span<const float> hidden() const = 0;
+  virtual int position() const = 0;
+  virtual std::vector<RouteHop> route() const = 0;
+};
+
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
+  virtual ~Client() = default;
+
+  virtual absl::StatusOr<GenerateResult> Generate(const GenerateRequest& request,
+                                                  const TokenCallback& on_token = nullptr) = 0;
+  virtual absl::StatusOr<std::unique_ptr<Session>> OpenSession() = 0;
+
+  // Token ids of a prompt as Generate would feed them.
+  virtual absl::StatusOr<std::vector<int32_t>> Tokenize(const GenerateRequest& request) const = 0;
+  virtual std::string Detokenize(const std::vector<int32_t>& ids) const = 0;
+  virtual int hidden_size() const = 0;
+  virtual int vocab_size() const = 0;
+};
+
+}  // namespace strata

@@ -1,0 +1,51 @@
+// The SDK's Client over a swarm: routes from the coordinators, sessions over RemoteChains.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/remote_chain.h"
+#include "client/session.h"
+#include "common/thread_pool.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+#include "strata/client.h"
+#include "strata/v1/coordinator.grpc.pb.h"
+
+namespace strata::client {
+
+class SwarmClient final : public Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<SwarmClient>> Create(const ClientOptions& options);
+
+  absl::StatusOr<GenerateResult> Generate(const GenerateRequest& request,
+                                          const TokenCallback& on_token) override;
+  absl::StatusOr<std::unique_ptr<Session>> OpenSession() override;
+  absl::StatusOr<std::vector<int32_t>> Tokenize(const GenerateRequest& request) const override;
+  std::string Detokenize(const std::vector<int32_t>& ids) const override;
+  int hidden_size() const override { return model_->hparams().n_embd; }
+  int vocab_size() const override { return model_->hparams().n_vocab; }
+
+  // The route the coordinators offer now (tried in order; the first that answers wins).
+  absl::StatusOr<v1::RouteResponse> GetRoute(const std::vector<std::string>& exclude = {});
+  // A session over a fresh route (alternates are tried if a hop refuses).
+  absl::StatusOr<std::unique_ptr<InferenceSession>> NewInferenceSession(
+      std::vector<HopInfo>* route = nullptr);
+
+  const model::Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  SwarmClient() = default;
+
+  ClientOptions options_;
+  std::shared_ptr<const model::Model> model_;
+  std::unique_ptr<model::Tokenizer> tokenizer_;
+  std::unique_ptr<model::Embedder> embedder_;
+  std::unique_ptr<model::Head> head_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::vector<std::unique_ptr<v1::Coordinator::Stub>> coordinators_;
+};
+
+}  // namespace strata::client

@@ -1,0 +1,288 @@
+#include "node/node_server.h"
+
+#include <random>
+
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "common/grpc_util.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/strings.h"
+#include "kernels/ops.h"
+#include "model/warm.h"
+#include "transport/channels.h"
+
+namespace strata::node {
+namespace {
+
+constexpr char kVersion[] = "0.1.0";
+
+std::string RandomId() {
+  std::random_device rd;
+  static const char* hex = "0123456789abcdef";
+  std::string id = "node-";
+  for (int i = 0; i < 8; ++i) id += hex[rd() % 16];
+  return id;
+}
+
+// Replaces a wildcard host with loopback so the advertised address is dialable.
+std::string Dialable(const std::string& bound) {
+  for (const char* any : {"0.0.0.0:", "[::]:"}) {
+    if (bound.rfind(any, 0) == 0) return "127.0.0.1:" + bound.substr(std::string(any).size());
+  }
+  return bound;
+}
+
+}  // namespace
+
+Throughput MeasureThroughput(const std::shared_ptr<const model::Model>& model, int layer,
+                             ThreadPool& pool) {
+  Throughput t;
+  auto span = model::LayerSpan::Load(model, layer, layer + 1);
+  if (!span.ok()) return t;
+  model::KvPool kv_pool(size_t{64} << 20);
+  model::ForwardScratch scratch;
+  const int width = model->hparams().n_embd;
+  auto time_rows = [&](int rows, int reps) {
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+      model::KvCache kv(&kv_pool, (*span)->kv_layout());
+      std::vector<float> hidden(static_cast<size_t>(rows) * width, 0.01f);
+      std::vector<model::Row> meta(rows);
+      for (int i = 0; i < rows; ++i) meta[i] = {i, 1};
+      const absl::Time t0 = absl::Now();
+      (void)(*span)->Forward(meta, hidden.data(), kv, pool, scratch);
+      best = std::min(best, absl::ToDoubleMilliseconds(absl::Now() - t0));
+    }
+    return best;
+  };
+  time_rows(1, 1);  // warm the layer's pages
+  t.layer_ms = time_rows(1, 5);
+  t.batched_layer_ms = time_rows(16, 2) / 16;
+  return t;
+}
+
+absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions options) {
+  auto node = std::unique_ptr<NodeServer>(new NodeServer());
+  if (options.node_id.empty()) options.node_id = RandomId();
+  if (!options.log) options.log = [](const std::string&) {};
+  options.worker.node_id = options.node_id;
+  node->options_ = options;
+  ASSIGN_OR_RETURN(node->model_, model::Model::Open(options.model_path));
+  const int n_layer = node->model_->hparams().n_layer;
+  if (!options.auto_span &&
+      (options.first_layer < 0 || options.last_layer > n_layer ||
+       options.first_layer >= options.last_layer)) {
+    return absl::InvalidArgumentError(StrCat("--layers ", options.first_layer, ":",
+                                             options.last_layer, " is not inside [0, ", n_layer,
+                                             ")"));
+  }
+  if (options.auto_span && options.coordinators.empty()) {
+    return absl::InvalidArgumentError("--layers auto needs a --coordinator to choose the span");
+  }
+
+  node->worker_ = std::make_unique<Worker>(node->model_, options.worker, GrpcDownstreamFactory());
+  node->service_ = std::make_unique<NodeService>(
+      node->worker_.get(), [n = node.get()](v1::NodeInfo* info) { n->FillInfo(info); });
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  builder.RegisterService(node->service_.get());
+  node->server_ = builder.BuildAndStart();
+  if (!node->server_ || port == 0) {
+    return absl::UnavailableError(StrCat("cannot listen on ", options.listen,
+                                         " (bad address or port in use)"));
+  }
+  const std::string host = options.listen.substr(0, options.listen.rfind(':'));
+  node->address_ = Dialable(StrCat(host, ":", port));
+  if (node->options_.advertise.empty()) node->options_.advertise = node->address_;
+  node->worker_->Start();
+
+  {
+    ThreadPool pool(options.worker.threads > 0 ? options.worker.threads
+                                               : ThreadPool::DefaultThreads());
+    node->throughput_ = MeasureThroughput(node->model_, 0, pool);
+  }
+  options.log(absl::StrFormat("measured %.3f ms per layer per token (%.3f batched)",
+                              node->throughput_.layer_ms, node->throughput_.batched_layer_ms));
+  for (const std::string& c : options.coordinators) {
+    node->coordinators_.push_back(
+        {c, v1::Coordinator::NewStub(transport::ChannelCache::Default().Get(c)), false});
+  }
+  int first = options.first_layer, last = options.last_layer;
+  if (!node->coordinators_.empty()) {
+    RETURN_IF_ERROR(node->Join());
+    first = node->options_.first_layer;
+    last = node->options_.last_layer;
+  }
+  // Load the span: fault in its weights with progress.
+  ASSIGN_OR_RETURN(auto span, model::LayerSpan::Load(node->model_, first, last));
+  std::vector<kernels::Tensor> weights = span->tensors();
+  uint64_t last_report = 0;
+  model::TouchPages(weights, [&](uint64_t done, uint64_t total) {
+    if (done == total || done - last_report > total / 4) {
+      last_report = done;
+      options.log(absl::StrFormat("loading layers %d-%d: %d%%", first, last - 1,
+                                  static_cast<int>(total ? done * 100 / total : 100)));
+    }
+  });
+  node->worker_->SetSpan(first, last);
+  node->state_ = v1::NODE_STATE_ONLINE;
+  if (!node->coordinators_.empty()) {
+    node->heartbeat_thread_ = std::thread([n = node.get()] { n->HeartbeatLoop(); });
+  }
+  return node;
+}
+
+NodeServer::~NodeServer() { Shutdown(); }
+
+v1::NodeDescriptor NodeServer::Descriptor() const {
+  v1::NodeDescriptor d;
+  d.set_node_id(options_.node_id);
+  d.set_address(options_.advertise);
+  d.set_model_id(model_->id());
+  d.set_num_layers(model_->hparams().n_layer);
+  d.set_max_layers(options_.max_layers > 0 ? options_.max_layers : model_->hparams().n_layer);
+  d.set_backend(StrCat("cpu/", kernels::ActiveIsa()));
+  d.set_version(kVersion);
+  d.set_kv_capacity_bytes(static_cast<int64_t>(options_.worker.kv_bytes));
+  d.set_layer_ms(throughput_.layer_ms);
+  d.set_batched_layer_ms(throughput_.batched_layer_ms);
+  return d;
+}
+
+absl::Status NodeServer::Join() {
+  // The first coordinator that answers chooses the span; the others are told that span.
+  absl::Status last_error = absl::UnavailableError("no coordinator reachable");
+  bool joined = false;
+  for (int attempt = 0; !joined && attempt < 30 && !stopping_; ++attempt) {
+    for (CoordinatorLink& c : coordinators_) {
+      v1::JoinRequest req;
+      req.set_protocol_version(v1::PROTOCOL_VERSION_1);
+      *req.mutable_node() = Descriptor();
+      req.set_auto_span(!joined && options_.auto_span);
+      req.set_first_layer(options_.first_layer);
+      req.set_last_layer(options_.last_layer);
+      v1::JoinResponse resp;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+      grpc::Status st = c.stub->Join(&ctx, req, &resp);
+      if (!st.ok()) {
+        last_error = FromGrpcStatus(st);
+        if (st.error_code() != grpc::StatusCode::UNAVAILABLE &&
+            st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+          return absl::Status(last_error.code(),
+                              StrCat("coordinator ", c.address, " refused the join: ",
+                                     st.error_message()));
+        }
+        continue;
+      }
+      c.known = true;
+      if (!joined) {
+        joined = true;
+        options_.first_layer = resp.first_layer();
+        options_.last_layer = resp.last_layer();
+        options_.auto_span = false;
+        if (resp.heartbeat_interval_ms() > 0) {
+          heartbeat_interval_ = absl::Milliseconds(resp.heartbeat_interval_ms());
+        }
+        options_.log(absl::StrFormat("joined %s as %s: layers %d-%d", c.address,
+                                     options_.node_id, resp.first_layer(),
+                                     resp.last_layer() - 1));
+      }
+    }
+    if (!joined) {
+      options_.log(StrCat("waiting for a coordinator: ", last_error.message()));
+      std::unique_lock<std::mutex> lock(stop_mu_);
+      stop_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stopping_.load(); });
+    }
+  }
+  if (!joined) return last_error;
+  return absl::OkStatus();
+}
+
+void NodeServer::HeartbeatLoop() {
+  int64_t last_rows = stats().total_rows.load();
+  absl::Time last_time = absl::Now();
+  while (!stopping_) {
+    {
+      std::unique_lock<std::mutex> lock(stop_mu_);
+      stop_cv_.wait_for(lock, absl::ToChronoMilliseconds(heartbeat_interval_),
+                        [&] { return stopping_.load(); });
+    }
+    if (stopping_) break;
+    const WorkerStats& s = stats();
+    const absl::Time now = absl::Now();
+    const int64_t rows = s.total_rows.load();
+    const double tps = (rows - last_rows) / std::max(1e-3, absl::ToDoubleSeconds(now - last_time));
+    last_rows = rows;
+    last_time = now;
+    for (CoordinatorLink& c : coordinators_) {
+      v1::HeartbeatRequest req;
+      req.set_node_id(options_.node_id);
+      req.set_state(static_cast<v1::NodeState>(state_.load()));
+      req.set_first_layer(first_layer());
+      req.set_last_layer(last_layer());
+      v1::NodeLoad* load = req.mutable_load();
+      load->set_active_sessions(s.active_sessions.load());
+      load->set_queue_depth(s.queue_depth.load());
+      load->set_kv_used_bytes(s.kv_used_bytes.load());
+      load->set_kv_capacity_bytes(s.kv_capacity_bytes.load());
+      load->set_tokens_per_s(tps);
+      load->set_step_ms_p50(s.last_batch_ms.load());
+      load->set_total_rows(rows);
+      load->set_errors(s.errors.load());
+      if (!c.known) {
+        *req.mutable_node() = Descriptor();
+        req.mutable_node()->set_node_id(options_.node_id);
+      }
+      v1::HeartbeatResponse resp;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      grpc::Status st = c.stub->Heartbeat(&ctx, req, &resp);
+      if (st.ok()) c.known = resp.known();
+    }
+  }
+}
+
+void NodeServer::FillInfo(v1::NodeInfo* info) const {
+  info->set_node_id(options_.node_id);
+  info->set_version(kVersion);
+  info->set_protocol_version(v1::PROTOCOL_VERSION_1);
+  info->set_model_id(model_->id());
+  info->set_num_layers(model_->hparams().n_layer);
+  info->set_first_layer(worker_->first_layer());
+  info->set_last_layer(worker_->last_layer());
+  info->set_hidden_size(model_->hparams().n_embd);
+  info->set_backend(StrCat("cpu/", kernels::ActiveIsa()));
+  const WorkerStats& s = worker_->stats();
+  info->set_active_sessions(s.active_sessions.load());
+  info->set_kv_used_bytes(s.kv_used_bytes.load());
+  info->set_kv_capacity_bytes(s.kv_capacity_bytes.load());
+}
+
+void NodeServer::Shutdown() {
+  if (shut_down_.exchange(true)) return;
+  stopping_ = true;
+  stop_cv_.notify_all();
+  if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+  for (CoordinatorLink& c : coordinators_) {
+    v1::LeaveRequest req;
+    req.set_node_id(options_.node_id);
+    v1::LeaveResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+    (void)c.stub->Leave(&ctx, req, &resp);
+  }
+  worker_->Stop();
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+}
+
+void NodeServer::Wait() {
+  if (server_) server_->Wait();
+}
+
+}  // namespace strata::node

@@ -1,0 +1,95 @@
+// A whole node: the gRPC server, the worker, and membership (join and heartbeats to every
+// coordinator).
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/llama.h"
+#include "node/service.h"
+#include "node/worker.h"
+#include "strata/v1/coordinator.grpc.pb.h"
+
+namespace strata::node {
+
+struct NodeOptions {
+  std::string model_path;
+  std::vector<std::string> coordinators;  // host:port of every coordinator (may be empty)
+  std::string listen = "127.0.0.1:0";
+  std::string advertise;    // address announced to coordinators; default: the bound address
+  bool auto_span = true;    // let the coordinator choose the span
+  int first_layer = 0;      // with auto_span = false
+  int last_layer = 0;
+  int max_layers = 0;       // most layers to hold with auto_span (0: all)
+  std::string node_id;      // default: random
+  WorkerOptions worker;
+  // Progress and status messages for the operator (stderr by default in the CLI).
+  std::function<void(const std::string&)> log;
+};
+
+// Measured compute speed of this machine for the model.
+struct Throughput {
+  double layer_ms = 0;          // one decode row through one layer
+  double batched_layer_ms = 0;  // per row, inside a batch of 16
+};
+
+class NodeServer {
+ public:
+  // Binds, measures, joins, loads the span and starts serving. Errors: a bad model file, an
+  // unusable address, a refused join (with the coordinator's message).
+  static absl::StatusOr<std::unique_ptr<NodeServer>> Start(NodeOptions options);
+  ~NodeServer();
+
+  // Stops taking sessions, leaves the swarm and shuts down.
+  void Shutdown();
+  void Wait();
+
+  const std::string& node_id() const { return options_.node_id; }
+  const std::string& address() const { return address_; }
+  int first_layer() const { return worker_->first_layer(); }
+  int last_layer() const { return worker_->last_layer(); }
+  const WorkerStats& stats() const { return worker_->stats(); }
+  const Throughput& throughput() const { return throughput_; }
+  const model::Model& model() const { return *model_; }
+
+ private:
+  NodeServer() = default;
+  absl::Status Join();
+  void HeartbeatLoop();
+  v1::NodeDescriptor Descriptor() const;
+  void FillInfo(v1::NodeInfo* info) const;
+
+  NodeOptions options_;
+  std::shared_ptr<const model::Model> model_;
+  std::unique_ptr<Worker> worker_;
+  std::unique_ptr<NodeService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+  Throughput throughput_;
+  struct CoordinatorLink {
+    std::string address;
+    std::unique_ptr<v1::Coordinator::Stub> stub;
+    bool known = false;
+  };
+  std::vector<CoordinatorLink> coordinators_;
+  absl::Duration heartbeat_interval_ = absl::Seconds(1);
+  std::atomic<int> state_{v1::NODE_STATE_JOINING};
+  std::atomic<bool> stopping_{false};
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  std::thread heartbeat_thread_;
+  std::atomic<bool> shut_down_{false};
+};
+
+// Measures one layer of `model` on this machine.
+Throughput MeasureThroughput(const std::shared_ptr<const model::Model>& model, int layer,
+                             ThreadPool& pool);
+
+}  // namespace strata::node

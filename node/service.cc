@@ -1,0 +1,227 @@
+#include "node/service.h"
+
+#include "absl/time/clock.h"
+#include "common/logging.h"
+#include "node/streams.h"
+#include "transport/channels.h"
+
+namespace strata::node {
+namespace {
+
+const grpc::Status kOverloaded(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                               "node overloaded: its work queue is full");
+
+// The server side of a client's Session stream.
+class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+ public:
+  explicit SessionReactor(Worker* worker) : worker_(worker) {
+    link_ = std::make_shared<Link>(this);
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client half-closed, went away, or sent bytes that do not parse
+      if (opened_) {
+        if (!worker_->PostClientGone(session_id_)) link_->Close(kOverloaded);
+      } else {
+        link_->Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                  "the stream ended before a valid `open` message"));
+      }
+      return;
+    }
+    if (!opened_) {
+      if (!request_.has_open()) {
+        link_->Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                  "the first message of a session must be `open`"));
+        return;
+      }
+      opened_ = true;
+      session_id_ = request_.open().session_id();
+      if (!worker_->PostOpen(link_, std::move(*request_.mutable_open()))) {
+        link_->Close(kOverloaded);
+        return;
+      }
+    } else if (request_.has_op()) {
+      if (!worker_->PostClientOp(session_id_, std::move(*request_.mutable_op()))) {
+        link_->Close(kOverloaded);
+        return;
+      }
+    } else {
+      link_->Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the session is already open"));
+      return;
+    }
+    request_.Clear();
+    StartRead(&request_);
+  }
+
+  void OnWriteDone(bool ok) override { link_->outbox.WriteDone(ok); }
+
+  void OnDone() override {
+    link_->outbox.Gone();
+    delete this;
+  }
+
+ private:
+  struct Link : ClientLink {
+    explicit Link(SessionReactor* r)
+        : outbox([r](const v1::SessionResponse* m) { r->StartWrite(m); },
+                 [r](grpc::Status s) { r->Finish(std::move(s)); }) {}
+    void Send(v1::SessionResponse msg) override { outbox.Send(std::move(msg)); }
+    void Close(grpc::Status status) override { outbox.Close(std::move(status)); }
+    Outbox<v1::SessionResponse> outbox;
+  };
+
+  Worker* worker_;
+  std::shared_ptr<Link> link_;
+  v1::SessionRequest request_;
+  bool opened_ = false;
+  std::string session_id_;
+};
+
+// The server side of a Push stream from the previous hop.
+class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::PushResponse> {
+ public:
+  explicit PushReactor(Worker* worker) : worker_(worker) {
+    link_ = std::make_shared<Link>(this);
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      if (!started_) {
+        link_->Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                  "the push stream ended before a valid first message"));
+      } else if (!worker_->PostPushGone(session_id_, link_)) {
+        link_->Close(kOverloaded);
+      }
+      return;
+    }
+    if (!started_) {
+      started_ = true;
+      session_id_ = request_.session_id();
+      if (session_id_.empty()) {
+        link_->Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                  "the first push message must name the session"));
+        return;
+      }
+      if (!worker_->PostPushOpen(link_, session_id_, request_.token())) {
+        link_->Close(kOverloaded);
+        return;
+      }
+    }
+    if (request_.has_op() && !worker_->PostPushOp(session_id_, link_.get(),
+                                                  std::move(*request_.mutable_op()))) {
+      link_->Close(kOverloaded);
+      return;
+    }
+    request_.Clear();
+    StartRead(&request_);
+  }
+
+  void OnWriteDone(bool ok) override { link_->outbox.WriteDone(ok); }
+
+  void OnDone() override {
+    link_->outbox.Gone();
+    delete this;
+  }
+
+ private:
+  struct Link : UpstreamLink {
+    explicit Link(PushReactor* r)
+        : outbox([r](const v1::PushResponse* m) { r->StartWrite(m); },
+                 [r](grpc::Status s) { r->Finish(std::move(s)); }) {}
+    void Close(grpc::Status status) override { outbox.Close(std::move(status)); }
+    Outbox<v1::PushResponse> outbox;
+  };
+
+  Worker* worker_;
+  std::shared_ptr<Link> link_;
+  v1::PushRequest request_;
+  bool started_ = false;
+  std::string session_id_;
+};
+
+// The client side of a Push stream to the next hop. Kept alive by the session's reference and,
+// until the call completes, by itself.
+class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v1::PushResponse>,
+                               public DownstreamLink,
+                               public std::enable_shared_from_this<DownstreamStream> {
+ public:
+  DownstreamStream(std::function<void(grpc::Status)> on_failed)
+      : on_failed_(std::move(on_failed)),
+        outbox_([this](const v1::PushRequest* m) { StartWrite(m); },
+                [this](grpc::Status) { StartWritesDone(); }) {}
+
+  void Start(std::shared_ptr<grpc::Channel> channel) {
+    self_ = shared_from_this();
+    stub_ = v1::Node::NewStub(std::move(channel));
+    // Sessions can live for hours; idle sessions are closed by the nodes long before this.
+    context_.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(24));
+    stub_->async()->Push(&context_, this);
+    StartRead(&response_);
+    StartCall();
+  }
+
+  void Send(v1::PushRequest msg) override { outbox_.Send(std::move(msg)); }
+  void Close() override {
+    closed_ = true;
+    outbox_.Close(grpc::Status::OK);
+  }
+
+  void OnWriteDone(bool ok) override { outbox_.WriteDone(ok); }
+  void OnWritesDoneDone(bool) override {}
+  void OnReadDone(bool ok) override {
+    if (ok) StartRead(&response_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    outbox_.Gone();
+    if (!closed_ && on_failed_) {
+      on_failed_(status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                            "the next hop closed the stream")
+                             : status);
+    }
+    self_.reset();  // may destroy this
+  }
+
+ private:
+  std::function<void(grpc::Status)> on_failed_;
+  Outbox<v1::PushRequest> outbox_;
+  std::unique_ptr<v1::Node::Stub> stub_;
+  grpc::ClientContext context_;
+  v1::PushResponse response_;
+  std::atomic<bool> closed_{false};
+  std::shared_ptr<DownstreamStream> self_;
+};
+
+}  // namespace
+
+NodeService::NodeService(Worker* worker, std::function<void(v1::NodeInfo*)> info)
+    : worker_(worker), info_(std::move(info)) {}
+
+grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* NodeService::Session(
+    grpc::CallbackServerContext*) {
+  return new SessionReactor(worker_);
+}
+
+grpc::ServerBidiReactor<v1::PushRequest, v1::PushResponse>* NodeService::Push(
+    grpc::CallbackServerContext*) {
+  return new PushReactor(worker_);
+}
+
+grpc::ServerUnaryReactor* NodeService::Info(grpc::CallbackServerContext* context,
+                                            const v1::InfoRequest*, v1::NodeInfo* response) {
+  info_(response);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+DownstreamFactory GrpcDownstreamFactory() {
+  return [](const std::string& address, std::function<void(grpc::Status)> on_failed) {
+    auto stream = std::make_shared<DownstreamStream>(std::move(on_failed));
+    stream->Start(transport::ChannelCache::Default().Get(address));
+    return std::shared_ptr<DownstreamLink>(stream);
+  };
+}
+
+}  // namespace strata::node

@@ -1,0 +1,173 @@
+// The node's worker: one thread that owns the layer span, the KV memory and every session's
+// state, so none of them need locks. Stream reactions post events to its bounded queue; it
+// applies each session's ops in op_seq order, batches the forwards of all sessions that are ready
+// into one pass, and sends results on (to the next hop, or back to the client).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <variant>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "common/thread_pool.h"
+#include "model/kv_cache.h"
+#include "model/llama.h"
+#include "node/links.h"
+#include "strata/v1/node.pb.h"
+
+namespace strata::node {
+
+struct WorkerOptions {
+  std::string node_id;
+  int threads = 0;                           // compute threads (0: all CPUs)
+  size_t kv_bytes = size_t{1} << 30;         // KV memory cap for all sessions
+  int max_sessions = 64;
+  int max_batch_rows = 512;                  // rows of one batched pass (a larger op runs alone)
+  int max_rows_per_op = 8192;
+  size_t max_queue = 4096;                   // events waiting for the worker
+  absl::Duration idle_timeout = absl::Minutes(10);
+  Clock* clock = Clock::Real();
+};
+
+// Counters readable from any thread (heartbeats, Info, the status line).
+struct WorkerStats {
+  std::atomic<int> active_sessions{0};
+  std::atomic<int> queue_depth{0};
+  std::atomic<int64_t> kv_used_bytes{0};
+  std::atomic<int64_t> kv_capacity_bytes{0};
+  std::atomic<int64_t> total_rows{0};
+  std::atomic<int64_t> total_batches{0};
+  std::atomic<int64_t> batched_sessions{0};  // sum over batches of sessions in the batch
+  std::atomic<int64_t> errors{0};
+  std::atomic<double> last_batch_ms{0};
+};
+
+class Worker {
+ public:
+  Worker(std::shared_ptr<const model::Model> model, WorkerOptions options,
+         DownstreamFactory downstream);
+  ~Worker();
+
+  void Start();
+  // Stops the thread; every open session is closed with UNAVAILABLE.
+  void Stop();
+
+  // Posted by stream reactions (any thread). Each returns false when the queue is full; the
+  // caller then ends its stream with RESOURCE_EXHAUSTED.
+  bool PostOpen(std::shared_ptr<ClientLink> client, v1::OpenSession open);
+  bool PostClientOp(const std::string& session_id, v1::Op op);
+  bool PostClientGone(const std::string& session_id);
+  bool PostPushOpen(std::shared_ptr<UpstreamLink> upstream, std::string session_id,
+                    std::string token);
+  bool PostPushOp(const std::string& session_id, const UpstreamLink* upstream, v1::Op op);
+  // The previous hop closed its push stream (after PostPushOpen was accepted or refused).
+  bool PostPushGone(const std::string& session_id, std::shared_ptr<UpstreamLink> upstream);
+
+  // New sessions are refused with UNAVAILABLE; running ones continue.
+  void SetDraining(bool draining) { draining_.store(draining); }
+  // The span new sessions may use (thread-safe). Until it is set, every open is refused.
+  void SetSpan(int first, int last) {
+    first_layer_.store(first);
+    last_layer_.store(last);
+  }
+  int first_layer() const { return first_layer_.load(); }
+  int last_layer() const { return last_layer_.load(); }
+  const WorkerStats& stats() const { return stats_; }
+  const WorkerOptions& options() const { return options_; }
+  // Next-hop addresses used recently (for RTT probes). Thread-safe.
+  std::vector<std::string> RecentPeers() const;
+
+ private:
+  enum class Source { kClient, kPush };
+  struct OpenEvent {
+    std::shared_ptr<ClientLink> client;
+    v1::OpenSession open;
+  };
+  struct OpEvent {
+    std::string session_id;
+    Source source;
+    const UpstreamLink* upstream;
+    v1::Op op;
+  };
+  struct ClientGoneEvent {
+    std::string session_id;
+  };
+  struct PushOpenEvent {
+    std::shared_ptr<UpstreamLink> upstream;
+    std::string session_id, token;
+  };
+  struct DownstreamFailedEvent {
+    std::string session_id;
+    grpc::Status status;
+  };
+  struct PushGoneEvent {
+    std::string session_id;
+    std::shared_ptr<UpstreamLink> upstream;
+  };
+  using Event = std::variant<OpenEvent, OpEvent, ClientGoneEvent, PushOpenEvent,
+                             DownstreamFailedEvent, PushGoneEvent>;
+
+  struct Session {
+    v1::OpenSession open;
+    std::shared_ptr<ClientLink> client;
+    std::shared_ptr<UpstreamLink> upstream;
+    std::shared_ptr<DownstreamLink> downstream;
+    std::shared_ptr<const model::LayerSpan> span;
+    std::unique_ptr<model::KvCache> kv;
+    std::deque<v1::Op> ops;  // received in order, not yet applied
+    uint64_t next_op = 1;
+    bool failed = false;     // an op failed here; the session only accepts closing now
+    absl::Time last_active;
+  };
+
+  bool Post(Event event);
+  void Loop();
+  void Handle(Event& event);
+  void HandleOpen(OpenEvent& e);
+  void HandleOp(OpEvent& e);
+  void HandlePushOpen(PushOpenEvent& e);
+  void CloseSession(const std::string& id, grpc::Status status);
+  // Applies ready non-forward ops and runs batches until nothing is ready.
+  void RunReady();
+  void ApplyControlOp(const std::string& id, Session& s, const v1::Op& op);
+  void RunForwards(std::vector<std::pair<std::string, Session*>>& batch);
+  void DeliverForward(const std::string& id, Session& s, const v1::Op& op, const float* hidden,
+                      int64_t rows, double compute_ms);
+  void PassOn(const std::string& id, Session& s, v1::Op op);
+  void FailOp(Session& s, uint64_t op_seq, const absl::Status& status, bool poison);
+  void ExpireIdle();
+  void UpdateStats();
+  absl::StatusOr<std::shared_ptr<const model::LayerSpan>> SpanFor(int first, int last);
+
+  std::shared_ptr<const model::Model> model_;
+  WorkerOptions options_;
+  DownstreamFactory downstream_factory_;
+  std::unique_ptr<ThreadPool> pool_;
+  model::KvPool kv_pool_;
+  model::ForwardScratch scratch_;
+  std::map<std::pair<int, int>, std::shared_ptr<const model::LayerSpan>> spans_;
+  std::map<std::string, Session> sessions_;  // worker thread only
+  WorkerStats stats_;
+  std::atomic<bool> draining_{false};
+  std::atomic<int> first_layer_{0};
+  std::atomic<int> last_layer_{0};
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Event> queue_;  // guarded by mu_
+  bool stop_ = false;         // guarded by mu_
+  std::thread thread_;
+
+  mutable std::mutex peers_mu_;
+  std::map<std::string, absl::Time> peers_;  // guarded by peers_mu_
+};
+
+}  // namespace strata::node
