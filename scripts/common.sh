@@ -69,8 +69,13 @@ fetch_model() {
   rm -rf "$tmp"
 }
 
+# build [TARGET...]: configures and builds the given targets (default: everything).
 build() {
   step "Building ($BUILD_DIR)"
-  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
-  cmake --build "$BUILD_DIR" -j "$(nproc)"
+  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  if [ "$#" -gt 0 ]; then
+    cmake --build "$BUILD_DIR" -j "$(nproc)" --target "$@"
+  else
+    cmake --build "$BUILD_DIR" -j "$(nproc)"
+  fi
 }

@@ -3,7 +3,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 install_packages
 fetch_model
-build
-step "Generating text with the default model"
-"$BUILD_DIR/strata" generate --chat --max-tokens 96 \
-  --prompt "In two sentences, why do layered systems scale?"
+build strata strata-linkem
+step "Starting a local swarm (a coordinator and 3 nodes) and asking it a question"
+"$BUILD_DIR/strata" demo --nodes 3
