@@ -25,9 +25,8 @@ class NodeInputTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     ASSERT_TRUE(testing::DefaultModelPresent());
-    auto swarm = testing::LocalSwarm::Start();
-    ASSERT_TRUE(swarm.ok()) << swarm.status();
-    swarm_ = swarm->release();
+    swarm_ = testing::StartSwarm().release();
+    ASSERT_NE(swarm_, nullptr);
     for (const char* layers : {"0:15", "15:30"}) {
       testing::NodeSpec spec;
       spec.layers = layers;

@@ -85,17 +85,16 @@ std::unique_ptr<Client> Connect(const LocalSwarm& swarm) {
 }
 
 std::unique_ptr<LocalSwarm> StartSwarm(const std::vector<std::string>& spans) {
-  auto swarm = LocalSwarm::Start();
-  EXPECT_TRUE(swarm.ok()) << swarm.status();
+  auto swarm = testing::StartSwarm();
   for (const std::string& layers : spans) {
     NodeSpec spec;
     spec.layers = layers;
-    auto node = (*swarm)->AddNode(spec);
+    auto node = swarm->AddNode(spec);
     EXPECT_TRUE(node.ok()) << node.status();
   }
-  absl::Status st = (*swarm)->WaitUntilServing(static_cast<int>(spans.size()));
+  absl::Status st = swarm->WaitUntilServing(static_cast<int>(spans.size()));
   EXPECT_TRUE(st.ok()) << st;
-  return std::move(*swarm);
+  return swarm;
 }
 
 class SwarmTest : public ::testing::Test {
@@ -182,21 +181,21 @@ TEST_F(SwarmTest, SixteenConcurrentSessionsAreAllCorrect) {
 }
 
 TEST_F(SwarmTest, LateJoinerFillsTheGapThenTheWeakestLayers) {
-  auto swarm = LocalSwarm::Start();
-  ASSERT_TRUE(swarm.ok()) << swarm.status();
+  auto swarm = testing::StartSwarm();
+  ASSERT_NE(swarm, nullptr);
   NodeSpec first;
   first.layers = "0:20";
-  ASSERT_TRUE((*swarm)->AddNode(first).ok());
+  ASSERT_TRUE(swarm->AddNode(first).ok());
   NodeSpec late;
   late.max_layers = 10;
-  auto gap = (*swarm)->AddNode(late);
+  auto gap = swarm->AddNode(late);
   ASSERT_TRUE(gap.ok()) << gap.status();
   EXPECT_EQ((*gap)->first_layer, 20);
   EXPECT_EQ((*gap)->last_layer, 30);
-  ASSERT_TRUE((*swarm)->WaitUntilServing(2).ok());
+  ASSERT_TRUE(swarm->WaitUntilServing(2).ok());
   // Every layer is now served once; a node of 20 layers is slower per layer than one of 10, so
   // the weakest window for another 10-layer node lies inside [0, 20).
-  auto third = (*swarm)->AddNode(late);
+  auto third = swarm->AddNode(late);
   ASSERT_TRUE(third.ok()) << third.status();
   EXPECT_LE((*third)->last_layer, 20);
   EXPECT_EQ((*third)->last_layer - (*third)->first_layer, 10);
