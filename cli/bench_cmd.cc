@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "cli/bench.h"
 #include "cli/commands.h"
 #include "client/local_model.h"
 #include "kernels/ops.h"
@@ -14,23 +15,27 @@
 #include "nlohmann/json.hpp"
 
 namespace strata::cli {
-namespace {
 
-struct BenchFlags {
-  std::string model;
-  int threads = 0;
-  int prompt_tokens = 512;
-  int decode_tokens = 128;
-  int repeat = 3;
-  bool json = false;
-};
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
+std::vector<int32_t> BenchPrompt(int n, int vocab) {
+  std::vector<int32_t> prompt(n);
+  uint64_t x = 0x2545F4914F6CDD1Dull;
+  for (int32_t& t : prompt) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    t = static_cast<int32_t>(100 + x % (vocab - 200));
+  }
+  return prompt;
 }
 
-int RunBench(const BenchFlags& f) {
+double Median(std::vector<double> v) { return Percentile(std::move(v), 50); }
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p / 100.0 * (v.size() - 1) + 0.5));
+  return v[i];
+}
+
+int RunLocalBench(const BenchFlags& f) {
   client::LocalModelOptions lo;
   lo.path = f.model.empty() ? DefaultModelPath() : f.model;
   lo.threads = f.threads;
@@ -42,13 +47,7 @@ int RunBench(const BenchFlags& f) {
     return Fail("prompt + decode tokens exceed the model's context length");
   }
 
-  // A fixed pseudo-random prompt (ids spread over the vocabulary), the same on every run.
-  std::vector<int32_t> prompt(f.prompt_tokens);
-  uint64_t x = 0x2545F4914F6CDD1Dull;
-  for (int32_t& t : prompt) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    t = static_cast<int32_t>(100 + x % (n_vocab - 200));
-  }
+  const std::vector<int32_t> prompt = BenchPrompt(f.prompt_tokens, n_vocab);
 
   std::vector<double> prefill_tps, decode_tps, ttft_ms;
   for (int r = 0; r < f.repeat; ++r) {
@@ -102,8 +101,6 @@ int RunBench(const BenchFlags& f) {
   return 0;
 }
 
-}  // namespace
-
 void RegisterBench(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<BenchFlags>();
   CLI::App* cmd = app.add_subcommand("bench", "Measure prefill and decode speed");
@@ -115,8 +112,19 @@ void RegisterBench(CLI::App& app, int* exit_code) {
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--repeat", flags->repeat, "Runs (the median is reported)")
       ->check(CLI::Range(1, 100));
-  cmd->add_flag("--json", flags->json, "Print one JSON object");
-  cmd->callback([flags, exit_code] { *exit_code = RunBench(*flags); });
+  cmd->add_flag("--json", flags->json, "Print JSON");
+  cmd->add_option("--nodes", flags->nodes,
+                  "Benchmark a local swarm of this many node processes instead of the engine");
+  cmd->add_option("--delay-ms", flags->delays_ms,
+                  "Swarm: one-way delay per hop, swept (e.g. --delay-ms 0,5,20,50)")
+      ->delimiter(',');
+  cmd->add_option("--sessions", flags->sessions,
+                  "Swarm: concurrent sessions, swept (e.g. --sessions 1,4,16,32)")
+      ->delimiter(',');
+  cmd->add_option("--node-threads", flags->node_threads, "Swarm: threads per node process");
+  cmd->callback([flags, exit_code] {
+    *exit_code = flags->nodes > 0 ? RunSwarmBench(*flags) : RunLocalBench(*flags);
+  });
 }
 
 }  // namespace strata::cli

@@ -19,7 +19,10 @@ inline void CpuRelax() {
 #endif
 }
 
-constexpr int kSpinIterations = 20000;
+// About 50-100 µs of spinning: long enough to bridge the gaps between the parallel regions of a
+// forward pass, short enough not to steal a core from other processes (e.g. the other nodes of a
+// swarm sharing one machine) once the pass is over.
+constexpr int kSpinIterations = 2000;
 
 // Direct futex calls: libstdc++ 12's std::atomic::wait can miss wake-ups.
 void FutexWait(std::atomic<uint32_t>* word, uint32_t expected) {
@@ -29,6 +32,16 @@ void FutexWait(std::atomic<uint32_t>* word, uint32_t expected) {
 
 void FutexWakeAll(std::atomic<uint32_t>* word) {
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr,
+          nullptr, 0);
+}
+
+void FutexWait(std::atomic<int>* word, int expected) {
+  syscall(SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr,
+          nullptr, 0);
+}
+
+void FutexWakeAll(std::atomic<int>* word) {
+  syscall(SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr,
           nullptr, 0);
 }
 
@@ -55,18 +68,23 @@ void ThreadPool::Run(absl::FunctionRef<void(int, int)> fn) {
     fn(0, 1);
     return;
   }
+  std::lock_guard<std::mutex> lock(run_mu_);
   job_ = &fn;
   pending_.store(num_threads_ - 1, std::memory_order_release);
   generation_.fetch_add(1, std::memory_order_seq_cst);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) FutexWakeAll(&generation_);
   fn(0, num_threads_);
   int spins = 0;
-  while (pending_.load(std::memory_order_acquire) != 0) {
+  int left;
+  while ((left = pending_.load(std::memory_order_acquire)) != 0) {
     if (++spins < kSpinIterations) {
       CpuRelax();
-    } else {
-      std::this_thread::yield();
+      continue;
     }
+    // A worker is descheduled: sleep until the last one finishes instead of yielding in a loop.
+    caller_sleeping_.store(true, std::memory_order_seq_cst);
+    if ((left = pending_.load(std::memory_order_seq_cst)) != 0) FutexWait(&pending_, left);
+    caller_sleeping_.store(false, std::memory_order_relaxed);
   }
   job_ = nullptr;
 }
@@ -108,7 +126,10 @@ void ThreadPool::WorkerLoop(int index) {
     seen = now;
     if (stop_.load(std::memory_order_acquire)) return;
     (*job_)(index, num_threads_);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    if (pending_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+        caller_sleeping_.load(std::memory_order_seq_cst)) {
+      FutexWakeAll(&pending_);
+    }
   }
 }
 

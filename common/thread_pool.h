@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -25,7 +26,8 @@ class ThreadPool {
   int num_threads() const { return num_threads_; }
 
   // Runs fn(thread_index, num_threads) once on every thread (the caller is index 0) and returns
-  // when all have finished. Not reentrant: call from one thread at a time.
+  // when all have finished. Calls from several threads are serialized; a call from inside `fn`
+  // would deadlock.
   void Run(absl::FunctionRef<void(int, int)> fn);
 
   // Splits [0, n) into num_threads contiguous chunks, each a multiple of `grain` (except the last).
@@ -43,7 +45,9 @@ class ThreadPool {
   std::atomic<uint32_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<int> sleepers_{0};  // workers blocked in a futex wait
+  std::atomic<bool> caller_sleeping_{false};  // Run's caller blocked waiting for `pending_`
   std::atomic<bool> stop_{false};
+  std::mutex run_mu_;  // one Run at a time
 };
 
 }  // namespace strata
