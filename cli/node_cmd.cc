@@ -24,6 +24,7 @@ struct NodeFlags {
   int kv_memory_mib = 1024;
   int max_sessions = 64;
   int idle_timeout_s = 600;
+  int drain_timeout_s = 30;
   bool quiet = false;
 };
 
@@ -62,7 +63,11 @@ int RunNode(const NodeFlags& f) {
               (*node)->node_id().c_str(), (*node)->first_layer(), (*node)->last_layer());
   std::fflush(stdout);
   WaitForStopSignal();
-  if (!quiet) std::fprintf(stderr, "stopping node %s\n", (*node)->node_id().c_str());
+  if (!quiet) {
+    std::fprintf(stderr, "node %s leaving: moving its sessions elsewhere\n",
+                 (*node)->node_id().c_str());
+  }
+  (*node)->Drain(absl::Seconds(f.drain_timeout_s));
   (*node)->Shutdown();
   return 0;
 }
@@ -92,6 +97,9 @@ void RegisterNode(CLI::App& app, int* exit_code) {
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
   cmd->add_option("--idle-timeout", flags->idle_timeout_s, "Close sessions idle this long, s")
+      ->capture_default_str();
+  cmd->add_option("--drain-timeout", flags->drain_timeout_s,
+                  "On SIGTERM, wait this long for sessions to move elsewhere, s")
       ->capture_default_str();
   cmd->add_flag("--quiet", flags->quiet, "Print only the listening line");
   cmd->callback([flags, exit_code] { *exit_code = RunNode(*flags); });

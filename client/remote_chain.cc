@@ -1,14 +1,32 @@
 #include "client/remote_chain.h"
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
+#include "absl/time/clock.h"
 #include "common/grpc_util.h"
+#include "common/logging.h"
+#include "common/status.h"
 #include "common/strings.h"
-#include "transport/channels.h"
 #include "transport/tensor_codec.h"
 
 namespace strata::client {
+
+// One hop of the current route and what it has told us.
+struct RemoteChain::Hop {
+  v1::Hop hop;
+  int index = 0;  // position in the route when opened
+  std::string session_id, token;
+  std::unique_ptr<HopStream> stream;
+  bool opened = false;          // guarded by mu_
+  bool ended = false;           // guarded by mu_
+  absl::Status end_status;      // guarded by mu_
+  bool next_lost = false;       // guarded by mu_: it lost its next hop
+  uint64_t link_since = 0;      // guarded by mu_: op_seq from which its current next link counts
+  bool draining = false;        // guarded by mu_: it is leaving
+  std::set<uint64_t> copies;    // guarded by mu_: op_seqs it sent boundary copies for
+};
 
 std::string RandomHex128() {
   static thread_local std::mt19937_64 rng(std::random_device{}() ^
@@ -22,176 +40,544 @@ std::string RandomHex128() {
   return s;
 }
 
-absl::StatusOr<std::unique_ptr<RemoteChain>> RemoteChain::Open(const v1::Route& route,
-                                                               const RemoteChainOptions& options) {
-  if (route.hops_size() == 0) return absl::InvalidArgumentError("the route has no hops");
+bool RemoteChain::Retryable(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kCancelled:
+      return false;  // the request itself is wrong: another route would say the same
+    default:
+      return true;
+  }
+}
+
+absl::StatusOr<std::unique_ptr<RemoteChain>> RemoteChain::Open(const RemoteChainOptions& options) {
+  if (!options.routes) return absl::InvalidArgumentError("no route provider");
   auto chain = std::unique_ptr<RemoteChain>(new RemoteChain());
   chain->options_ = options;
-  chain->route_ = route;
-  chain->session_id_ = RandomHex128();
-  const std::string token = RandomHex128();
-  const absl::Time deadline = absl::Now() + options.open_timeout;
-  for (int i = 0; i < route.hops_size(); ++i) {
-    auto hop = std::make_unique<Hop>();
-    hop->hop = route.hops(i);
-    hop->stub = v1::Node::NewStub(transport::ChannelCache::Default().Get(hop->hop.address()));
-    // A session lives as long as its streams; the per-step timeout bounds each wait.
-    hop->context.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(24));
-    hop->stream = hop->stub->Session(&hop->context);
-    v1::SessionRequest req;
-    v1::OpenSession* o = req.mutable_open();
-    o->set_protocol_version(v1::PROTOCOL_VERSION_1);
-    o->set_session_id(chain->session_id_);
-    o->set_token(token);
-    o->set_model_id(options.model_id);
-    o->set_first_layer(hop->hop.first_layer());
-    o->set_last_layer(hop->hop.last_layer());
-    if (i + 1 < route.hops_size()) o->set_next_address(route.hops(i + 1).address());
-    o->set_max_length(options.max_length);
-    o->set_hop_index(i);
-    o->set_wire_dtype(options.wire_dtype);
-    o->set_want_boundary_copies(options.boundary_copies && i + 1 < route.hops_size());
-    hop->stream->Write(req);
-    chain->hops_.push_back(std::move(hop));
+  absl::Status last = absl::UnavailableError("no route");
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    auto routes = options.routes(0, std::vector<std::string>(chain->excluded_.begin(),
+                                                             chain->excluded_.end()));
+    if (!routes.ok()) return routes.status();
+    std::vector<const v1::Route*> candidates = {&routes->route()};
+    for (const v1::Route& r : routes->alternates()) candidates.push_back(&r);
+    for (const v1::Route* route : candidates) {
+      auto hops = chain->OpenHops(*route, 0, 1, true);
+      if (hops.ok()) {
+        chain->hops_ = std::move(*hops);
+        return chain;
+      }
+      last = hops.status();
+    }
   }
-  for (int i = 0; i < static_cast<int>(chain->hops_.size()); ++i) {
-    chain->hops_[i]->reader = std::thread([c = chain.get(), i] { c->ReadLoop(i); });
-  }
-  // Wait for every hop to accept (or refuse) the session.
-  std::unique_lock<std::mutex> lock(chain->mu_);
-  for (int i = 0; i < static_cast<int>(chain->hops_.size()); ++i) {
-    Hop& h = *chain->hops_[i];
-    const bool ready = chain->cv_.wait_until(lock, absl::ToChronoTime(deadline),
-                                             [&] { return h.opened || h.ended; });
-    if (h.opened) continue;
-    const absl::Status st =
-        !ready ? absl::DeadlineExceededError(StrCat("hop ", h.hop.node_id(), " (",
-                                                    h.hop.address(), ") did not answer the open"))
-               : absl::Status(h.end_status.code(),
-                              StrCat("hop ", h.hop.node_id(), " (", h.hop.address(),
-                                     ") refused the session: ", h.end_status.message()));
-    chain->failure_ = {i, st};
-    lock.unlock();
-    return st;
-  }
-  return chain;
+  return last;
 }
 
 RemoteChain::~RemoteChain() { Close(); }
 
 void RemoteChain::Close() {
+  std::vector<std::unique_ptr<Hop>> hops;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return;
     closed_ = true;
+    hops.swap(hops_);
   }
-  for (auto& h : hops_) h->stream->WritesDone();
-  // Readers end when the node finishes the stream; a hop that does not answer is cancelled.
-  for (auto& h : hops_) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (!cv_.wait_for(lock, std::chrono::seconds(2), [&] { return h->ended; })) {
-        h->context.TryCancel();
-      }
-    }
-    if (h->reader.joinable()) h->reader.join();
-  }
+  for (auto& h : hops) h->stream->Close(absl::Seconds(2));
 }
 
-void RemoteChain::ReadLoop(int index) {
-  Hop& h = *hops_[index];
-  v1::SessionResponse resp;
-  while (h.stream->Read(&resp)) {
-    std::lock_guard<std::mutex> lock(mu_);
-    switch (resp.kind_case()) {
-      case v1::SessionResponse::kOpened:
-        h.opened = true;
-        break;
-      case v1::SessionResponse::kResult: {
-        Reply& r = replies_[resp.result().op_seq()];
-        r.done = true;
-        r.hop = index;
-        r.result = std::move(*resp.mutable_result());
-        break;
-      }
-      case v1::SessionResponse::kDone: {
-        Reply& r = replies_[resp.done().op_seq()];
-        r.done = true;
-        r.hop = index;
-        break;
-      }
-      case v1::SessionResponse::kError: {
-        Reply& r = replies_[resp.error().op_seq()];
-        r.done = true;
-        r.hop = index;
-        r.status = StatusFromCode(resp.error().code(),
-                                  StrCat(h.hop.node_id(), ": ", resp.error().message()));
-        break;
-      }
-      case v1::SessionResponse::kBoundary: {
-        const int layer = resp.boundary().boundary_layer();
-        const uint64_t seq = resp.boundary().op_seq();
-        boundaries_[layer][seq] = std::move(*resp.mutable_boundary());
-        break;
-      }
-      default:
-        break;
-    }
-    cv_.notify_all();
+absl::StatusOr<std::vector<std::unique_ptr<RemoteChain::Hop>>> RemoteChain::OpenHops(
+    const v1::Route& route, int first_index, uint64_t first_op_seq, bool first_from_client) {
+  if (route.hops_size() == 0) return absl::UnavailableError("the route has no hops");
+  const std::string session_id = RandomHex128(), token = RandomHex128();
+  std::vector<std::unique_ptr<Hop>> hops;
+  for (int i = 0; i < route.hops_size(); ++i) {
+    auto hop = std::make_unique<Hop>();
+    hop->hop = route.hops(i);
+    hop->index = first_index + i;
+    hop->session_id = session_id;
+    hop->token = token;
+    hops.push_back(std::move(hop));
   }
-  grpc::Status st = h.stream->Finish();
+  for (int i = 0; i < route.hops_size(); ++i) {
+    v1::OpenSession o;
+    o.set_protocol_version(v1::PROTOCOL_VERSION_1);
+    o.set_session_id(session_id);
+    o.set_token(token);
+    o.set_model_id(options_.model_id);
+    o.set_first_layer(route.hops(i).first_layer());
+    o.set_last_layer(route.hops(i).last_layer());
+    if (i + 1 < route.hops_size()) o.set_next_address(route.hops(i + 1).address());
+    o.set_max_length(options_.max_length);
+    o.set_hop_index(first_index + i);
+    o.set_wire_dtype(options_.wire_dtype);
+    o.set_want_boundary_copies(i + 1 < route.hops_size());
+    o.set_first_op_seq(first_op_seq);
+    o.set_first_op_from_client(i == 0 && first_from_client);
+    Hop* h = hops[i].get();
+    h->stream = std::make_unique<HopStream>(
+        h->hop.address(), o,
+        [this, h](const v1::SessionResponse* m, const grpc::Status& end) { OnMessage(h, m, end); });
+  }
+  const absl::Time deadline = absl::Now() + options_.open_timeout;
+  absl::Status failure;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (auto& h : hops) {
+      const bool answered = cv_.wait_until(lock, absl::ToChronoTime(deadline),
+                                           [&] { return h->opened || h->ended; });
+      if (h->opened) continue;
+      failure = !answered
+                    ? absl::DeadlineExceededError(StrCat("hop ", h->hop.node_id(), " (",
+                                                         h->hop.address(),
+                                                         ") did not answer the open"))
+                    : absl::Status(h->end_status.code(),
+                                   StrCat("hop ", h->hop.node_id(), " (", h->hop.address(),
+                                          ") refused the session: ", h->end_status.message()));
+      if (Retryable(failure)) excluded_.insert(h->hop.node_id());
+      break;
+    }
+  }
+  if (!failure.ok()) {
+    for (auto& h : hops) h->stream->Close(absl::Milliseconds(200));
+    return failure;
+  }
+  return hops;
+}
+
+void RemoteChain::OnMessage(Hop* h, const v1::SessionResponse* m, const grpc::Status& end) {
   std::lock_guard<std::mutex> lock(mu_);
-  h.ended = true;
-  h.end_status = st.ok() && !closed_
-                     ? absl::UnavailableError(StrCat(h.hop.node_id(), " closed the session"))
-                     : FromGrpcStatus(st);
+  if (m == nullptr) {
+    h->ended = true;
+    h->end_status = end.ok() ? absl::UnavailableError(StrCat(h->hop.node_id(), " closed the session"))
+                             : FromGrpcStatus(end);
+    cv_.notify_all();
+    return;
+  }
+  // The replay and the Redirect share a number in two domains (new hops / kept hops).
+  auto reply_for = [&](uint64_t seq) -> Reply* {
+    if (replay_seq_ != 0 && seq == replay_seq_ && h->index >= replay_first_hop_) {
+      return &replay_reply_;
+    }
+    auto it = log_.find(seq);
+    return it == log_.end() ? nullptr : &it->second.reply;
+  };
+  switch (m->kind_case()) {
+    case v1::SessionResponse::kOpened:
+      h->opened = true;
+      break;
+    case v1::SessionResponse::kResult:
+      if (Reply* r = reply_for(m->result().op_seq())) {
+        r->done = true;
+        r->hop = h->index;
+        r->result = m->result();
+      }
+      break;
+    case v1::SessionResponse::kDone:
+      if (Reply* r = reply_for(m->done().op_seq())) {
+        r->done = true;
+        r->hop = h->index;
+      }
+      break;
+    case v1::SessionResponse::kError:
+      if (Reply* r = reply_for(m->error().op_seq())) {
+        r->done = true;
+        r->hop = h->index;
+        r->status = StatusFromCode(m->error().code(),
+                                   StrCat(h->hop.node_id(), ": ", m->error().message()));
+      }
+      break;
+    case v1::SessionResponse::kBoundary: {
+      const v1::BoundaryStates& b = m->boundary();
+      if (b.rows_size() == 0) {  // the op passed this hop; nothing to keep
+        h->copies.insert(b.op_seq());
+        break;
+      }
+      std::vector<float> values;
+      if (transport::DecodeRows(b.hidden(), b.rows_size(), options_.hidden_size, &values).ok()) {
+        inputs_[b.boundary_layer()][b.op_seq()] = std::move(values);
+        h->copies.insert(b.op_seq());
+      }
+      break;
+    }
+    case v1::SessionResponse::kNextHopLost:
+      // A loss reported for a link replaced since (by a Redirect) is old news.
+      if (m->next_hop_lost().last_op_seq() >= h->link_since) h->next_lost = true;
+      break;
+    case v1::SessionResponse::kDraining:
+      h->draining = true;
+      break;
+    default:
+      break;
+  }
   cv_.notify_all();
 }
 
-absl::StatusOr<v1::ForwardResult> RemoteChain::Run(v1::Op op) {
-  const uint64_t seq = next_op_++;
-  op.set_op_seq(seq);
-  v1::SessionRequest req;
-  *req.mutable_op() = std::move(op);
-  if (!hops_[0]->stream->Write(req)) {
-    std::lock_guard<std::mutex> lock(mu_);
-    failure_ = {0, absl::UnavailableError(StrCat(hops_[0]->hop.node_id(), " is unreachable"))};
-    return failure_.status;
+absl::Duration RemoteChain::StepDeadline(int64_t rows) const {
+  if (ema_base_ms_ < 0) return options_.step_timeout;
+  const double expected = ema_base_ms_ + std::max(0.0, ema_row_ms_) * static_cast<double>(rows);
+  return std::min(options_.step_timeout,
+                  absl::Milliseconds(4 * expected) + options_.min_step_timeout);
+}
+
+void RemoteChain::Learn(int64_t rows, double ms) {
+  constexpr double a = 0.2;
+  if (rows == 1) {
+    ema_base_ms_ = ema_base_ms_ < 0 ? ms : (1 - a) * ema_base_ms_ + a * ms;
+  } else if (ema_base_ms_ >= 0) {
+    const double per_row = std::max(0.0, (ms - ema_base_ms_) / static_cast<double>(rows - 1));
+    ema_row_ms_ = ema_row_ms_ < 0 ? per_row : (1 - a) * ema_row_ms_ + a * per_row;
   }
-  std::unique_lock<std::mutex> lock(mu_);
-  int ended = -1;
-  auto ready = [&] {
-    auto it = replies_.find(seq);
-    if (it != replies_.end() && it->second.done) return true;
-    for (int i = 0; i < static_cast<int>(hops_.size()); ++i) {
+}
+
+std::variant<v1::ForwardResult, RemoteChain::Failure> RemoteChain::Await(
+    uint64_t seq, int64_t rows, std::unique_lock<std::mutex>& lock, Reply* reply,
+    size_t first_hop) {
+  Failure failure;
+  auto settled = [&] {
+    const Reply& r = *reply;
+    if (r.done) return true;
+    for (size_t i = 0; i < hops_.size(); ++i) {
       if (hops_[i]->ended) {
-        ended = i;
+        failure = {static_cast<int>(i), hops_[i]->end_status, true};
+        return true;
+      }
+      if (hops_[i]->next_lost && i + 1 < hops_.size()) {
+        failure = {static_cast<int>(i + 1),
+                   absl::UnavailableError(StrCat(hops_[i + 1]->hop.node_id(),
+                                                 " is unreachable from ",
+                                                 hops_[i]->hop.node_id())),
+                   true};
         return true;
       }
     }
     return false;
   };
-  if (!cv_.wait_for(lock, absl::ToChronoMilliseconds(options_.step_timeout), ready)) {
-    failure_ = {-1, absl::DeadlineExceededError(
-                        StrCat("no answer from the route within ",
-                               absl::FormatDuration(options_.step_timeout)))};
-    return failure_.status;
-  }
-  auto it = replies_.find(seq);
-  if (it != replies_.end() && it->second.done) {
-    Reply r = std::move(it->second);
-    replies_.erase(it);
-    if (!r.status.ok()) {
-      failure_ = {r.hop, r.status};
-      return r.status;
+  const absl::Duration deadline = StepDeadline(rows);
+  if (!cv_.wait_for(lock, absl::ToChronoMilliseconds(deadline), settled)) {
+    // Stuck: the first hop (from where the op entered) that did not pass it on is the culprit.
+    size_t stuck = hops_.size() - 1;
+    for (size_t i = first_hop; i + 1 < hops_.size(); ++i) {
+      if (!hops_[i]->copies.contains(seq)) {
+        stuck = i;
+        break;
+      }
     }
-    return std::move(r.result);
+    return Failure{static_cast<int>(stuck),
+                   absl::DeadlineExceededError(StrCat(hops_[stuck]->hop.node_id(),
+                                                      " did not answer within ",
+                                                      absl::FormatDuration(deadline))),
+                   true};
   }
-  const Hop& h = *hops_[ended];
-  failure_ = {ended, absl::Status(h.end_status.code(),
-                                  StrCat("hop ", h.hop.node_id(), " (", h.hop.address(),
-                                         ") failed: ", h.end_status.message()))};
-  return failure_.status;
+  Reply& r = *reply;
+  if (r.done) {
+    if (r.status.ok()) return r.result;
+    int hop = 0;
+    for (size_t i = 0; i < hops_.size(); ++i) {
+      if (hops_[i]->index == r.hop) hop = static_cast<int>(i);
+    }
+    return Failure{hop, r.status, true};
+  }
+  return failure;
+}
+
+absl::StatusOr<v1::ForwardResult> RemoteChain::RunOp(v1::Op op, std::vector<model::Row> rows,
+                                                     std::vector<float> hidden) {
+  const int64_t n_rows = std::max<int64_t>(1, static_cast<int64_t>(rows.size()));
+  int failovers = 0;
+  absl::Time failure_time;
+  bool recovering = false;
+  while (true) {
+    // A hop that announced it is leaving is replaced before it is sent more work.
+    std::optional<Failure> leaving;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) return absl::CancelledError("the chain is closed");
+      for (size_t i = 0; i < hops_.size(); ++i) {
+        if (hops_[i]->draining) {
+          leaving = Failure{static_cast<int>(i),
+                            absl::UnavailableError(StrCat(hops_[i]->hop.node_id(), " is leaving")),
+                            false};
+          break;
+        }
+      }
+    }
+    if (leaving) {
+      if (!recovering) failure_time = absl::Now();
+      recovering = true;
+      RETURN_IF_ERROR(Failover(*leaving, 0));
+    }
+    const uint64_t seq = next_op_++;
+    op.set_op_seq(seq);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      OpRecord& rec = log_[seq];
+      rec.kind = op.kind_case();
+      rec.rows = rows;
+      if (op.has_truncate()) {
+        rec.seq = op.truncate().seq();
+        rec.from_pos = op.truncate().from_pos();
+      }
+      if (op.has_forward()) inputs_[0][seq] = hidden;
+    }
+    v1::SessionRequest req;
+    *req.mutable_op() = op;
+    const absl::Time sent = absl::Now();
+    hops_[0]->stream->Write(req);
+    std::unique_lock<std::mutex> lock(mu_);
+    auto outcome = Await(seq, n_rows, lock, &log_[seq].reply);
+    if (auto* result = std::get_if<v1::ForwardResult>(&outcome)) {
+      log_[seq].completed = true;
+      Learn(n_rows, absl::ToDoubleMilliseconds(absl::Now() - sent));
+      if (recovering) {
+        stats_.last_recovery_ms = absl::ToDoubleMilliseconds(absl::Now() - failure_time);
+      }
+      return std::move(*result);
+    }
+    Failure failure = std::get<Failure>(outcome);
+    lock.unlock();
+    if (!Retryable(failure.status)) return failure.status;
+    if (++failovers > options_.max_failovers_per_op) {
+      return absl::Status(failure.status.code(),
+                          StrCat("giving up after ", options_.max_failovers_per_op,
+                                 " failovers: ", failure.status.message()));
+    }
+    if (!recovering) failure_time = absl::Now();
+    recovering = true;
+    RETURN_IF_ERROR(Failover(failure, seq));
+  }
+}
+
+std::optional<std::vector<RemoteChain::Cell>> RemoteChain::History(int boundary) const {
+  std::vector<Cell> cells;
+  auto inputs = inputs_.find(boundary);
+  const int width = options_.hidden_size;
+  uint64_t start = 0;
+  if (auto snap = snapshot_seq_.find(boundary); snap != snapshot_seq_.end()) {
+    start = snap->second;
+    const std::vector<model::Row>& rows = snapshot_rows_.at(start);
+    if (inputs == inputs_.end() || !inputs->second.contains(start)) return std::nullopt;
+    const float* h = inputs->second.at(start).data();
+    for (size_t i = 0; i < rows.size(); ++i) cells.push_back({rows[i].pos, rows[i].seqs, h + i * width});
+  }
+  for (auto it = log_.upper_bound(start); it != log_.end(); ++it) {
+    const OpRecord& rec = it->second;
+    if (!rec.completed) continue;
+    switch (rec.kind) {
+      case v1::Op::kForward: {
+        if (inputs == inputs_.end()) return std::nullopt;
+        auto in = inputs->second.find(it->first);
+        if (in == inputs->second.end()) return std::nullopt;
+        for (size_t i = 0; i < rec.rows.size(); ++i) {
+          cells.push_back({rec.rows[i].pos, rec.rows[i].seqs, in->second.data() + i * width});
+        }
+        break;
+      }
+      case v1::Op::kTruncate: {
+        const model::SeqMask bit = model::SeqBit(rec.seq);
+        for (Cell& c : cells) {
+          if ((c.seqs & bit) && c.pos >= rec.from_pos) c.seqs &= ~bit;
+        }
+        std::erase_if(cells, [](const Cell& c) { return c.seqs == 0; });
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  std::stable_sort(cells.begin(), cells.end(),
+                   [](const Cell& a, const Cell& b) { return a.pos < b.pos; });
+  return cells;
+}
+
+absl::Status RemoteChain::Failover(Failure failure, uint64_t failed_seq) {
+  std::vector<std::unique_ptr<Hop>> dropped;
+  int keep = 0;  // hops [0, keep) stay
+  int boundary = 0;
+  std::vector<Cell> cells;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    const Hop& failed = *hops_[failure.hop];
+    STRATA_LOG(Warning) << "hop " << failed.hop.node_id() << " (layers "
+                        << failed.hop.first_layer() << "-" << failed.hop.last_layer() - 1
+                        << ") failed: " << failure.status;
+    excluded_.insert(failed.hop.node_id());
+    if (failure.report && options_.report_failure) {
+      lock.unlock();
+      options_.report_failure(failed.hop.node_id(), failure.status);
+      lock.lock();
+    }
+    // Rebuild from the failed hop's first layer if we hold its inputs there, else from an
+    // earlier boundary. Copies of the last ops may still be on their way: wait a moment.
+    keep = failure.hop;
+    while (true) {
+      boundary = keep == 0 ? 0 : hops_[keep]->hop.first_layer();
+      std::optional<std::vector<Cell>> history;
+      cv_.wait_for(lock, std::chrono::seconds(1), [&] {
+        history = History(boundary);
+        return history.has_value() || (keep > 0 && hops_[keep - 1]->ended);
+      });
+      if (history) {
+        cells = std::move(*history);
+        break;
+      }
+      --keep;
+    }
+    for (size_t i = keep; i < hops_.size(); ++i) dropped.push_back(std::move(hops_[i]));
+    hops_.resize(keep);
+    if (keep > 0) {
+      // The last kept hop's old link is gone with the dropped hops; reports about it are old
+      // news from now on (its next link will count from the Redirect, op next_op_).
+      hops_[keep - 1]->next_lost = false;
+      hops_[keep - 1]->link_since = next_op_;
+    }
+    stats_.failovers++;
+  }
+  for (auto& h : dropped) h->stream->Close(absl::Milliseconds(100));
+
+  // Numbering: the new hops start at R. With a replay, R is the replay (sent by us to the first
+  // new hop); with kept hops, R is also the Redirect on the kept hops, which the new hops never
+  // see. Either way the next op after recovery is R + 1 — except with neither, where it is R.
+  const uint64_t R = next_op_;
+  const bool replay = !cells.empty();
+  const uint64_t first_seq = (replay || keep == 0) ? R : R + 1;
+
+  const absl::Time give_up = absl::Now() + options_.no_route_wait;
+  absl::Duration backoff = absl::Milliseconds(100);
+  std::mt19937 jitter(static_cast<uint32_t>(absl::ToUnixNanos(absl::Now())));
+  absl::Status last;
+  std::vector<std::unique_ptr<Hop>> fresh;
+  while (fresh.empty()) {
+    auto routes =
+        options_.routes(boundary, std::vector<std::string>(excluded_.begin(), excluded_.end()));
+    last = routes.status();
+    if (routes.ok()) {
+      std::vector<const v1::Route*> candidates = {&routes->route()};
+      for (const v1::Route& r : routes->alternates()) candidates.push_back(&r);
+      for (const v1::Route* route : candidates) {
+        bool usable = true;  // skip routes through nodes that failed us meanwhile
+        for (const v1::Hop& h : route->hops()) usable = usable && !excluded_.contains(h.node_id());
+        if (!usable) continue;
+        auto hops = OpenHops(*route, keep, first_seq, replay);
+        if (hops.ok()) {
+          fresh = std::move(*hops);
+          break;
+        }
+        STRATA_LOG(Warning) << "replacement route refused: " << hops.status();
+        last = hops.status();
+      }
+    }
+    if (!fresh.empty()) break;
+    if (absl::Now() >= give_up) {
+      return absl::Status(last.code(),
+                          StrCat("no route to replace the failed hop: ", last.message()));
+    }
+    // Bounded retries, exponential back-off with jitter.
+    std::uniform_real_distribution<double> u(0.5, 1.5);
+    absl::SleepFor(std::min(backoff * u(jitter), give_up - absl::Now()));
+    backoff = std::min(backoff * 2, absl::Seconds(2));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& h : fresh) hops_.push_back(std::move(h));
+  }
+
+  // Rebuild the new hops' KV: the inputs held for `boundary`, in one forward.
+  if (replay) {
+    v1::Op fwd;
+    fwd.set_op_seq(R);
+    std::vector<model::Row> rows;
+    std::vector<float> values;
+    values.reserve(cells.size() * options_.hidden_size);
+    for (const Cell& c : cells) {
+      v1::RowMeta* m = fwd.mutable_forward()->add_rows();
+      m->set_pos(c.pos);
+      m->set_seqs(c.seqs);
+      rows.push_back({c.pos, c.seqs});
+      values.insert(values.end(), c.hidden, c.hidden + options_.hidden_size);
+    }
+    fwd.mutable_forward()->add_out_rows(static_cast<int32_t>(cells.size()) - 1);
+    transport::EncodeRows(values.data(), static_cast<int64_t>(cells.size()), options_.hidden_size,
+                          options_.wire_dtype, fwd.mutable_forward()->mutable_hidden());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      snapshot_rows_[R] = rows;
+      for (size_t i = keep + 1; i < hops_.size(); ++i) {
+        snapshot_seq_[hops_[i]->hop.first_layer()] = R;
+      }
+      replay_seq_ = R;
+      replay_first_hop_ = keep;
+      replay_reply_ = Reply();
+    }
+    v1::SessionRequest req;
+    *req.mutable_op() = fwd;
+    const absl::Time t0 = absl::Now();
+    hops_[keep]->stream->Write(req);
+    std::unique_lock<std::mutex> lock(mu_);
+    auto outcome = Await(R, static_cast<int64_t>(cells.size()), lock, &replay_reply_, keep);
+    replay_seq_ = 0;
+    if (auto* f = std::get_if<Failure>(&outcome)) {
+      Failure again = *f;
+      lock.unlock();
+      return Failover(again, failed_seq);  // the interrupted op still needs its rollback
+    }
+    stats_.last_replay_ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
+    stats_.last_replay_rows = static_cast<int>(cells.size());
+  }
+
+  // Re-point the last kept hop at the new ones (ordered through the kept hops).
+  if (keep > 0) {
+    v1::Op r;
+    r.set_op_seq(R);
+    v1::Redirect* rd = r.mutable_redirect();
+    rd->set_target_hop(keep - 1);
+    rd->set_next_address(hops_[keep]->hop.address());
+    rd->set_next_session_id(hops_[keep]->session_id);
+    rd->set_next_token(hops_[keep]->token);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      log_[R].kind = v1::Op::kRedirect;
+    }
+    v1::SessionRequest req;
+    *req.mutable_op() = r;
+    hops_[0]->stream->Write(req);
+    std::unique_lock<std::mutex> lock(mu_);
+    auto outcome = Await(R, 1, lock, &log_[R].reply);
+    if (auto* f = std::get_if<Failure>(&outcome)) {
+      Failure again = *f;
+      lock.unlock();
+      next_op_ = R + 1;
+      return Failover(again, failed_seq);  // the interrupted op still needs its rollback
+    }
+    log_[R].completed = true;
+  }
+  next_op_ = (keep > 0 || replay) ? R + 1 : R;
+
+  // The kept hops drop whatever the interrupted op added (the new hops never had it).
+  if (keep > 0 && failed_seq > 0) {
+    std::map<int, int32_t> from;  // sequence -> first position the op added
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const OpRecord& rec = log_.at(failed_seq);
+      if (rec.kind == v1::Op::kForward) {
+        for (const model::Row& row : rec.rows) {
+          for (model::SeqMask m = row.seqs; m; m &= m - 1) {
+            const int s = __builtin_ctzll(m);
+            from[s] = from.contains(s) ? std::min(from[s], row.pos) : row.pos;
+          }
+        }
+      }
+    }
+    for (auto [s, pos] : from) {
+      v1::Op t;
+      t.mutable_truncate()->set_seq(s);
+      t.mutable_truncate()->set_from_pos(pos);
+      auto done = RunOp(std::move(t), {}, {});
+      if (!done.ok()) return done.status();
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status RemoteChain::Forward(std::span<const model::Row> rows, const float* hidden,
@@ -204,9 +590,11 @@ absl::Status RemoteChain::Forward(std::span<const model::Row> rows, const float*
     m->set_seqs(r.seqs);
   }
   for (int32_t o : out_rows) f->add_out_rows(o);
-  transport::EncodeRows(hidden, static_cast<int64_t>(rows.size()), options_.hidden_size,
-                        options_.wire_dtype, f->mutable_hidden());
-  auto result = Run(std::move(op));
+  const int64_t n = static_cast<int64_t>(rows.size());
+  transport::EncodeRows(hidden, n, options_.hidden_size, options_.wire_dtype, f->mutable_hidden());
+  std::vector<float> input(hidden, hidden + n * options_.hidden_size);
+  auto result = RunOp(std::move(op), std::vector<model::Row>(rows.begin(), rows.end()),
+                      std::move(input));
   if (!result.ok()) return result.status();
   std::vector<float> values;
   values.reserve(out_rows.size() * options_.hidden_size);
@@ -221,10 +609,11 @@ absl::Status RemoteChain::Truncate(model::SeqId seq, int32_t from_pos) {
   v1::Op op;
   op.mutable_truncate()->set_seq(seq);
   op.mutable_truncate()->set_from_pos(from_pos);
-  return Run(std::move(op)).status();
+  return RunOp(std::move(op), {}, {}).status();
 }
 
 std::vector<HopInfo> RemoteChain::Hops() const {
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<HopInfo> out;
   for (const auto& h : hops_) {
     out.push_back({h->hop.node_id(), h->hop.address(), h->hop.first_layer(), h->hop.last_layer()});
@@ -232,9 +621,9 @@ std::vector<HopInfo> RemoteChain::Hops() const {
   return out;
 }
 
-HopFailure RemoteChain::last_failure() const {
+ChainStats RemoteChain::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return failure_;
+  return stats_;
 }
 
 }  // namespace strata::client

@@ -1,24 +1,33 @@
-// A Chain over a route of remote nodes. The client opens a Session stream to every hop and sends
-// ops to the first; hidden states then flow node to node, and the last hop answers. The chain
-// keeps every boundary copy the intermediate hops send (the inputs of each span boundary), which
-// is what failover replays.
+// A Chain over a route of remote nodes, surviving node failures.
+//
+// The client opens a Session stream to every hop and sends every op to the first; hidden states
+// then flow node to node and the last hop answers. Intermediate hops send the client a copy of
+// what they forwarded, so the client holds the input of every span boundary of its route.
+//
+// When a hop fails (its stream breaks, the hop before it loses it, it stops answering within the
+// step deadline, or it announces that it is leaving), the chain keeps the hops before the failed
+// one, asks the coordinator for a route over the remaining layers that avoids the failed node,
+// opens sessions there, replays the inputs it holds for that boundary in one batched forward to
+// rebuild their KV, re-points the last kept hop at the new ones, and sends the interrupted op
+// again. Determinism makes the result identical to an uninterrupted run.
 #pragma once
 
-#include <grpcpp/grpcpp.h>
-
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string>
-#include <thread>
+#include <variant>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/chain.h"
+#include "client/hop_stream.h"
 #include "strata/v1/coordinator.pb.h"
-#include "strata/v1/node.grpc.pb.h"
 
 namespace strata::client {
 
@@ -27,22 +36,33 @@ struct RemoteChainOptions {
   int hidden_size = 0;
   int max_length = 0;                          // 0: the model's context length
   v1::DType wire_dtype = v1::DTYPE_F32;        // hidden states between hops (f32: lossless)
-  bool boundary_copies = true;                 // ask hops for the inputs of each boundary
-  absl::Duration open_timeout = absl::Seconds(10);
+  absl::Duration open_timeout = absl::Seconds(5);
+  // Longest wait for one op before the route is considered stuck. The deadline actually used
+  // follows measured step times (4x the expected time plus min_step_timeout), capped by this.
   absl::Duration step_timeout = absl::Seconds(60);
+  absl::Duration min_step_timeout = absl::Seconds(2);
+  int max_failovers_per_op = 8;
+  // How long to keep asking for a route when no route exists before giving up.
+  absl::Duration no_route_wait = absl::Seconds(20);
+  // A route over layers [start_layer, L) avoiding `exclude` (node ids).
+  std::function<absl::StatusOr<v1::RouteResponse>(int start_layer,
+                                                  const std::vector<std::string>& exclude)>
+      routes;
+  // Tells the coordinators that a node failed this client (may be empty).
+  std::function<void(const std::string& node_id, const absl::Status& why)> report_failure;
 };
 
-// A failure on a hop: which one, and the status it reported.
-struct HopFailure {
-  int hop = -1;  // index into the route; -1 when unknown
-  absl::Status status;
+// Counters of one chain, for diagnostics and benchmarks.
+struct ChainStats {
+  int failovers = 0;
+  double last_recovery_ms = 0;  // failure detected -> interrupted op answered
+  double last_replay_ms = 0;    // of which: the replay forward
+  int last_replay_rows = 0;
 };
 
 class RemoteChain : public Chain {
  public:
-  // Opens the session on every hop of `route`; fails if any hop refuses or times out.
-  static absl::StatusOr<std::unique_ptr<RemoteChain>> Open(const v1::Route& route,
-                                                           const RemoteChainOptions& options);
+  static absl::StatusOr<std::unique_ptr<RemoteChain>> Open(const RemoteChainOptions& options);
   ~RemoteChain() override;
 
   absl::Status Forward(std::span<const model::Row> rows, const float* hidden,
@@ -50,47 +70,80 @@ class RemoteChain : public Chain {
   absl::Status Truncate(model::SeqId seq, int32_t from_pos) override;
   std::vector<HopInfo> Hops() const override;
 
-  const v1::Route& route() const { return route_; }
-  // The hop that caused the last error (for failover and for reporting it).
-  HopFailure last_failure() const;
+  ChainStats stats() const;
   // Ends every stream.
   void Close();
 
  private:
-  struct Hop {
-    v1::Hop hop;
-    std::unique_ptr<v1::Node::Stub> stub;
-    grpc::ClientContext context;
-    std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> stream;
-    std::thread reader;
-    bool opened = false;     // guarded by mu_
-    bool ended = false;      // guarded by mu_
-    absl::Status end_status; // guarded by mu_
-  };
+  struct Hop;
+  // The answer to an op, once it arrived.
   struct Reply {
     bool done = false;
     absl::Status status;
-    int hop = -1;
+    int hop = -1;  // Hop::index of the sender
     v1::ForwardResult result;
+  };
+  // An op as the history needs it.
+  struct OpRecord {
+    v1::Op::KindCase kind = v1::Op::KIND_NOT_SET;
+    std::vector<model::Row> rows;  // forwards
+    int seq = 0, from_pos = 0;     // truncates
+    bool completed = false;
+    Reply reply;
+  };
+  struct Cell {
+    int32_t pos;
+    model::SeqMask seqs;
+    const float* hidden;
+  };
+  struct Failure {
+    int hop = -1;           // index of the failed hop in hops_
+    absl::Status status;
+    bool report = true;     // a real failure (not a graceful departure)
   };
 
   RemoteChain() = default;
-  void ReadLoop(int index);
-  // Sends `op` to the first hop and waits for its reply from the last (or an error from any).
-  absl::StatusOr<v1::ForwardResult> Run(v1::Op op);
+  // Opens sessions for `route` as hops [first_index, ...) of this chain, starting at op
+  // `first_op_seq`. Returns the new hops (not yet added) once all accepted.
+  absl::StatusOr<std::vector<std::unique_ptr<Hop>>> OpenHops(const v1::Route& route,
+                                                             int first_index,
+                                                             uint64_t first_op_seq,
+                                                             bool first_from_client);
+  void OnMessage(Hop* hop, const v1::SessionResponse* message, const grpc::Status& end);
+  // Sends `op` (op_seq assigned here), with failover; the forward's input rows and hidden
+  // states at boundary 0 come with it.
+  absl::StatusOr<v1::ForwardResult> RunOp(v1::Op op, std::vector<model::Row> rows,
+                                          std::vector<float> hidden);
+  // Waits for the reply to `seq` sent to hop 0; a failure names the hop to replace.
+  std::variant<v1::ForwardResult, Failure> Await(uint64_t seq, int64_t rows,
+                                                 std::unique_lock<std::mutex>& lock,
+                                                 Reply* reply, size_t first_hop = 0);
+  absl::Status Failover(Failure failure, uint64_t failed_seq);
+  // The cells the KV of the hop starting at `boundary` must hold, from the inputs kept for it;
+  // nullopt when an input is missing.
+  std::optional<std::vector<Cell>> History(int boundary) const;
+  absl::Duration StepDeadline(int64_t rows) const;
+  void Learn(int64_t rows, double ms);
+  static bool Retryable(const absl::Status& status);
 
   RemoteChainOptions options_;
-  v1::Route route_;
-  std::string session_id_;
-  std::vector<std::unique_ptr<Hop>> hops_;
+  std::vector<std::unique_ptr<Hop>> hops_;  // the current route
   uint64_t next_op_ = 1;
+  std::set<std::string> excluded_;          // nodes that failed this chain
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::map<uint64_t, Reply> replies_;  // guarded by mu_
-  HopFailure failure_;                 // guarded by mu_
-  // boundary layer -> (op_seq -> copy), guarded by mu_
-  std::map<int, std::map<uint64_t, v1::BoundaryStates>> boundaries_;
+  std::map<uint64_t, OpRecord> log_;        // every op sent, by op_seq
+  // Inputs of forwards at each boundary layer: boundary -> op_seq -> rows x hidden floats.
+  std::map<int, std::map<uint64_t, std::vector<float>>> inputs_;
+  // A replay's inputs at a boundary stand for every op before it: boundary -> op_seq.
+  std::map<int, uint64_t> snapshot_seq_;
+  std::map<uint64_t, std::vector<model::Row>> snapshot_rows_;
+  ChainStats stats_;
+  uint64_t replay_seq_ = 0;     // a replay in flight (its replies come from the new hops)
+  int replay_first_hop_ = -1;
+  Reply replay_reply_;
+  double ema_base_ms_ = -1, ema_row_ms_ = -1;
   bool closed_ = false;
 };
 

@@ -28,18 +28,18 @@ std::vector<RouteHop> ToRouteHops(const std::vector<HopInfo>& hops) {
 // A Session that owns its chain.
 class SwarmSession final : public strata::Session {
  public:
-  SwarmSession(std::unique_ptr<InferenceSession> session, std::vector<HopInfo> route)
-      : session_(std::move(session)), route_(std::move(route)) {}
+  SwarmSession(std::unique_ptr<InferenceSession> session, RemoteChain* chain)
+      : session_(std::move(session)), chain_(chain) {}
   absl::StatusOr<std::span<const float>> Feed(std::span<const int32_t> tokens) override {
     return session_->Feed(tokens);
   }
   std::span<const float> hidden() const override { return session_->hidden(); }
   int position() const override { return session_->position(); }
-  std::vector<RouteHop> route() const override { return ToRouteHops(route_); }
+  std::vector<RouteHop> route() const override { return ToRouteHops(chain_->Hops()); }
 
  private:
   std::unique_ptr<InferenceSession> session_;
-  std::vector<HopInfo> route_;
+  RemoteChain* chain_;  // owned by session_
 };
 
 }  // namespace
@@ -63,12 +63,14 @@ absl::StatusOr<std::unique_ptr<SwarmClient>> SwarmClient::Create(const ClientOpt
   return c;
 }
 
-absl::StatusOr<v1::RouteResponse> SwarmClient::GetRoute(const std::vector<std::string>& exclude) {
+absl::StatusOr<v1::RouteResponse> SwarmClient::GetRoute(int start_layer,
+                                                        const std::vector<std::string>& exclude) {
   absl::Status last = absl::UnavailableError("no coordinator answered");
   for (size_t i = 0; i < coordinators_.size(); ++i) {
     v1::RouteRequest req;
     req.set_model_id(model_->id());
     for (const std::string& id : exclude) req.add_exclude_node_ids(id);
+    req.set_start_layer(start_layer);
     req.set_alternates(3);
     v1::RouteResponse resp;
     grpc::ClientContext ctx;
@@ -77,39 +79,51 @@ absl::StatusOr<v1::RouteResponse> SwarmClient::GetRoute(const std::vector<std::s
     if (st.ok()) return resp;
     last = absl::Status(FromGrpcStatus(st).code(),
                         StrCat("coordinator ", options_.coordinators[i], ": ", st.error_message()));
-    // A coordinator that answered with a real verdict (e.g. layers uncovered) is authoritative
-    // unless another one knows more; keep trying the rest.
   }
   return last;
 }
 
-absl::StatusOr<std::unique_ptr<InferenceSession>> SwarmClient::NewInferenceSession(
-    std::vector<HopInfo>* route_out) {
-  ASSIGN_OR_RETURN(v1::RouteResponse routes, GetRoute());
+void SwarmClient::ReportFailure(const std::string& node_id, const absl::Status& why) {
+  for (auto& c : coordinators_) {
+    v1::FailureReport req;
+    req.set_node_id(node_id);
+    req.set_reason(std::string(why.message()));
+    req.set_code(static_cast<int>(why.code()));
+    v1::FailureAck ack;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    (void)c->ReportFailure(&ctx, req, &ack);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<RemoteChain>> SwarmClient::OpenChain() {
   RemoteChainOptions o;
   o.model_id = model_->id();
   o.hidden_size = model_->hparams().n_embd;
   o.step_timeout = absl::Milliseconds(options_.step_timeout_ms);
-  std::vector<const v1::Route*> candidates = {&routes.route()};
-  for (const v1::Route& r : routes.alternates()) candidates.push_back(&r);
-  absl::Status last;
-  for (const v1::Route* route : candidates) {
-    auto chain = RemoteChain::Open(*route, o);
-    if (!chain.ok()) {
-      last = chain.status();
-      continue;
-    }
-    if (route_out) *route_out = (*chain)->Hops();
-    return std::make_unique<InferenceSession>(embedder_.get(), head_.get(), std::move(*chain),
-                                              pool_.get());
-  }
-  return last;
+  o.open_timeout = absl::Milliseconds(options_.open_timeout_ms);
+  o.routes = [this](int start, const std::vector<std::string>& exclude) {
+    return GetRoute(start, exclude);
+  };
+  o.report_failure = [this](const std::string& node, const absl::Status& why) {
+    ReportFailure(node, why);
+  };
+  return RemoteChain::Open(o);
+}
+
+absl::StatusOr<std::unique_ptr<InferenceSession>> SwarmClient::NewInferenceSession(
+    std::vector<HopInfo>* route_out, RemoteChain** chain_out) {
+  ASSIGN_OR_RETURN(std::unique_ptr<RemoteChain> chain, OpenChain());
+  if (route_out) *route_out = chain->Hops();
+  if (chain_out) *chain_out = chain.get();
+  return std::make_unique<InferenceSession>(embedder_.get(), head_.get(), std::move(chain),
+                                            pool_.get());
 }
 
 absl::StatusOr<std::unique_ptr<strata::Session>> SwarmClient::OpenSession() {
-  std::vector<HopInfo> route;
-  ASSIGN_OR_RETURN(auto session, NewInferenceSession(&route));
-  return std::unique_ptr<strata::Session>(new SwarmSession(std::move(session), std::move(route)));
+  RemoteChain* chain = nullptr;
+  ASSIGN_OR_RETURN(auto session, NewInferenceSession(nullptr, &chain));
+  return std::unique_ptr<strata::Session>(new SwarmSession(std::move(session), chain));
 }
 
 absl::StatusOr<std::vector<int32_t>> SwarmClient::Tokenize(const GenerateRequest& request) const {
@@ -123,8 +137,8 @@ std::string SwarmClient::Detokenize(const std::vector<int32_t>& ids) const {
 absl::StatusOr<strata::GenerateResult> SwarmClient::Generate(
     const GenerateRequest& request, const strata::TokenCallback& on_token) {
   ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptTokens(*tokenizer_, request));
-  std::vector<HopInfo> route;
-  ASSIGN_OR_RETURN(auto session, NewInferenceSession(&route));
+  RemoteChain* chain = nullptr;
+  ASSIGN_OR_RETURN(auto session, NewInferenceSession(nullptr, &chain));
   ASSIGN_OR_RETURN(Generation r,
                    client::Generate(*session, *tokenizer_, prompt, ToGenerateOptions(request),
                                     on_token));
@@ -135,7 +149,7 @@ absl::StatusOr<strata::GenerateResult> SwarmClient::Generate(
   out.ttft_ms = r.ttft_ms;
   out.decode_tokens_per_s = r.decode_tokens_per_s;
   out.finish_reason = r.finish_reason;
-  out.route = ToRouteHops(route);
+  out.route = ToRouteHops(chain->Hops());  // the route in use at the end
   return out;
 }
 

@@ -28,11 +28,17 @@ class SwarmClient final : public Client {
   int hidden_size() const override { return model_->hparams().n_embd; }
   int vocab_size() const override { return model_->hparams().n_vocab; }
 
-  // The route the coordinators offer now (tried in order; the first that answers wins).
-  absl::StatusOr<v1::RouteResponse> GetRoute(const std::vector<std::string>& exclude = {});
-  // A session over a fresh route (alternates are tried if a hop refuses).
+  // A route over layers [start_layer, L) from the coordinators (tried in order; the first that
+  // answers wins).
+  absl::StatusOr<v1::RouteResponse> GetRoute(int start_layer = 0,
+                                             const std::vector<std::string>& exclude = {});
+  // Tells every coordinator that `node_id` failed this client.
+  void ReportFailure(const std::string& node_id, const absl::Status& why);
+  // A failover-capable chain over a fresh route.
+  absl::StatusOr<std::unique_ptr<RemoteChain>> OpenChain();
+  // A session over a fresh chain; `chain` (if set) receives the chain the session owns.
   absl::StatusOr<std::unique_ptr<InferenceSession>> NewInferenceSession(
-      std::vector<HopInfo>* route = nullptr);
+      std::vector<HopInfo>* route = nullptr, RemoteChain** chain = nullptr);
 
   const model::Tokenizer& tokenizer() const { return *tokenizer_; }
 

@@ -8,14 +8,68 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
 
 #include "absl/time/clock.h"
 #include "common/strings.h"
 
 namespace strata {
+namespace {
+
+// Children are forked from one long-lived thread: PR_SET_PDEATHSIG fires when the *thread* that
+// forked a child exits, so forking from a short-lived thread would kill the child with it.
+class Spawner {
+ public:
+  static Spawner& Get() {
+    static Spawner* s = new Spawner();
+    return *s;
+  }
+  template <typename F>
+  auto Run(F f) -> decltype(f()) {
+    std::packaged_task<decltype(f())()> task(std::move(f));
+    auto result = task.get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back([&task] { task(); });
+    }
+    cv_.notify_one();
+    return result.get();
+  }
+
+ private:
+  Spawner() {
+    std::thread([this] {
+      while (true) {
+        std::function<void()> job;
+        {
+          std::unique_lock<std::mutex> lock(mu_);
+          cv_.wait(lock, [&] { return !queue_.empty(); });
+          job = std::move(queue_.front());
+          queue_.pop_front();
+        }
+        job();
+      }
+    }).detach();
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
+    const std::vector<std::string>& argv, const std::string& stderr_path) {
+  return Spawner::Get().Run([&] { return StartHere(argv, stderr_path); });
+}
+
+absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::StartHere(
     const std::vector<std::string>& argv, const std::string& stderr_path) {
   if (argv.empty()) return absl::InvalidArgumentError("empty command");
   int pipe_fds[2];

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/status.h"
 #include "common/strings.h"
 #include "strata/v1/coordinator.grpc.pb.h"
 
@@ -42,25 +44,52 @@ absl::StatusOr<int> FreeLoopbackPort() {
 absl::StatusOr<std::unique_ptr<LocalSwarm>> LocalSwarm::Start(const LocalSwarmOptions& options) {
   auto swarm = std::unique_ptr<LocalSwarm>(new LocalSwarm());
   swarm->options_ = options;
-  std::vector<std::string> argv = {options.strata_binary, "coordinator", "--listen", "127.0.0.1:0",
+  RETURN_IF_ERROR(swarm->AddCoordinator());
+  return swarm;
+}
+
+std::vector<std::string> LocalSwarm::coordinators() const {
+  std::vector<std::string> out;
+  for (const Coordinator& c : coordinators_) out.push_back(c.address);
+  return out;
+}
+
+absl::Status LocalSwarm::AddCoordinator() {
+  Coordinator c;
+  ASSIGN_OR_RETURN(int port, FreeLoopbackPort());
+  c.address = StrCat("127.0.0.1:", port);
+  RETURN_IF_ERROR(StartCoordinator(c));
+  coordinators_.push_back(std::move(c));
+  return absl::OkStatus();
+}
+
+absl::Status LocalSwarm::StartCoordinator(Coordinator& c) {
+  std::vector<std::string> argv = {options_.strata_binary, "coordinator", "--listen", c.address,
                                    "--http", "127.0.0.1:0", "--ttl-ms",
-                                   std::to_string(options.ttl_ms), "--heartbeat-ms",
-                                   std::to_string(options.heartbeat_ms)};
-  argv.insert(argv.end(), options.coordinator_args.begin(), options.coordinator_args.end());
-  auto proc = Subprocess::Start(argv, options.stderr_path);
-  if (!proc.ok()) return proc.status();
-  swarm->coordinator_ = std::move(*proc);
-  auto line = swarm->coordinator_->ReadLine(absl::Seconds(20));
+                                   std::to_string(options_.ttl_ms), "--heartbeat-ms",
+                                   std::to_string(options_.heartbeat_ms)};
+  argv.insert(argv.end(), options_.coordinator_args.begin(), options_.coordinator_args.end());
+  ASSIGN_OR_RETURN(c.process, Subprocess::Start(argv, options_.stderr_path));
+  auto line = c.process->ReadLine(absl::Seconds(20));
   if (!line.ok()) {
     return absl::Status(line.status().code(),
                         StrCat("the coordinator did not start: ", line.status().message()));
   }
-  swarm->coordinator_address_ = LineField(*line, "grpc");
-  swarm->http_address_ = LineField(*line, "http");
-  if (swarm->coordinator_address_.empty()) {
+  if (LineField(*line, "grpc") != c.address) {
     return absl::InternalError(StrCat("unexpected coordinator line: ", *line));
   }
-  return swarm;
+  c.http = LineField(*line, "http");
+  return absl::OkStatus();
+}
+
+void LocalSwarm::KillCoordinator(int i) {
+  if (coordinators_[i].process) coordinators_[i].process->Signal(SIGKILL);
+  if (coordinators_[i].process) coordinators_[i].process->Wait(absl::Seconds(5));
+}
+
+absl::Status LocalSwarm::RestartCoordinator(int i) {
+  if (coordinators_[i].process) coordinators_[i].process->Stop(absl::Seconds(2));
+  return StartCoordinator(coordinators_[i]);
 }
 
 LocalSwarm::~LocalSwarm() { Stop(); }
@@ -70,22 +99,19 @@ void LocalSwarm::Stop() {
     if ((*it)->process) (*it)->process->Stop(absl::Seconds(5));
   }
   nodes_.clear();
-  if (coordinator_) coordinator_->Stop(absl::Seconds(5));
-  coordinator_.reset();
+  for (Coordinator& c : coordinators_) {
+    if (c.process) c.process->Stop(absl::Seconds(5));
+    c.process.reset();
+  }
 }
 
 absl::StatusOr<RunningNode*> LocalSwarm::AddNode(const NodeSpec& spec) {
   auto node = std::make_unique<RunningNode>();
-  std::vector<std::string> argv = {options_.strata_binary, "node", "--coordinator",
-                                   coordinator_address_, "--model", options_.model_path,
-                                   "--layers", spec.layers, "--threads",
-                                   std::to_string(spec.threads), "--kv-memory",
-                                   std::to_string(spec.kv_memory_mib), "--quiet"};
+  node->spec = spec;
   if (options_.links) {
     // The node listens on a port chosen here; a proxy in front of it is what the swarm dials.
-    auto port = FreeLoopbackPort();
-    if (!port.ok()) return port.status();
-    node->listen = StrCat("127.0.0.1:", *port);
+    ASSIGN_OR_RETURN(int port, FreeLoopbackPort());
+    node->listen = StrCat("127.0.0.1:", port);
     linkem::LinkEmulatorOptions lo;
     lo.binary = options_.linkem_binary;
     lo.links = {{"127.0.0.1:0", node->listen}};
@@ -93,43 +119,82 @@ absl::StatusOr<RunningNode*> LocalSwarm::AddNode(const NodeSpec& spec) {
     lo.jitter_ms = options_.jitter_ms;
     lo.bandwidth_mbit = options_.bandwidth_mbit;
     lo.seed = nodes_.size() + 1;
-    auto link = linkem::LinkEmulator::Start(lo);
-    if (!link.ok()) return link.status();
-    node->link = std::move(*link);
-    argv.insert(argv.end(), {"--listen", node->listen, "--advertise",
-                             node->link->listen_address(0)});
+    ASSIGN_OR_RETURN(node->link, linkem::LinkEmulator::Start(lo));
   } else {
-    argv.insert(argv.end(), {"--listen", "127.0.0.1:0"});
+    // A fixed port, so that a restarted node is found at the same address.
+    ASSIGN_OR_RETURN(int port, FreeLoopbackPort());
+    node->listen = StrCat("127.0.0.1:", port);
   }
+  RETURN_IF_ERROR(LaunchNode(*node));
+  nodes_.push_back(std::move(node));
+  return nodes_.back().get();
+}
+
+absl::Status LocalSwarm::LaunchNode(RunningNode& node) {
+  const NodeSpec& spec = node.spec;
+  std::string coordinators;
+  for (const Coordinator& c : coordinators_) {
+    coordinators += (coordinators.empty() ? "" : ",") + c.address;
+  }
+  std::vector<std::string> argv = {options_.strata_binary, "node", "--coordinator", coordinators,
+                                   "--model", options_.model_path, "--layers", spec.layers,
+                                   "--threads", std::to_string(spec.threads), "--kv-memory",
+                                   std::to_string(spec.kv_memory_mib), "--quiet", "--listen",
+                                   node.listen};
+  if (node.link) argv.insert(argv.end(), {"--advertise", node.link->listen_address(0)});
   if (spec.max_layers > 0) {
     argv.insert(argv.end(), {"--max-layers", std::to_string(spec.max_layers)});
   }
   if (!spec.id.empty()) argv.insert(argv.end(), {"--id", spec.id});
   argv.insert(argv.end(), spec.extra_args.begin(), spec.extra_args.end());
-  auto proc = Subprocess::Start(argv, options_.stderr_path);
-  if (!proc.ok()) return proc.status();
-  node->process = std::move(*proc);
-  auto line = node->process->ReadLine(absl::Seconds(120));
+  ASSIGN_OR_RETURN(node.process, Subprocess::Start(argv, options_.stderr_path));
+  auto line = node.process->ReadLine(absl::Seconds(120));
   if (!line.ok()) {
     return absl::Status(line.status().code(),
                         StrCat("a node did not start: ", line.status().message()));
   }
   const std::string bound = LineField(*line, "grpc");
-  node->address = node->link ? node->link->listen_address(0) : bound;
-  if (node->listen.empty()) node->listen = bound;
-  node->id = LineField(*line, "id");
+  node.address = node.link ? node.link->listen_address(0) : bound;
+  node.id = LineField(*line, "id");
   std::vector<std::string> layers = absl::StrSplit(LineField(*line, "layers"), ':');
-  if (bound.empty() || layers.size() != 2 || !absl::SimpleAtoi(layers[0], &node->first_layer) ||
-      !absl::SimpleAtoi(layers[1], &node->last_layer)) {
+  if (bound.empty() || layers.size() != 2 || !absl::SimpleAtoi(layers[0], &node.first_layer) ||
+      !absl::SimpleAtoi(layers[1], &node.last_layer)) {
     return absl::InternalError(StrCat("unexpected node line: ", *line));
   }
-  nodes_.push_back(std::move(node));
-  return nodes_.back().get();
+  // Keep the id across restarts so the swarm sees the same node come back.
+  node.spec.id = node.id;
+  return absl::OkStatus();
+}
+
+void LocalSwarm::KillNode(int i) {
+  RunningNode& n = *nodes_[i];
+  if (n.process) {
+    n.process->Signal(SIGKILL);
+    n.process->Wait(absl::Seconds(5));
+  }
+}
+
+absl::Status LocalSwarm::StopNode(int i, absl::Duration timeout) {
+  RunningNode& n = *nodes_[i];
+  if (!n.process) return absl::OkStatus();
+  n.process->Signal(SIGTERM);
+  if (n.process->Wait(timeout) == -1) {
+    n.process->Stop(absl::Seconds(1));
+    return absl::DeadlineExceededError(StrCat("node ", n.id, " did not leave within ",
+                                              absl::FormatDuration(timeout)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LocalSwarm::RestartNode(int i) {
+  RunningNode& n = *nodes_[i];
+  if (n.process) n.process->Stop(absl::Seconds(2));
+  return LaunchNode(n);
 }
 
 absl::Status LocalSwarm::WaitUntilServing(int nodes, absl::Duration timeout) {
   auto stub = v1::Coordinator::NewStub(
-      grpc::CreateChannel(coordinator_address_, grpc::InsecureChannelCredentials()));
+      grpc::CreateChannel(coordinator(), grpc::InsecureChannelCredentials()));
   const absl::Time deadline = absl::Now() + timeout;
   std::string last = "no answer from the coordinator";
   while (absl::Now() < deadline) {

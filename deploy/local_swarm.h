@@ -40,6 +40,7 @@ struct NodeSpec {
 };
 
 struct RunningNode {
+  NodeSpec spec;
   std::unique_ptr<Subprocess> process;
   std::unique_ptr<linkem::LinkEmulator> link;  // when the swarm has links
   std::string address;   // what the swarm dials (the proxy when there is one)
@@ -56,6 +57,17 @@ class LocalSwarm {
 
   // Starts a node and waits until it has joined and loaded its span.
   absl::StatusOr<RunningNode*> AddNode(const NodeSpec& spec);
+  // Kills node `i` at once (SIGKILL): no goodbye, its sessions break.
+  void KillNode(int i);
+  // Asks node `i` to leave (SIGTERM) and waits up to `timeout` for it to exit.
+  absl::Status StopNode(int i, absl::Duration timeout = absl::Seconds(30));
+  // Starts node `i` again with the same spec (and link, when there is one).
+  absl::Status RestartNode(int i);
+  // Another coordinator; nodes started afterwards heartbeat to all of them.
+  absl::Status AddCoordinator();
+  // Kills coordinator `i` (SIGKILL) / starts it again on the same address.
+  void KillCoordinator(int i);
+  absl::Status RestartCoordinator(int i);
   // Waits until the coordinator reports every layer covered by `nodes` online nodes.
   absl::Status WaitUntilServing(int nodes, absl::Duration timeout = absl::Seconds(60));
   // Sets the delay of every node's link (with links).
@@ -63,16 +75,24 @@ class LocalSwarm {
   // Stops every node and the coordinator (also done by the destructor).
   void Stop();
 
-  const std::string& coordinator() const { return coordinator_address_; }
-  const std::string& http() const { return http_address_; }
+  // The first coordinator's address, and all of them.
+  const std::string& coordinator() const { return coordinators_[0].address; }
+  std::vector<std::string> coordinators() const;
+  const std::string& http() const { return coordinators_[0].http; }
   std::vector<std::unique_ptr<RunningNode>>& nodes() { return nodes_; }
   const LocalSwarmOptions& options() const { return options_; }
 
  private:
+  struct Coordinator {
+    std::unique_ptr<Subprocess> process;
+    std::string address;  // fixed, so a restart keeps it
+    std::string http;
+  };
+  absl::Status StartCoordinator(Coordinator& c);
+  absl::Status LaunchNode(RunningNode& node);
+
   LocalSwarmOptions options_;
-  std::unique_ptr<Subprocess> coordinator_;
-  std::string coordinator_address_;
-  std::string http_address_;
+  std::vector<Coordinator> coordinators_;
   std::vector<std::unique_ptr<RunningNode>> nodes_;
 };
 

@@ -139,6 +139,16 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
 
 NodeServer::~NodeServer() { Shutdown(); }
 
+void NodeServer::Drain(absl::Duration timeout) {
+  state_ = v1::NODE_STATE_DRAINING;
+  worker_->SetDraining(true, /*notify=*/true, "the node is leaving the swarm");
+  const absl::Time deadline = absl::Now() + timeout;
+  std::unique_lock<std::mutex> lock(stop_mu_);
+  while (worker_->stats().active_sessions.load() > 0 && absl::Now() < deadline) {
+    stop_cv_.wait_for(lock, std::chrono::milliseconds(50));
+  }
+}
+
 v1::NodeDescriptor NodeServer::Descriptor() const {
   v1::NodeDescriptor d;
   d.set_node_id(options_.node_id);

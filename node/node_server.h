@@ -47,7 +47,11 @@ class NodeServer {
   static absl::StatusOr<std::unique_ptr<NodeServer>> Start(NodeOptions options);
   ~NodeServer();
 
-  // Stops taking sessions, leaves the swarm and shuts down.
+  // Graceful leave: stops taking sessions, tells the coordinators (DRAINING) and every client
+  // (Draining) so they move their sessions elsewhere, and waits until no session is left or
+  // `timeout` passes. Shutdown() afterwards.
+  void Drain(absl::Duration timeout);
+  // Leaves the swarm and shuts down (sessions still open are closed with UNAVAILABLE).
   void Shutdown();
   void Wait();
 

@@ -85,6 +85,11 @@ bool Worker::PostPushGone(const std::string& session_id, std::shared_ptr<Upstrea
   return Post(PushGoneEvent{session_id, std::move(upstream)});
 }
 
+void Worker::SetDraining(bool draining, bool notify, std::string reason) {
+  draining_.store(draining);
+  if (draining && notify) Post(DrainEvent{std::move(reason)});
+}
+
 std::vector<std::string> Worker::RecentPeers() const {
   std::lock_guard<std::mutex> lock(peers_mu_);
   std::vector<std::string> out;
@@ -136,12 +141,25 @@ void Worker::Handle(Event& event) {
     auto it = sessions_.find(e->session_id);
     if (it == sessions_.end()) return;
     Session& s = it->second;
+    if (e->generation != s.downstream_generation) return;  // a link already replaced
     s.downstream.reset();
-    if (!s.failed) {
-      FailOp(s, s.next_op - 1,
-             absl::UnavailableError(StrCat("next hop ", s.open.next_address(),
-                                           " failed: ", e->status.error_message())),
-             /*poison=*/true);
+    STRATA_LOG(Warning) << "session " << e->session_id << ": next hop " << s.next_address
+                        << " failed: " << e->status.error_message();
+    if (!s.detached) {
+      // Keep applying ops so every hop sees the same order; the client re-points us (Redirect).
+      s.detached = true;
+      stats_.errors.fetch_add(1, std::memory_order_relaxed);
+      v1::SessionResponse r;
+      r.mutable_next_hop_lost()->set_last_op_seq(s.next_op - 1);
+      r.mutable_next_hop_lost()->set_message(
+          StrCat("next hop ", s.next_address, " failed: ", e->status.error_message()));
+      s.client->Send(std::move(r));
+    }
+  } else if (auto* e = std::get_if<DrainEvent>(&event)) {
+    for (auto& [id, s] : sessions_) {
+      v1::SessionResponse r;
+      r.mutable_draining()->set_reason(e->reason);
+      s.client->Send(std::move(r));
     }
   }
 }
@@ -213,6 +231,10 @@ void Worker::HandleOpen(OpenEvent& e) {
   if (s.open.wire_dtype() == v1::DTYPE_UNSPECIFIED) s.open.set_wire_dtype(v1::DTYPE_F32);
   s.client = e.client;
   s.span = *span;
+  s.next_op = o.first_op_seq() > 0 ? o.first_op_seq() : 1;
+  s.next_address = o.next_address();
+  s.next_session_id = o.next_session_id().empty() ? o.session_id() : o.next_session_id();
+  s.next_token = o.next_token().empty() ? o.token() : o.next_token();
   s.kv = std::make_unique<model::KvCache>(&kv_pool_, (*span)->kv_layout());
   s.last_active = options_.clock->Now();
   v1::SessionResponse r;
@@ -255,7 +277,9 @@ void Worker::HandleOp(OpEvent& e) {
   const uint64_t seq = e.op.op_seq();
   if (e.source == Source::kPush && s.upstream.get() != e.upstream) return;
   const bool from_client = e.source == Source::kClient;
-  if (from_client != (s.open.hop_index() == 0)) {
+  const bool client_allowed = s.open.hop_index() == 0 ||
+                              (s.open.first_op_from_client() && seq == s.open.first_op_seq());
+  if (from_client != client_allowed) {
     FailOp(s, seq,
            absl::FailedPreconditionError(
                from_client ? "ops for this hop must come from the previous hop"
@@ -285,6 +309,7 @@ void Worker::HandleOp(OpEvent& e) {
 
 void Worker::FailOp(Session& s, uint64_t op_seq, const absl::Status& status, bool poison) {
   stats_.errors.fetch_add(1, std::memory_order_relaxed);
+  STRATA_LOG(Info) << "session " << s.open.session_id() << " op " << op_seq << ": " << status;
   if (poison) {
     s.failed = true;
     s.ops.clear();
@@ -353,28 +378,66 @@ void Worker::ApplyControlOp(const std::string& id, Session& s, const v1::Op& op)
       }
       s.kv->Keep(op.keep().seq());
       break;
+    case v1::Op::kRedirect:
+      return ApplyRedirect(id, s, op);
     default:
       return FailOp(s, op.op_seq(), absl::InvalidArgumentError("unknown op"), true);
   }
   s.next_op = op.op_seq() + 1;
-  if (s.open.next_address().empty()) {
+  if (s.next_address.empty()) {
     v1::SessionResponse r;
     r.mutable_done()->set_op_seq(op.op_seq());
     s.client->Send(std::move(r));
   } else {
     PassOn(id, s, op);
+    if (s.open.want_boundary_copies() && !s.detached) {
+      // An empty copy: tells the client the op got this far (to find a stuck hop).
+      v1::SessionResponse r;
+      r.mutable_boundary()->set_op_seq(op.op_seq());
+      r.mutable_boundary()->set_boundary_layer(s.open.last_layer());
+      s.client->Send(std::move(r));
+    }
   }
 }
 
+void Worker::ApplyRedirect(const std::string& id, Session& s, const v1::Op& op) {
+  const v1::Redirect& r = op.redirect();
+  if (r.target_hop() < s.open.hop_index() || r.next_address().empty() || s.next_address.empty()) {
+    return FailOp(s, op.op_seq(),
+                  absl::InvalidArgumentError(StrCat("redirect for hop ", r.target_hop(),
+                                                    " reached hop ", s.open.hop_index())),
+                  /*poison=*/true);
+  }
+  s.next_op = op.op_seq() + 1;
+  if (r.target_hop() > s.open.hop_index()) {
+    PassOn(id, s, op);
+    return;
+  }
+  if (s.downstream) s.downstream->Close();
+  s.downstream.reset();
+  ++s.downstream_generation;  // a late failure report of the old link must not detach us
+  s.detached = false;
+  s.next_address = r.next_address();
+  s.next_session_id = r.next_session_id();
+  s.next_token = r.next_token();
+  v1::SessionResponse done;
+  done.mutable_done()->set_op_seq(op.op_seq());
+  s.client->Send(std::move(done));
+}
+
 void Worker::PassOn(const std::string& id, Session& s, v1::Op op) {
+  if (s.detached) return;  // dropped until a Redirect re-points this hop
   if (!s.downstream) {
-    const std::string address = s.open.next_address();
-    s.downstream = downstream_factory_(address, [this, id](grpc::Status status) {
-      Post(DownstreamFailedEvent{id, std::move(status)});
+    const std::string address = s.next_address;
+    // The failure callback names the link it belongs to, so a late failure of a replaced link
+    // does not detach the session from its new next hop.
+    const uint64_t generation = ++s.downstream_generation;
+    s.downstream = downstream_factory_(address, [this, id, generation](grpc::Status status) {
+      Post(DownstreamFailedEvent{id, generation, std::move(status)});
     });
     v1::PushRequest first;
-    first.set_session_id(id);
-    first.set_token(s.open.token());
+    first.set_session_id(s.next_session_id);
+    first.set_token(s.next_token);
     *first.mutable_op() = std::move(op);
     s.downstream->Send(std::move(first));
   } else {
@@ -383,7 +446,7 @@ void Worker::PassOn(const std::string& id, Session& s, v1::Op op) {
     s.downstream->Send(std::move(next));
   }
   std::lock_guard<std::mutex> lock(peers_mu_);
-  peers_[s.open.next_address()] = options_.clock->Now();
+  peers_[s.next_address] = options_.clock->Now();
 }
 
 void Worker::RunForwards(std::vector<std::pair<std::string, Session*>>& batch) {
@@ -488,7 +551,7 @@ void Worker::DeliverForward(const std::string& id, Session& s, const v1::Op& op,
   const int width = model_->hparams().n_embd;
   const v1::Forward& f = op.forward();
   s.next_op = op.op_seq() + 1;
-  if (s.open.next_address().empty()) {
+  if (s.next_address.empty()) {
     v1::SessionResponse r;
     v1::ForwardResult* result = r.mutable_result();
     result->set_op_seq(op.op_seq());
@@ -511,7 +574,7 @@ void Worker::DeliverForward(const std::string& id, Session& s, const v1::Op& op,
   *nf->mutable_rows() = f.rows();
   *nf->mutable_out_rows() = f.out_rows();
   transport::EncodeRows(hidden, rows, width, s.open.wire_dtype(), nf->mutable_hidden());
-  if (s.open.want_boundary_copies()) {
+  if (s.open.want_boundary_copies() && !s.detached) {
     v1::SessionResponse r;
     v1::BoundaryStates* b = r.mutable_boundary();
     b->set_op_seq(op.op_seq());

@@ -71,8 +71,9 @@ class Worker {
   // The previous hop closed its push stream (after PostPushOpen was accepted or refused).
   bool PostPushGone(const std::string& session_id, std::shared_ptr<UpstreamLink> upstream);
 
-  // New sessions are refused with UNAVAILABLE; running ones continue.
-  void SetDraining(bool draining) { draining_.store(draining); }
+  // New sessions are refused with UNAVAILABLE; running ones continue. When `notify`, every open
+  // session's client is told to move (Draining) so that the node can leave without losing work.
+  void SetDraining(bool draining, bool notify = false, std::string reason = "");
   // The span new sessions may use (thread-safe). Until it is set, every open is refused.
   void SetSpan(int first, int last) {
     first_layer_.store(first);
@@ -106,14 +107,18 @@ class Worker {
   };
   struct DownstreamFailedEvent {
     std::string session_id;
+    uint64_t generation;  // of the session's downstream link that failed
     grpc::Status status;
   };
   struct PushGoneEvent {
     std::string session_id;
     std::shared_ptr<UpstreamLink> upstream;
   };
+  struct DrainEvent {
+    std::string reason;
+  };
   using Event = std::variant<OpenEvent, OpEvent, ClientGoneEvent, PushOpenEvent,
-                             DownstreamFailedEvent, PushGoneEvent>;
+                             DownstreamFailedEvent, PushGoneEvent, DrainEvent>;
 
   struct Session {
     v1::OpenSession open;
@@ -125,6 +130,9 @@ class Worker {
     std::deque<v1::Op> ops;  // received in order, not yet applied
     uint64_t next_op = 1;
     bool failed = false;     // an op failed here; the session only accepts closing now
+    bool detached = false;   // the next hop was lost: outputs are dropped until a Redirect
+    std::string next_address, next_session_id, next_token;
+    uint64_t downstream_generation = 0;
     absl::Time last_active;
   };
 
@@ -142,6 +150,7 @@ class Worker {
   void DeliverForward(const std::string& id, Session& s, const v1::Op& op, const float* hidden,
                       int64_t rows, double compute_ms);
   void PassOn(const std::string& id, Session& s, v1::Op op);
+  void ApplyRedirect(const std::string& id, Session& s, const v1::Op& op);
   void FailOp(Session& s, uint64_t op_seq, const absl::Status& status, bool poison);
   void ExpireIdle();
   void UpdateStats();

@@ -15,6 +15,7 @@
 
 #include "absl/time/clock.h"
 #include "common/status.h"
+#include "common/subprocess.h"
 #include "common/strings.h"
 #include "tools/linkem/address.h"
 #include "tools/linkem/socket_util.h"
@@ -32,10 +33,6 @@ std::vector<std::string> SplitBy(std::string_view text, char separator) {
     start = end + 1;
   }
   return parts;
-}
-
-int RemainingMs(absl::Time deadline) {
-  return static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
 }
 
 }  // namespace
@@ -59,33 +56,9 @@ absl::StatusOr<std::unique_ptr<LinkEmulator>> LinkEmulator::Start(
     args.push_back("--link");
     args.push_back(StrCat(link.listen, "=", link.target));
   }
-  std::vector<char*> argv;
-  for (std::string& arg : args) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) != 0) return ErrnoError("pipe2");
-  int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid == 0) {
-    // Only async-signal-safe calls until exec. Die with the test that started us.
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent) _exit(127);
-    if (devnull >= 0) dup2(devnull, STDIN_FILENO);
-    dup2(out[1], STDOUT_FILENO);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(out[1]);
-  if (devnull >= 0) close(devnull);
-  if (pid < 0) {
-    close(out[0]);
-    return ErrnoError("fork");
-  }
   std::unique_ptr<LinkEmulator> linkem(new LinkEmulator());
-  linkem->pid_ = pid;
-  linkem->stdout_fd_ = out[0];
+  ASSIGN_OR_RETURN(linkem->process_, Subprocess::Start(args));
+  linkem->pid_ = linkem->process_->pid();
   linkem->command_timeout_ = options.command_timeout;
   RETURN_IF_ERROR(linkem->ReadReadyLine(options.start_timeout));
   if (linkem->num_links() != static_cast<int>(options.links.size())) {
@@ -95,20 +68,12 @@ absl::StatusOr<std::unique_ptr<LinkEmulator>> LinkEmulator::Start(
 }
 
 absl::Status LinkEmulator::ReadReadyLine(absl::Duration timeout) {
-  absl::Time deadline = absl::Now() + timeout;
-  std::string line;
-  while (line.empty() || line.back() != '\n') {
-    pollfd p{stdout_fd_, POLLIN, 0};
-    int ready = poll(&p, 1, RemainingMs(deadline));
-    if (ready < 0 && errno == EINTR) continue;
-    if (ready <= 0) return absl::DeadlineExceededError("strata-linkem: no ready line in time");
-    char c;
-    ssize_t n = read(stdout_fd_, &c, 1);
-    if (n == 0) return absl::UnavailableError("strata-linkem exited before its ready line");
-    if (n < 0 && errno != EINTR) return ErrnoError("read strata-linkem stdout");
-    if (n == 1) line += c;
+  auto read = process_->ReadLine(timeout);
+  if (!read.ok()) {
+    return absl::Status(read.status().code(),
+                        StrCat("strata-linkem: no ready line: ", read.status().message()));
   }
-  line.pop_back();
+  const std::string line = *read;
   ready_line_ = line;
   std::vector<std::string> words = SplitBy(line, ' ');
   if (words.size() != 4 || words[0] != "linkem" || words[1] != "ready" ||
@@ -130,21 +95,7 @@ LinkEmulator::~LinkEmulator() {
     if (control_fd_ >= 0) close(control_fd_);
     control_fd_ = -1;
   }
-  if (stdout_fd_ >= 0) close(stdout_fd_);
-  if (pid_ <= 0) return;
-  // A pidfd becomes readable when the child exits, so the wait needs no polling loop.
-  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
-  kill(pid_, SIGTERM);
-  if (pidfd >= 0) {
-    pollfd p{pidfd, POLLIN, 0};
-    while (poll(&p, 1, 2000) < 0 && errno == EINTR) {
-    }
-    close(pidfd);
-  }
-  if (waitpid(pid_, nullptr, WNOHANG) == 0) {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
+  if (process_) process_->Stop(absl::Seconds(2));
 }
 
 int LinkEmulator::listen_port(int link) const {

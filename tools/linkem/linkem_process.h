@@ -22,6 +22,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
+namespace strata {
+class Subprocess;
+}  // namespace strata
+
 namespace strata::linkem {
 
 struct LinkEmulatorOptions {
@@ -69,8 +73,8 @@ class LinkEmulator {
   absl::Status ReadReadyLine(absl::Duration timeout);
   absl::Status ConnectControl();
 
+  std::unique_ptr<Subprocess> process_;
   pid_t pid_ = -1;
-  int stdout_fd_ = -1;
   absl::Duration command_timeout_;
   std::string ready_line_;
   std::string control_address_;

@@ -34,6 +34,7 @@ struct ClientOptions {
   std::string model_path;                 // local GGUF file of the swarm's model
   int threads = 0;                        // CPU threads for embeddings and head (0: all)
   int step_timeout_ms = 60000;            // longest wait for one step through the route
+  int open_timeout_ms = 5000;             // longest wait for a node to accept a session
 };
 
 struct SamplingOptions {

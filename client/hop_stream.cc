@@ -1,0 +1,61 @@
+#include "client/hop_stream.h"
+
+#include "transport/channels.h"
+
+namespace strata::client {
+
+HopStream::HopStream(const std::string& address, const v1::OpenSession& open, Handler handler)
+    : handler_(std::move(handler)) {
+  stub_ = v1::Node::NewStub(transport::ChannelCache::Default().Get(address));
+  // A session lives as long as its streams; per-step deadlines are enforced by the chain.
+  context_.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(24));
+  stream_ = stub_->Session(&context_);
+  v1::SessionRequest req;
+  *req.mutable_open() = open;
+  stream_->Write(req);
+  reader_ = std::thread([this] { ReadLoop(); });
+}
+
+HopStream::~HopStream() { Close(absl::Seconds(1)); }
+
+bool HopStream::Write(const v1::SessionRequest& request) {
+  std::lock_guard<std::mutex> lock(write_mu_);
+  {
+    std::lock_guard<std::mutex> state(mu_);
+    if (closed_ || ended_) return false;
+  }
+  return stream_->Write(request);
+}
+
+void HopStream::ReadLoop() {
+  v1::SessionResponse resp;
+  while (stream_->Read(&resp)) handler_(&resp, grpc::Status::OK);
+  grpc::Status status = stream_->Finish();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ended_ = true;
+  }
+  cv_.notify_all();
+  handler_(nullptr, status);
+}
+
+void HopStream::Close(absl::Duration grace) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    closed_ = true;
+  }
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    stream_->WritesDone();
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, absl::ToChronoMilliseconds(grace), [&] { return ended_; })) {
+      context_.TryCancel();
+    }
+  }
+  if (reader_.joinable()) reader_.join();
+}
+
+}  // namespace strata::client
