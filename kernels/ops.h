@@ -7,7 +7,9 @@
 // otherwise; see ActiveIsa()).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "common/thread_pool.h"
@@ -34,6 +36,15 @@ struct MatMulScratch {
 // F32/F16/BF16 weights: f32 dot products. Work is split over output features across `pool`.
 void MatMul(const Tensor& w, const float* x, int64_t m, float* y, ThreadPool& pool,
             MatMulScratch& scratch);
+
+// Several products sharing the activations x, such as the q/k/v projections or gate/up:
+// ys[t] = the MatMul of *ws[t] and x, for t < ws.size() <= kMaxMatMulMany. Every ws[t] has k
+// columns (dtypes may differ). Bit-identical to separate MatMul calls, but x is quantized once per
+// activation format and all the weight rows are split over the pool in a single parallel region,
+// which saves the fixed per-call costs that dominate small decode products.
+inline constexpr size_t kMaxMatMulMany = 8;
+void MatMulMany(std::span<const Tensor* const> ws, const float* x, int64_t m,
+                std::span<float* const> ys, ThreadPool& pool, MatMulScratch& scratch);
 
 // Reference for tests: the same product computed by dequantizing w with DequantizeRowRef and
 // accumulating in double (no activation quantization).
