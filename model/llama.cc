@@ -262,9 +262,11 @@ absl::Status LayerSpan::ForwardBatch(std::span<const Part> parts, float* hidden,
     }
     const Layer& L = layers_[l];
     kernels::RmsNorm(hidden, L.attn_norm.as<const float>(), n, e, hp.rms_eps, norm);
-    kernels::MatMul(L.wq, norm, n, q, pool, s.matmul);
-    kernels::MatMul(L.wk, norm, n, k, pool, s.matmul);
-    kernels::MatMul(L.wv, norm, n, v, pool, s.matmul);
+    {
+      const kernels::Tensor* ws[3] = {&L.wq, &L.wk, &L.wv};
+      float* const ys[3] = {q, k, v};
+      kernels::MatMulMany(ws, norm, n, ys, pool, s.matmul);
+    }
     if (hp.qkv_bias) {
       AddBias(q, L.bq, n, q_dim);
       AddBias(k, L.bk, n, kv_dim);
@@ -282,8 +284,11 @@ absl::Status LayerSpan::ForwardBatch(std::span<const Part> parts, float* hidden,
     AddInPlace(hidden, proj, n * e);
 
     kernels::RmsNorm(hidden, L.ffn_norm.as<const float>(), n, e, hp.rms_eps, norm);
-    kernels::MatMul(L.w_gate, norm, n, gate, pool, s.matmul);
-    kernels::MatMul(L.w_up, norm, n, up, pool, s.matmul);
+    {
+      const kernels::Tensor* ws[2] = {&L.w_gate, &L.w_up};
+      float* const ys[2] = {gate, up};
+      kernels::MatMulMany(ws, norm, n, ys, pool, s.matmul);
+    }
     kernels::SwiGlu(gate, up, n * ff, act);
     kernels::MatMul(L.w_down, act, n, proj, pool, s.matmul);
     AddInPlace(hidden, proj, n * e);
