@@ -21,6 +21,7 @@ struct NodeFlags {
   std::string id;
   int max_layers = 0;
   int threads = 0;
+  std::string device = "cpu";
   int kv_memory_mib = 1024;
   int max_sessions = 64;
   int idle_timeout_s = 600;
@@ -48,7 +49,8 @@ int RunNode(const NodeFlags& f) {
   o.advertise = f.advertise;
   o.node_id = f.id;
   o.max_layers = f.max_layers;
-  o.worker.threads = f.threads;
+  o.threads = f.threads;
+  o.device = f.device;
   o.worker.kv_bytes = static_cast<size_t>(f.kv_memory_mib) << 20;
   o.worker.max_sessions = f.max_sessions;
   o.worker.idle_timeout = absl::Seconds(f.idle_timeout_s);
@@ -90,6 +92,8 @@ void RegisterNode(CLI::App& app, int* exit_code) {
   cmd->add_option("--max-layers", flags->max_layers,
                   "Most layers to hold when the coordinator chooses (0: all)");
   cmd->add_option("--threads", flags->threads, "CPU threads (default: all)");
+  cmd->add_option("--device", flags->device, "Where to run the span: cpu or cuda:N")
+      ->capture_default_str();
   cmd->add_option("--kv-memory", flags->kv_memory_mib, "KV cache memory cap, MiB")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));

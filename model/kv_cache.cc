@@ -18,9 +18,20 @@ size_t KvPageBytes(const KvLayout& layout, int page_cells) {
 
 KvPool::KvPool(size_t max_bytes) : max_bytes_(max_bytes) {}
 
-KvPool::~KvPool() {
-  for (auto& [bytes, p] : spare_) std::free(p);
+KvPool::~KvPool() { ReleaseSpare(); }
+
+void KvPool::ReleaseSpare() {
+  for (auto& [bytes, p] : spare_) FreePage(p);
+  spare_.clear();
 }
+
+uint16_t* KvPool::AllocatePage(size_t bytes) {
+  return static_cast<uint16_t*>(std::aligned_alloc(64, bytes));
+}
+
+void KvPool::ZeroPage(uint16_t* page, size_t bytes) { std::memset(page, 0, bytes); }
+
+void KvPool::FreePage(uint16_t* page) { std::free(page); }
 
 absl::StatusOr<uint16_t*> KvPool::Allocate(size_t bytes) {
   if (used_bytes() + bytes > max_bytes_) {
@@ -38,10 +49,10 @@ absl::StatusOr<uint16_t*> KvPool::Allocate(size_t bytes) {
     }
   }
   if (page == nullptr) {
-    page = static_cast<uint16_t*>(std::aligned_alloc(64, bytes));
-    if (page == nullptr) return absl::ResourceExhaustedError("KV cache: out of host memory");
+    page = AllocatePage(bytes);
+    if (page == nullptr) return absl::ResourceExhaustedError("KV cache: out of memory");
   }
-  std::memset(page, 0, bytes);
+  ZeroPage(page, bytes);
   used_bytes_.fetch_add(bytes, std::memory_order_relaxed);
   return page;
 }

@@ -36,7 +36,7 @@ class KvPool {
  public:
   // `max_bytes` caps the memory of all pages of all caches drawing from this pool.
   explicit KvPool(size_t max_bytes);
-  ~KvPool();
+  virtual ~KvPool();
   KvPool(const KvPool&) = delete;
   KvPool& operator=(const KvPool&) = delete;
 
@@ -47,6 +47,14 @@ class KvPool {
   // A zeroed page of `bytes`; RESOURCE_EXHAUSTED when it would exceed the cap.
   absl::StatusOr<uint16_t*> Allocate(size_t bytes);
   void Free(uint16_t* page, size_t bytes);
+
+ protected:
+  // Where pages live: host memory here; a device pool overrides these three (and calls
+  // ReleaseSpare() from its destructor, since a base destructor cannot reach them).
+  virtual uint16_t* AllocatePage(size_t bytes);
+  virtual void ZeroPage(uint16_t* page, size_t bytes);
+  virtual void FreePage(uint16_t* page);
+  void ReleaseSpare();
 
  private:
   size_t max_bytes_;

@@ -2,6 +2,7 @@
 
 #include <random>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/grpc_util.h"
@@ -35,31 +36,63 @@ std::string Dialable(const std::string& bound) {
 
 }  // namespace
 
-Throughput MeasureThroughput(const std::shared_ptr<const model::Model>& model, int layer,
-                             ThreadPool& pool) {
+Throughput MeasureThroughput(model::SpanBackend& backend, model::KvPool& pool, int n_embd) {
   Throughput t;
-  auto span = model::LayerSpan::Load(model, layer, layer + 1);
-  if (!span.ok()) return t;
-  model::KvPool kv_pool(size_t{64} << 20);
-  model::ForwardScratch scratch;
-  const int width = model->hparams().n_embd;
   auto time_rows = [&](int rows, int reps) {
     double best = 1e30;
     for (int r = 0; r < reps; ++r) {
-      model::KvCache kv(&kv_pool, (*span)->kv_layout());
-      std::vector<float> hidden(static_cast<size_t>(rows) * width, 0.01f);
+      auto kv = backend.NewKvCache(&pool);
+      std::vector<float> hidden(static_cast<size_t>(rows) * n_embd, 0.01f);
       std::vector<model::Row> meta(rows);
       for (int i = 0; i < rows; ++i) meta[i] = {i, 1};
+      const model::LayerSpan::Part part{kv.get(), meta};
       const absl::Time t0 = absl::Now();
-      (void)(*span)->Forward(meta, hidden.data(), kv, pool, scratch);
+      (void)backend.ForwardBatch({&part, 1}, hidden.data());
       best = std::min(best, absl::ToDoubleMilliseconds(absl::Now() - t0));
     }
     return best;
   };
   time_rows(1, 1);  // warm the layer's pages
-  t.layer_ms = time_rows(1, 5);
-  t.batched_layer_ms = time_rows(16, 2) / 16;
+  const double layers = backend.last_layer() - backend.first_layer();
+  t.layer_ms = time_rows(1, 5) / layers;
+  t.batched_layer_ms = time_rows(16, 2) / 16 / layers;
   return t;
+}
+
+#if defined(STRATA_CUDA)
+absl::StatusOr<Backends> MakeCudaBackends(int device, std::shared_ptr<const model::Model> model);
+#endif
+
+absl::StatusOr<Backends> MakeBackends(const std::string& device,
+                                      std::shared_ptr<const model::Model> model, int threads) {
+  if (device == "cpu") {
+    auto pool = std::make_shared<ThreadPool>(threads > 0 ? threads : ThreadPool::DefaultThreads());
+    Backends b;
+    b.make = [model, pool](int first, int last)
+        -> absl::StatusOr<std::unique_ptr<model::SpanBackend>> {
+      auto span = model::LayerSpan::Load(model, first, last);
+      if (!span.ok()) return span.status();
+      return std::unique_ptr<model::SpanBackend>(
+          new model::CpuSpanBackend(std::move(*span), pool));
+    };
+    b.kv_pool = [](size_t bytes) { return model::NewCpuKvPool(bytes); };
+    b.description = StrCat("cpu/", kernels::ActiveIsa());
+    return b;
+  }
+  if (device.rfind("cuda:", 0) == 0) {
+#if defined(STRATA_CUDA)
+    int index = 0;
+    if (!absl::SimpleAtoi(device.substr(5), &index) || index < 0) {
+      return absl::InvalidArgumentError(StrCat("bad device '", device, "' (cpu or cuda:N)"));
+    }
+    return MakeCudaBackends(index, std::move(model));
+#else
+    return absl::FailedPreconditionError(
+        StrCat("--device ", device, ": this build has no CUDA support (configure with "
+               "-DSTRATA_CUDA=ON)"));
+#endif
+  }
+  return absl::InvalidArgumentError(StrCat("bad device '", device, "' (cpu or cuda:N)"));
 }
 
 absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions options) {
@@ -81,7 +114,10 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
     return absl::InvalidArgumentError("--layers auto needs a --coordinator to choose the span");
   }
 
-  node->worker_ = std::make_unique<Worker>(node->model_, options.worker, GrpcDownstreamFactory());
+  ASSIGN_OR_RETURN(node->backends_, MakeBackends(options.device, node->model_, options.threads));
+  node->worker_ = std::make_unique<Worker>(node->model_, options.worker, GrpcDownstreamFactory(),
+                                           node->backends_.make,
+                                           node->backends_.kv_pool(options.worker.kv_bytes));
   node->service_ = std::make_unique<NodeService>(
       node->worker_.get(), [n = node.get()](v1::NodeInfo* info) { n->FillInfo(info); });
   grpc::EnableDefaultHealthCheckService(true);
@@ -102,9 +138,10 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
   node->worker_->Start();
 
   {
-    ThreadPool pool(options.worker.threads > 0 ? options.worker.threads
-                                               : ThreadPool::DefaultThreads());
-    node->throughput_ = MeasureThroughput(node->model_, 0, pool);
+    ASSIGN_OR_RETURN(auto probe, node->backends_.make(0, 1));
+    auto probe_pool = node->backends_.kv_pool(size_t{64} << 20);
+    node->throughput_ =
+        MeasureThroughput(*probe, *probe_pool, node->model_->hparams().n_embd);
   }
   options.log(absl::StrFormat("measured %.3f ms per layer per token (%.3f batched)",
                               node->throughput_.layer_ms, node->throughput_.batched_layer_ms));
@@ -156,7 +193,7 @@ v1::NodeDescriptor NodeServer::Descriptor() const {
   d.set_model_id(model_->id());
   d.set_num_layers(model_->hparams().n_layer);
   d.set_max_layers(options_.max_layers > 0 ? options_.max_layers : model_->hparams().n_layer);
-  d.set_backend(StrCat("cpu/", kernels::ActiveIsa()));
+  d.set_backend(backends_.description);
   d.set_version(kVersion);
   d.set_kv_capacity_bytes(static_cast<int64_t>(options_.worker.kv_bytes));
   d.set_layer_ms(throughput_.layer_ms);
@@ -267,7 +304,7 @@ void NodeServer::FillInfo(v1::NodeInfo* info) const {
   info->set_first_layer(worker_->first_layer());
   info->set_last_layer(worker_->last_layer());
   info->set_hidden_size(model_->hparams().n_embd);
-  info->set_backend(StrCat("cpu/", kernels::ActiveIsa()));
+  info->set_backend(backends_.description);
   const WorkerStats& s = worker_->stats();
   info->set_active_sessions(s.active_sessions.load());
   info->set_kv_used_bytes(s.kv_used_bytes.load());

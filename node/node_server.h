@@ -29,6 +29,8 @@ struct NodeOptions {
   int last_layer = 0;
   int max_layers = 0;       // most layers to hold with auto_span (0: all)
   std::string node_id;      // default: random
+  std::string device = "cpu";  // "cpu" or "cuda:N" (builds with STRATA_CUDA)
+  int threads = 0;          // CPU compute threads (0: all CPUs)
   WorkerOptions worker;
   // Progress and status messages for the operator (stderr by default in the CLI).
   std::function<void(const std::string&)> log;
@@ -39,6 +41,15 @@ struct Throughput {
   double layer_ms = 0;          // one decode row through one layer
   double batched_layer_ms = 0;  // per row, inside a batch of 16
 };
+
+// The backends a node runs its spans on: "cpu" always; "cuda:N" when built with STRATA_CUDA.
+struct Backends {
+  BackendFactory make;
+  std::function<std::unique_ptr<model::KvPool>(size_t max_bytes)> kv_pool;
+  std::string description;
+};
+absl::StatusOr<Backends> MakeBackends(const std::string& device,
+                                      std::shared_ptr<const model::Model> model, int threads);
 
 class NodeServer {
  public:
@@ -72,6 +83,7 @@ class NodeServer {
 
   NodeOptions options_;
   std::shared_ptr<const model::Model> model_;
+  Backends backends_;
   std::unique_ptr<Worker> worker_;
   std::unique_ptr<NodeService> service_;
   std::unique_ptr<grpc::Server> server_;
@@ -92,8 +104,9 @@ class NodeServer {
   std::atomic<bool> shut_down_{false};
 };
 
-// Measures one layer of `model` on this machine.
-Throughput MeasureThroughput(const std::shared_ptr<const model::Model>& model, int layer,
-                             ThreadPool& pool);
+// Measures one layer on `backend` (a one-layer span), with KV from `pool`.
+Throughput MeasureThroughput(model::SpanBackend& backend, model::KvPool& pool, int n_embd);
+
+
 
 }  // namespace strata::node

@@ -30,13 +30,13 @@ v1::SessionResponse ErrorResponse(uint64_t op_seq, const absl::Status& status) {
 }  // namespace
 
 Worker::Worker(std::shared_ptr<const model::Model> model, WorkerOptions options,
-               DownstreamFactory downstream)
+               DownstreamFactory downstream, BackendFactory backends,
+               std::unique_ptr<model::KvPool> kv_pool)
     : model_(std::move(model)),
       options_(std::move(options)),
       downstream_factory_(std::move(downstream)),
-      pool_(std::make_unique<ThreadPool>(options_.threads > 0 ? options_.threads
-                                                              : ThreadPool::DefaultThreads())),
-      kv_pool_(options_.kv_bytes) {
+      backend_factory_(std::move(backends)),
+      kv_pool_(std::move(kv_pool)) {
   stats_.kv_capacity_bytes = static_cast<int64_t>(options_.kv_bytes);
 }
 
@@ -164,13 +164,13 @@ void Worker::Handle(Event& event) {
   }
 }
 
-absl::StatusOr<std::shared_ptr<const model::LayerSpan>> Worker::SpanFor(int first, int last) {
+absl::StatusOr<std::shared_ptr<model::SpanBackend>> Worker::SpanFor(int first, int last) {
   auto key = std::make_pair(first, last);
   auto it = spans_.find(key);
   if (it != spans_.end()) return it->second;
-  auto span = model::LayerSpan::Load(model_, first, last);
+  auto span = backend_factory_(first, last);
   if (!span.ok()) return span.status();
-  std::shared_ptr<const model::LayerSpan> shared(std::move(*span));
+  std::shared_ptr<model::SpanBackend> shared(std::move(*span));
   spans_[key] = shared;
   return shared;
 }
@@ -235,7 +235,7 @@ void Worker::HandleOpen(OpenEvent& e) {
   s.next_address = o.next_address();
   s.next_session_id = o.next_session_id().empty() ? o.session_id() : o.next_session_id();
   s.next_token = o.next_token().empty() ? o.token() : o.next_token();
-  s.kv = std::make_unique<model::KvCache>(&kv_pool_, (*span)->kv_layout());
+  s.kv = (*span)->NewKvCache(kv_pool_.get());
   s.last_active = options_.clock->Now();
   v1::SessionResponse r;
   r.mutable_opened()->set_node_id(options_.node_id);
@@ -503,8 +503,7 @@ void Worker::RunForwards(std::vector<std::pair<std::string, Session*>>& batch) {
     std::vector<model::LayerSpan::Part> parts;
     for (Item& it : group) parts.push_back({it.s->kv.get(), it.rows});
     // Every part of one pass must use the same span; group by span below.
-    return group.front().s->span->ForwardBatch(parts, hidden.data() + group.front().offset,
-                                               *pool_, scratch_);
+    return group.front().s->span->ForwardBatch(parts, hidden.data() + group.front().offset);
   };
   // Sessions over the same layer range run as one pass; their rows are contiguous in `hidden`.
   size_t begin = 0;
@@ -607,7 +606,7 @@ void Worker::ExpireIdle() {
 
 void Worker::UpdateStats() {
   stats_.active_sessions.store(static_cast<int>(sessions_.size()), std::memory_order_relaxed);
-  stats_.kv_used_bytes.store(static_cast<int64_t>(kv_pool_.used_bytes()),
+  stats_.kv_used_bytes.store(static_cast<int64_t>(kv_pool_->used_bytes()),
                              std::memory_order_relaxed);
 }
 

@@ -20,6 +20,7 @@
 #include "common/thread_pool.h"
 #include "model/kv_cache.h"
 #include "model/llama.h"
+#include "model/span_backend.h"
 #include "node/links.h"
 #include "strata/v1/node.pb.h"
 
@@ -27,7 +28,6 @@ namespace strata::node {
 
 struct WorkerOptions {
   std::string node_id;
-  int threads = 0;                           // compute threads (0: all CPUs)
   size_t kv_bytes = size_t{1} << 30;         // KV memory cap for all sessions
   int max_sessions = 64;
   int max_batch_rows = 512;                  // rows of one batched pass (a larger op runs alone)
@@ -50,10 +50,16 @@ struct WorkerStats {
   std::atomic<double> last_batch_ms{0};
 };
 
+// Makes the backend that runs layers [first, last) (a session may use part of the node's span).
+using BackendFactory =
+    std::function<absl::StatusOr<std::unique_ptr<model::SpanBackend>>(int first, int last)>;
+
 class Worker {
  public:
+  // `kv_pool` holds every session's KV and must suit the backends `backends` makes.
   Worker(std::shared_ptr<const model::Model> model, WorkerOptions options,
-         DownstreamFactory downstream);
+         DownstreamFactory downstream, BackendFactory backends,
+         std::unique_ptr<model::KvPool> kv_pool);
   ~Worker();
 
   void Start();
@@ -125,7 +131,7 @@ class Worker {
     std::shared_ptr<ClientLink> client;
     std::shared_ptr<UpstreamLink> upstream;
     std::shared_ptr<DownstreamLink> downstream;
-    std::shared_ptr<const model::LayerSpan> span;
+    std::shared_ptr<model::SpanBackend> span;
     std::unique_ptr<model::KvCache> kv;
     std::deque<v1::Op> ops;  // received in order, not yet applied
     uint64_t next_op = 1;
@@ -154,15 +160,14 @@ class Worker {
   void FailOp(Session& s, uint64_t op_seq, const absl::Status& status, bool poison);
   void ExpireIdle();
   void UpdateStats();
-  absl::StatusOr<std::shared_ptr<const model::LayerSpan>> SpanFor(int first, int last);
+  absl::StatusOr<std::shared_ptr<model::SpanBackend>> SpanFor(int first, int last);
 
   std::shared_ptr<const model::Model> model_;
   WorkerOptions options_;
   DownstreamFactory downstream_factory_;
-  std::unique_ptr<ThreadPool> pool_;
-  model::KvPool kv_pool_;
-  model::ForwardScratch scratch_;
-  std::map<std::pair<int, int>, std::shared_ptr<const model::LayerSpan>> spans_;
+  BackendFactory backend_factory_;
+  std::unique_ptr<model::KvPool> kv_pool_;
+  std::map<std::pair<int, int>, std::shared_ptr<model::SpanBackend>> spans_;
   std::map<std::string, Session> sessions_;  // worker thread only
   WorkerStats stats_;
   std::atomic<bool> draining_{false};
