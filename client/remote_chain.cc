@@ -282,62 +282,103 @@ std::variant<v1::ForwardResult, RemoteChain::Failure> RemoteChain::Await(
   return failure;
 }
 
-absl::StatusOr<v1::ForwardResult> RemoteChain::RunOp(v1::Op op, std::vector<model::Row> rows,
-                                                     std::vector<float> hidden) {
-  const int64_t n_rows = std::max<int64_t>(1, static_cast<int64_t>(rows.size()));
+uint64_t RemoteChain::Submit(v1::Op op, std::vector<model::Row> rows, std::vector<float> hidden) {
+  // A hop that announced it is leaving is replaced before it is sent more work.
+  std::optional<Failure> leaving;
+  bool quiet = true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = log_.rbegin(); it != log_.rend() && quiet; ++it) {
+      quiet = it->second.completed || it->second.abandoned || it->second.kind == v1::Op::kRedirect;
+    }
+    for (size_t i = 0; quiet && i < hops_.size(); ++i) {
+      if (hops_[i]->draining) {
+        leaving = Failure{static_cast<int>(i),
+                          absl::UnavailableError(StrCat(hops_[i]->hop.node_id(), " is leaving")),
+                          false};
+        break;
+      }
+    }
+  }
+  if (leaving) {
+    // Only between ops (nothing in flight), so nothing is abandoned.
+    absl::Status moved = Failover(*leaving, {});
+    if (!moved.ok()) STRATA_LOG(Warning) << "could not move off a leaving node: " << moved;
+  }
+  const uint64_t seq = next_op_++;
+  op.set_op_seq(seq);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    OpRecord& rec = log_[seq];
+    rec.kind = op.kind_case();
+    rec.rows = std::move(rows);
+    rec.n_rows = std::max<int64_t>(1, static_cast<int64_t>(rec.rows.size()));
+    for (const model::Row& r : rec.rows) spec_seqs_ |= (r.seqs | r.attend) & ~model::SeqBit(0);
+    if (op.has_truncate()) {
+      rec.seq = op.truncate().seq();
+      rec.from_pos = op.truncate().from_pos();
+    } else if (op.has_keep()) {
+      rec.seq = op.keep().seq();
+    } else if (op.has_commit()) {
+      rec.seq = op.commit().seq();
+      rec.from_pos = op.commit().until_pos();
+    }
+    if (op.has_forward()) inputs_[0][seq] = std::move(hidden);
+    rec.sent = absl::Now();
+    rec.op = op;
+  }
+  v1::SessionRequest req;
+  *req.mutable_op() = std::move(op);
+  hops_[0]->stream->Write(req);
+  return seq;
+}
+
+absl::StatusOr<v1::ForwardResult> RemoteChain::Wait(uint64_t seq, bool resend) {
   int failovers = 0;
   absl::Time failure_time;
   bool recovering = false;
   while (true) {
-    // A hop that announced it is leaving is replaced before it is sent more work.
-    std::optional<Failure> leaving;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (closed_) return absl::CancelledError("the chain is closed");
-      for (size_t i = 0; i < hops_.size(); ++i) {
-        if (hops_[i]->draining) {
-          leaving = Failure{static_cast<int>(i),
-                            absl::UnavailableError(StrCat(hops_[i]->hop.node_id(), " is leaving")),
-                            false};
-          break;
-        }
-      }
-    }
-    if (leaving) {
-      if (!recovering) failure_time = absl::Now();
-      recovering = true;
-      RETURN_IF_ERROR(Failover(*leaving, 0));
-    }
-    const uint64_t seq = next_op_++;
-    op.set_op_seq(seq);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      OpRecord& rec = log_[seq];
-      rec.kind = op.kind_case();
-      rec.rows = rows;
-      if (op.has_truncate()) {
-        rec.seq = op.truncate().seq();
-        rec.from_pos = op.truncate().from_pos();
-      }
-      if (op.has_forward()) inputs_[0][seq] = hidden;
-    }
-    v1::SessionRequest req;
-    *req.mutable_op() = op;
-    const absl::Time sent = absl::Now();
-    hops_[0]->stream->Write(req);
     std::unique_lock<std::mutex> lock(mu_);
-    auto outcome = Await(seq, n_rows, lock, &log_[seq].reply);
+    if (closed_) return absl::CancelledError("the chain is closed");
+    auto rec = log_.find(seq);
+    if (rec == log_.end()) return absl::InvalidArgumentError(StrCat("no op ", seq));
+    if (rec->second.abandoned) {
+      return absl::AbortedError("the route changed while this run was in flight");
+    }
+    int in_flight = 0;
+    for (auto it = log_.find(seq); it != log_.begin();) {
+      --it;
+      in_flight += !it->second.completed && !it->second.abandoned;
+    }
+    auto outcome = Await(seq, rec->second.n_rows * (1 + in_flight), lock, &rec->second.reply);
     if (auto* result = std::get_if<v1::ForwardResult>(&outcome)) {
-      log_[seq].completed = true;
-      Learn(n_rows, absl::ToDoubleMilliseconds(absl::Now() - sent));
+      rec->second.completed = true;
+      rec->second.op.Clear();  // kept only for a resend
+      if (in_flight == 0) {
+        Learn(rec->second.n_rows, absl::ToDoubleMilliseconds(absl::Now() - rec->second.sent));
+      }
       if (recovering) {
         stats_.last_recovery_ms = absl::ToDoubleMilliseconds(absl::Now() - failure_time);
       }
       return std::move(*result);
     }
     Failure failure = std::get<Failure>(outcome);
+    if (!Retryable(failure.status)) {
+      rec->second.completed = true;  // answered (with an error): not in flight any more
+      return failure.status;
+    }
+    // Every op still in flight is abandoned by the failover.
+    std::vector<uint64_t> abandoned;
+    for (auto& [s, r] : log_) {
+      if (!r.completed && !r.abandoned && r.kind != v1::Op::kRedirect) {
+        r.abandoned = true;
+        abandoned.push_back(s);
+      }
+    }
+    v1::Op again = rec->second.op;
+    std::vector<model::Row> rows = rec->second.rows;
+    std::vector<float> hidden = inputs_[0].contains(seq) ? inputs_[0][seq] : std::vector<float>();
     lock.unlock();
-    if (!Retryable(failure.status)) return failure.status;
     if (++failovers > options_.max_failovers_per_op) {
       return absl::Status(failure.status.code(),
                           StrCat("giving up after ", options_.max_failovers_per_op,
@@ -345,8 +386,22 @@ absl::StatusOr<v1::ForwardResult> RemoteChain::RunOp(v1::Op op, std::vector<mode
     }
     if (!recovering) failure_time = absl::Now();
     recovering = true;
-    RETURN_IF_ERROR(Failover(failure, seq));
+    RETURN_IF_ERROR(Failover(failure, abandoned));
+    if (!resend) return absl::AbortedError("the route changed while this run was in flight");
+    seq = Submit(std::move(again), std::move(rows), std::move(hidden));
   }
+}
+
+absl::StatusOr<v1::ForwardResult> RemoteChain::RunOp(v1::Op op, std::vector<model::Row> rows,
+                                                     std::vector<float> hidden) {
+  return Wait(Submit(std::move(op), std::move(rows), std::move(hidden)), /*resend=*/true);
+}
+
+void RemoteChain::Cancel(std::span<const uint64_t> seqs) {
+  v1::SessionRequest req;
+  for (uint64_t s : seqs) req.mutable_cancel()->add_op_seqs(s);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& h : hops_) h->stream->Write(req);
 }
 
 std::optional<std::vector<RemoteChain::Cell>> RemoteChain::History(int boundary) const {
@@ -363,7 +418,7 @@ std::optional<std::vector<RemoteChain::Cell>> RemoteChain::History(int boundary)
   }
   for (auto it = log_.upper_bound(start); it != log_.end(); ++it) {
     const OpRecord& rec = it->second;
-    if (!rec.completed) continue;
+    if (!rec.completed || !rec.reply.status.ok()) continue;  // only ops that took effect
     switch (rec.kind) {
       case v1::Op::kForward: {
         if (inputs == inputs_.end()) return std::nullopt;
@@ -382,16 +437,34 @@ std::optional<std::vector<RemoteChain::Cell>> RemoteChain::History(int boundary)
         std::erase_if(cells, [](const Cell& c) { return c.seqs == 0; });
         break;
       }
+      case v1::Op::kKeep: {
+        const model::SeqMask bit = model::SeqBit(rec.seq);
+        for (Cell& c : cells) c.seqs &= bit;
+        std::erase_if(cells, [](const Cell& c) { return c.seqs == 0; });
+        break;
+      }
+      case v1::Op::kCommit: {
+        const model::SeqMask bit = model::SeqBit(rec.seq);
+        for (Cell& c : cells) {
+          if ((c.seqs & bit) && c.pos < rec.from_pos) c.seqs |= model::SeqBit(0);
+          c.seqs &= model::SeqBit(0);
+        }
+        std::erase_if(cells, [](const Cell& c) { return c.seqs == 0; });
+        break;
+      }
       default:
         break;
     }
   }
+  // Failover rebuilds the committed text only; speculation is disposable.
+  for (Cell& c : cells) c.seqs &= model::SeqBit(0);
+  std::erase_if(cells, [](const Cell& c) { return c.seqs == 0; });
   std::stable_sort(cells.begin(), cells.end(),
                    [](const Cell& a, const Cell& b) { return a.pos < b.pos; });
   return cells;
 }
 
-absl::Status RemoteChain::Failover(Failure failure, uint64_t failed_seq) {
+absl::Status RemoteChain::Failover(Failure failure, const std::vector<uint64_t>& abandoned) {
   std::vector<std::unique_ptr<Hop>> dropped;
   int keep = 0;  // hops [0, keep) stay
   int boundary = 0;
@@ -520,7 +593,7 @@ absl::Status RemoteChain::Failover(Failure failure, uint64_t failed_seq) {
     if (auto* f = std::get_if<Failure>(&outcome)) {
       Failure again = *f;
       lock.unlock();
-      return Failover(again, failed_seq);  // the interrupted op still needs its rollback
+      return Failover(again, abandoned);  // the interrupted ops still need their rollback
     }
     stats_.last_replay_ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
     stats_.last_replay_rows = static_cast<int>(cells.size());
@@ -548,19 +621,23 @@ absl::Status RemoteChain::Failover(Failure failure, uint64_t failed_seq) {
       Failure again = *f;
       lock.unlock();
       next_op_ = R + 1;
-      return Failover(again, failed_seq);  // the interrupted op still needs its rollback
+      return Failover(again, abandoned);  // the interrupted ops still need their rollback
     }
     log_[R].completed = true;
   }
   next_op_ = (keep > 0 || replay) ? R + 1 : R;
 
-  // The kept hops drop whatever the interrupted op added (the new hops never had it).
-  if (keep > 0 && failed_seq > 0) {
-    std::map<int, int32_t> from;  // sequence -> first position the op added
+  // The kept hops drop whatever the interrupted ops added (the new hops never had it), and any
+  // speculation: the new hops hold the committed text only.
+  if (keep > 0) {
+    std::map<int, int32_t> from;  // sequence -> first position the ops added
+    bool speculation = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      const OpRecord& rec = log_.at(failed_seq);
-      if (rec.kind == v1::Op::kForward) {
+      speculation = spec_seqs_ != 0;
+      for (uint64_t seq : abandoned) {
+        const OpRecord& rec = log_.at(seq);
+        if (rec.kind != v1::Op::kForward) continue;
         for (const model::Row& row : rec.rows) {
           for (model::SeqMask m = row.seqs; m; m &= m - 1) {
             const int s = __builtin_ctzll(m);
@@ -569,11 +646,20 @@ absl::Status RemoteChain::Failover(Failure failure, uint64_t failed_seq) {
         }
       }
     }
+    std::vector<v1::Op> rollback;
     for (auto [s, pos] : from) {
       v1::Op t;
       t.mutable_truncate()->set_seq(s);
       t.mutable_truncate()->set_from_pos(pos);
-      auto done = RunOp(std::move(t), {}, {});
+      rollback.push_back(std::move(t));
+    }
+    if (speculation) {
+      v1::Op k;
+      k.mutable_keep()->set_seq(0);
+      rollback.push_back(std::move(k));
+    }
+    for (v1::Op& op : rollback) {
+      auto done = RunOp(std::move(op), {}, {});
       if (!done.ok()) return done.status();
     }
   }

@@ -74,6 +74,17 @@ class RemoteChain : public Chain {
   // Ends every stream.
   void Close();
 
+  // Asynchronous use (speculative decoding keeps several runs in flight):
+  // Sends `op` now (its op_seq is assigned here and returned); a forward carries its rows and
+  // its hidden states at boundary 0 (kept for failover).
+  uint64_t Submit(v1::Op op, std::vector<model::Row> rows, std::vector<float> hidden);
+  // Waits for op `seq`. When the route fails meanwhile, the chain fails over and every op then
+  // in flight is abandoned (ABORTED) — speculation is disposable — unless `resend`, in which case
+  // this op is sent again on the new route and awaited.
+  absl::StatusOr<v1::ForwardResult> Wait(uint64_t seq, bool resend = false);
+  // Gives up on runs (out of band, to every hop): they answer CANCELLED.
+  void Cancel(std::span<const uint64_t> seqs);
+
  private:
   struct Hop;
   // The answer to an op, once it arrived.
@@ -87,8 +98,12 @@ class RemoteChain : public Chain {
   struct OpRecord {
     v1::Op::KindCase kind = v1::Op::KIND_NOT_SET;
     std::vector<model::Row> rows;  // forwards
-    int seq = 0, from_pos = 0;     // truncates
-    bool completed = false;
+    int64_t n_rows = 1;
+    int seq = 0, from_pos = 0;     // truncate (seq, from), keep (seq), commit (seq, until)
+    bool completed = false;        // answered
+    bool abandoned = false;        // in flight when the route failed
+    absl::Time sent;
+    v1::Op op;                     // until answered, for a resend
     Reply reply;
   };
   struct Cell {
@@ -118,7 +133,7 @@ class RemoteChain : public Chain {
   std::variant<v1::ForwardResult, Failure> Await(uint64_t seq, int64_t rows,
                                                  std::unique_lock<std::mutex>& lock,
                                                  Reply* reply, size_t first_hop = 0);
-  absl::Status Failover(Failure failure, uint64_t failed_seq);
+  absl::Status Failover(Failure failure, const std::vector<uint64_t>& abandoned);
   // The cells the KV of the hop starting at `boundary` must hold, from the inputs kept for it;
   // nullopt when an input is missing.
   std::optional<std::vector<Cell>> History(int boundary) const;
@@ -144,6 +159,7 @@ class RemoteChain : public Chain {
   int replay_first_hop_ = -1;
   Reply replay_reply_;
   double ema_base_ms_ = -1, ema_row_ms_ = -1;
+  model::SeqMask spec_seqs_ = 0;  // sequences other than 0 ever used (speculation)
   bool closed_ = false;
 };
 

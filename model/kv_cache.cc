@@ -173,6 +173,14 @@ void KvCache::Keep(SeqId seq) {
   ReleaseTrailingPages();
 }
 
+void KvCache::Commit(SeqId seq, int32_t until_pos) {
+  const SeqMask bit = SeqBit(seq);
+  for (Cell& c : cells_) {
+    if ((c.seqs & bit) && c.pos < until_pos) c.seqs |= SeqBit(0);
+  }
+  Keep(0);
+}
+
 void KvCache::FreeSlots(std::span<const int32_t> slots) {
   for (int32_t slot : slots) {
     if (slot >= 0 && slot < static_cast<int32_t>(cells_.size()) && cells_[slot].seqs != 0) {

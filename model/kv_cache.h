@@ -87,6 +87,9 @@ class KvCache {
   void Fork(SeqId src, SeqId dst);
   // Removes every sequence but `seq` (KEEP).
   void Keep(SeqId seq);
+  // Cells of `seq` at positions below `until_pos` join sequence 0; then every sequence but 0 is
+  // dropped (COMMIT of an accepted draft branch).
+  void Commit(SeqId seq, int32_t until_pos);
   // Frees the given slots (cells a cancelled or failed forward added).
   void FreeSlots(std::span<const int32_t> slots);
   // Frees everything.

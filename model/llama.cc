@@ -187,9 +187,10 @@ void VisibleCells(const KvCache& kv, std::span<const Row> rows,
   for (const Row& row : rows) {
     auto& vis = *out++;
     vis.clear();
+    const SeqMask sees = row.seqs | row.attend;
     for (int32_t c : order) {
       if (all[c].pos > row.pos) break;
-      if (all[c].seqs & row.seqs) vis.push_back(c);
+      if (all[c].seqs & sees) vis.push_back(c);
     }
   }
 }
@@ -255,9 +256,17 @@ absl::Status LayerSpan::ForwardBatch(std::span<const Part> parts, float* hidden,
   const kernels::RopeParams rope{hp.head_dim, hp.rot_dim, hp.rope_base, hp.rope_freq_scale,
                                  hp.rope_neox};
 
+  auto is_cancelled = [&](const Part& p) {
+    return p.cancel != nullptr && p.cancel->load(std::memory_order_acquire);
+  };
   for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
-    if (cancel != nullptr && cancel->load(std::memory_order_acquire)) {
+    bool all_cancelled = true;
+    for (const Part& p : parts) all_cancelled = all_cancelled && is_cancelled(p);
+    if ((cancel != nullptr && cancel->load(std::memory_order_acquire)) || all_cancelled) {
       for (auto& [kv, sl] : added) kv->FreeSlots(sl);
+      for (const Part& p : parts) {
+        if (p.cancelled) *p.cancelled = true;
+      }
       return absl::CancelledError("forward cancelled");
     }
     const Layer& L = layers_[l];
@@ -292,6 +301,13 @@ absl::Status LayerSpan::ForwardBatch(std::span<const Part> parts, float* hidden,
     kernels::SwiGlu(gate, up, n * ff, act);
     kernels::MatMul(L.w_down, act, n, proj, pool, s.matmul);
     AddInPlace(hidden, proj, n * e);
+  }
+  // Parts given up during the pass keep no cells.
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (is_cancelled(parts[i])) {
+      added[i].first->FreeSlots(added[i].second);
+      if (parts[i].cancelled) *parts[i].cancelled = true;
+    }
   }
   return absl::OkStatus();
 }

@@ -52,6 +52,7 @@ class Model {
 struct Row {
   int32_t pos = 0;     // logical position
   SeqMask seqs = 1;    // the row's cell is tagged with these; it sees cells sharing one of them
+  SeqMask attend = 0;  // further sequences it sees without joining them (draft-tree rows)
 };
 
 // Per-thread scratch for forward passes. Reused across calls: steady-state decoding allocates
@@ -109,10 +110,15 @@ class LayerSpan {
   struct Part {
     KvCache* kv = nullptr;
     std::span<const Row> rows;
+    // Set (from any thread) to give up on this part: checked at every layer boundary. A part
+    // given up keeps no cells, its outputs are garbage, and `*cancelled` is set to true.
+    const std::atomic<bool>* cancel = nullptr;
+    bool* cancelled = nullptr;
   };
   // One pass over the rows of several sessions at once (their rows are consecutive in `hidden`,
   // in part order): the weights are read once for all of them. Each row's result is bit-identical
   // to running its session alone. All or nothing: on error no cache keeps cells from this call.
+  // When every part is cancelled the pass stops early and returns CANCELLED.
   absl::Status ForwardBatch(std::span<const Part> parts, float* hidden, ThreadPool& pool,
                             ForwardScratch& scratch,
                             const std::atomic<bool>* cancel = nullptr) const;

@@ -118,6 +118,24 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
   node->worker_ = std::make_unique<Worker>(node->model_, options.worker, GrpcDownstreamFactory(),
                                            node->backends_.make,
                                            node->backends_.kv_pool(options.worker.kv_bytes));
+  if (!options.http.empty()) {
+    node->metrics_ = std::make_unique<NodeMetrics>(&node->worker_->stats(), [n = node.get()] {
+      NodeView v;
+      v.node_id = n->options_.node_id;
+      v.model_id = n->model_->id();
+      v.backend = n->backends_.description;
+      v.version = kVersion;
+      const int state = n->state_.load();
+      v.state = state == v1::NODE_STATE_ONLINE     ? "online"
+                : state == v1::NODE_STATE_DRAINING ? "draining"
+                                                   : "joining";
+      v.first_layer = n->worker_->first_layer();
+      v.last_layer = n->worker_->last_layer();
+      v.layer_ms = n->throughput_.layer_ms;
+      v.batched_layer_ms = n->throughput_.batched_layer_ms;
+      return v;
+    });
+  }
   node->service_ = std::make_unique<NodeService>(
       node->worker_.get(), [n = node.get()](v1::NodeInfo* info) { n->FillInfo(info); });
   grpc::EnableDefaultHealthCheckService(true);
@@ -127,6 +145,11 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
   builder.RegisterService(node->service_.get());
+  if (node->metrics_) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> icpt;
+    icpt.push_back(NodeMetrics::InterceptorFactory(node->metrics_.get()));
+    builder.experimental().SetInterceptorCreators(std::move(icpt));
+  }
   node->server_ = builder.BuildAndStart();
   if (!node->server_ || port == 0) {
     return absl::UnavailableError(StrCat("cannot listen on ", options.listen,
@@ -136,6 +159,20 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
   node->address_ = Dialable(StrCat(host, ":", port));
   if (node->options_.advertise.empty()) node->options_.advertise = node->address_;
   node->worker_->Start();
+  if (node->metrics_) {
+    node->metrics_->Start();
+    ASSIGN_OR_RETURN(node->http_,
+                     NodeHttpServer::Start(options.http,
+                                           {[n = node.get()] { return n->metrics_->Render(); },
+                                            [n = node.get()] {
+                                              const int s = n->state_.load();
+                                              return std::string(
+                                                  s == v1::NODE_STATE_ONLINE     ? "online"
+                                                  : s == v1::NODE_STATE_DRAINING ? "draining"
+                                                                                 : "joining");
+                                            }}));
+    options.log(StrCat("metrics at http://", node->http_->address(), "/metrics"));
+  }
 
   {
     ASSIGN_OR_RETURN(auto probe, node->backends_.make(0, 1));
@@ -326,6 +363,7 @@ void NodeServer::Shutdown() {
   }
   worker_->Stop();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  if (http_) http_->Stop();
 }
 
 void NodeServer::Wait() {

@@ -13,6 +13,8 @@
 
 #include "absl/status/statusor.h"
 #include "model/llama.h"
+#include "node/http_status.h"
+#include "node/metrics.h"
 #include "node/service.h"
 #include "node/worker.h"
 #include "strata/v1/coordinator.grpc.pb.h"
@@ -32,6 +34,8 @@ struct NodeOptions {
   std::string device = "cpu";  // "cpu" or "cuda:N" (builds with STRATA_CUDA)
   int threads = 0;          // CPU compute threads (0: all CPUs)
   WorkerOptions worker;
+  // HOST:PORT of an HTTP listener for /metrics (Prometheus) and /healthz; empty: none.
+  std::string http;
   // Progress and status messages for the operator (stderr by default in the CLI).
   std::function<void(const std::string&)> log;
 };
@@ -73,6 +77,8 @@ class NodeServer {
   const WorkerStats& stats() const { return worker_->stats(); }
   const Throughput& throughput() const { return throughput_; }
   const model::Model& model() const { return *model_; }
+  // The bound HTTP address (HOST:PORT) when NodeOptions::http was set, else "".
+  std::string http_address() const { return http_ ? http_->address() : std::string(); }
 
  private:
   NodeServer() = default;
@@ -85,6 +91,7 @@ class NodeServer {
   std::shared_ptr<const model::Model> model_;
   Backends backends_;
   std::unique_ptr<Worker> worker_;
+  std::unique_ptr<NodeMetrics> metrics_;  // with NodeOptions::http; outlives server_
   std::unique_ptr<NodeService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
@@ -102,6 +109,7 @@ class NodeServer {
   std::condition_variable stop_cv_;
   std::thread heartbeat_thread_;
   std::atomic<bool> shut_down_{false};
+  std::unique_ptr<NodeHttpServer> http_;  // with NodeOptions::http
 };
 
 // Measures one layer on `backend` (a one-layer span), with KV from `pool`.

@@ -46,6 +46,13 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
         link_->Close(kOverloaded);
         return;
       }
+    } else if (request_.has_cancel()) {
+      for (uint64_t seq : request_.cancel().op_seqs()) worker_->Cancel(session_id_, seq);
+    } else if (request_.has_state()) {
+      if (!worker_->PostStateRequest(session_id_)) {
+        link_->Close(kOverloaded);
+        return;
+      }
     } else {
       link_->Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the session is already open"));
       return;

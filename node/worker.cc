@@ -29,6 +29,33 @@ v1::SessionResponse ErrorResponse(uint64_t op_seq, const absl::Status& status) {
 
 }  // namespace
 
+void CancelBoard::Cancel(const std::string& session, uint64_t op_seq) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& flag = flags_[session][op_seq];
+  if (!flag) flag = std::make_shared<std::atomic<bool>>(false);
+  flag->store(true, std::memory_order_release);
+}
+
+std::shared_ptr<std::atomic<bool>> CancelBoard::Flag(const std::string& session, uint64_t op_seq) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& flag = flags_[session][op_seq];
+  if (!flag) flag = std::make_shared<std::atomic<bool>>(false);
+  return flag;
+}
+
+void CancelBoard::Forget(const std::string& session, uint64_t op_seq) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = flags_.find(session);
+  if (it == flags_.end()) return;
+  it->second.erase(it->second.begin(), it->second.lower_bound(op_seq));
+  if (it->second.empty()) flags_.erase(it);
+}
+
+void CancelBoard::Drop(const std::string& session) {
+  std::lock_guard<std::mutex> lock(mu_);
+  flags_.erase(session);
+}
+
 Worker::Worker(std::shared_ptr<const model::Model> model, WorkerOptions options,
                DownstreamFactory downstream, BackendFactory backends,
                std::unique_ptr<model::KvPool> kv_pool)
@@ -81,6 +108,10 @@ bool Worker::PostPushOpen(std::shared_ptr<UpstreamLink> upstream, std::string se
 bool Worker::PostPushOp(const std::string& session_id, const UpstreamLink* upstream, v1::Op op) {
   return Post(OpEvent{session_id, Source::kPush, upstream, std::move(op)});
 }
+bool Worker::PostStateRequest(const std::string& session_id) {
+  return Post(StateEvent{session_id});
+}
+
 bool Worker::PostPushGone(const std::string& session_id, std::shared_ptr<UpstreamLink> upstream) {
   return Post(PushGoneEvent{session_id, std::move(upstream)});
 }
@@ -155,6 +186,24 @@ void Worker::Handle(Event& event) {
           StrCat("next hop ", s.next_address, " failed: ", e->status.error_message()));
       s.client->Send(std::move(r));
     }
+  } else if (auto* e = std::get_if<StateEvent>(&event)) {
+    auto it = sessions_.find(e->session_id);
+    if (it == sessions_.end()) return;
+    Session& s = it->second;
+    v1::SessionResponse r;
+    v1::SessionState* st = r.mutable_state();
+    st->set_applied_op_seq(s.next_op - 1);
+    st->set_used_cells(s.kv->used_cells());
+    model::SeqMask present = 0;
+    for (const auto& c : s.kv->cells()) present |= c.seqs;
+    for (model::SeqMask m = present; m; m &= m - 1) {
+      const int seq = __builtin_ctzll(m);
+      v1::SessionState::Seq* q = st->add_seqs();
+      q->set_seq(seq);
+      q->set_length(s.kv->SeqLength(seq));
+      q->set_cells(s.kv->SeqCells(seq));
+    }
+    s.client->Send(std::move(r));
   } else if (auto* e = std::get_if<DrainEvent>(&event)) {
     for (auto& [id, s] : sessions_) {
       v1::SessionResponse r;
@@ -324,6 +373,7 @@ void Worker::CloseSession(const std::string& id, grpc::Status status) {
   if (s.downstream) s.downstream->Close();
   if (s.upstream) s.upstream->Close(grpc::Status::OK);
   s.client->Close(std::move(status));
+  cancels_.Drop(id);
   sessions_.erase(it);
 }
 
@@ -377,6 +427,12 @@ void Worker::ApplyControlOp(const std::string& id, Session& s, const v1::Op& op)
         return FailOp(s, op.op_seq(), absl::InvalidArgumentError("bad keep"), true);
       }
       s.kv->Keep(op.keep().seq());
+      break;
+    case v1::Op::kCommit:
+      if (!seq_ok(op.commit().seq()) || op.commit().until_pos() < 0) {
+        return FailOp(s, op.op_seq(), absl::InvalidArgumentError("bad commit"), true);
+      }
+      s.kv->Commit(op.commit().seq(), op.commit().until_pos());
       break;
     case v1::Op::kRedirect:
       return ApplyRedirect(id, s, op);
@@ -462,6 +518,8 @@ void Worker::RunForwards(std::vector<std::pair<std::string, Session*>>& batch) {
     v1::Op op;
     std::vector<model::Row> rows;
     size_t offset;  // first float of its rows in `hidden`
+    std::shared_ptr<std::atomic<bool>> cancel;
+    bool cancelled = false;
   };
   std::vector<Item> items;
   std::vector<float> hidden;
@@ -470,6 +528,11 @@ void Worker::RunForwards(std::vector<std::pair<std::string, Session*>>& batch) {
     s->ops.pop_front();
     const v1::Forward& f = op.forward();
     const int n = f.rows_size();
+    auto cancel = cancels_.Flag(id, op.op_seq());
+    if (f.cancelled() || cancel->load(std::memory_order_acquire)) {
+      DeliverCancelled(id, *s, op);  // skipped before it started
+      continue;
+    }
     absl::Status st;
     if (n == 0 || n > options_.max_rows_per_op) {
       st = absl::InvalidArgumentError(
@@ -483,7 +546,7 @@ void Worker::RunForwards(std::vector<std::pair<std::string, Session*>>& batch) {
                                                " outside [0, ", s->open.max_length(),
                                                ") or an empty sequence set"));
       }
-      rows[i] = {r.pos(), r.seqs()};
+      rows[i] = {r.pos(), r.seqs(), r.attend()};
     }
     for (int32_t o : f.out_rows()) {
       if (st.ok() && (o < 0 || o >= n)) st = absl::InvalidArgumentError("out_rows out of range");
@@ -495,13 +558,15 @@ void Worker::RunForwards(std::vector<std::pair<std::string, Session*>>& batch) {
       FailOp(*s, op.op_seq(), st, /*poison=*/true);
       continue;
     }
-    items.push_back({id, s, std::move(op), std::move(rows), offset});
+    items.push_back({id, s, std::move(op), std::move(rows), offset, std::move(cancel)});
   }
   if (items.empty()) return;
 
   auto run = [&](std::span<Item> group) {
     std::vector<model::LayerSpan::Part> parts;
-    for (Item& it : group) parts.push_back({it.s->kv.get(), it.rows});
+    for (Item& it : group) {
+      parts.push_back({it.s->kv.get(), it.rows, it.cancel.get(), &it.cancelled});
+    }
     // Every part of one pass must use the same span; group by span below.
     return group.front().s->span->ForwardBatch(parts, hidden.data() + group.front().offset);
   };
@@ -519,7 +584,9 @@ void Worker::RunForwards(std::vector<std::pair<std::string, Session*>>& batch) {
       for (size_t i = 0; i < group.size(); ++i) {
         const absl::Time t1 = absl::Now();
         absl::Status one = run(group.subspan(i, 1));
-        if (one.ok()) {
+        if (group[i].cancelled) {
+          DeliverCancelled(group[i].id, *group[i].s, group[i].op);
+        } else if (one.ok()) {
           DeliverForward(group[i].id, *group[i].s, group[i].op,
                          hidden.data() + group[i].offset, group[i].rows.size(),
                          absl::ToDoubleMilliseconds(absl::Now() - t1));
@@ -528,10 +595,18 @@ void Worker::RunForwards(std::vector<std::pair<std::string, Session*>>& batch) {
         }
       }
     } else if (!st.ok()) {
-      FailOp(*group[0].s, group[0].op.op_seq(), st, /*poison=*/true);
+      if (group[0].cancelled) {
+        DeliverCancelled(group[0].id, *group[0].s, group[0].op);
+      } else {
+        FailOp(*group[0].s, group[0].op.op_seq(), st, /*poison=*/true);
+      }
     } else {
       int64_t rows = 0;
       for (Item& it : group) {
+        if (it.cancelled) {
+          DeliverCancelled(it.id, *it.s, it.op);
+          continue;
+        }
         DeliverForward(it.id, *it.s, it.op, hidden.data() + it.offset, it.rows.size(), ms);
         rows += static_cast<int64_t>(it.rows.size());
       }
@@ -550,6 +625,7 @@ void Worker::DeliverForward(const std::string& id, Session& s, const v1::Op& op,
   const int width = model_->hparams().n_embd;
   const v1::Forward& f = op.forward();
   s.next_op = op.op_seq() + 1;
+  cancels_.Forget(id, s.next_op);
   if (s.next_address.empty()) {
     v1::SessionResponse r;
     v1::ForwardResult* result = r.mutable_result();
@@ -585,6 +661,23 @@ void Worker::DeliverForward(const std::string& id, Session& s, const v1::Op& op,
     return;
   }
   PassOn(id, s, std::move(next));
+}
+
+void Worker::DeliverCancelled(const std::string& id, Session& s, const v1::Op& op) {
+  s.next_op = op.op_seq() + 1;
+  cancels_.Forget(id, s.next_op);
+  if (s.next_address.empty()) {
+    v1::SessionResponse r;
+    r.mutable_error()->set_op_seq(op.op_seq());
+    r.mutable_error()->set_code(static_cast<int>(absl::StatusCode::kCancelled));
+    r.mutable_error()->set_message("run cancelled");
+    s.client->Send(std::move(r));
+    return;
+  }
+  v1::Op stub;
+  stub.set_op_seq(op.op_seq());
+  stub.mutable_forward()->set_cancelled(true);
+  PassOn(id, s, std::move(stub));
 }
 
 void Worker::ExpireIdle() {

@@ -50,6 +50,22 @@ struct WorkerStats {
   std::atomic<double> last_batch_ms{0};
 };
 
+// Cancelled runs per session, shared by the stream reactions (which cancel, on gRPC threads) and
+// the worker (which checks before and while running a forward).
+class CancelBoard {
+ public:
+  void Cancel(const std::string& session, uint64_t op_seq);
+  // The flag of a run: already set when the run was cancelled before it started.
+  std::shared_ptr<std::atomic<bool>> Flag(const std::string& session, uint64_t op_seq);
+  // Forgets the runs of `session` before `op_seq` (applied), or all of them.
+  void Forget(const std::string& session, uint64_t op_seq);
+  void Drop(const std::string& session);
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::map<uint64_t, std::shared_ptr<std::atomic<bool>>>> flags_;
+};
+
 // Makes the backend that runs layers [first, last) (a session may use part of the node's span).
 using BackendFactory =
     std::function<absl::StatusOr<std::unique_ptr<model::SpanBackend>>(int first, int last)>;
@@ -76,6 +92,12 @@ class Worker {
   bool PostPushOp(const std::string& session_id, const UpstreamLink* upstream, v1::Op op);
   // The previous hop closed its push stream (after PostPushOpen was accepted or refused).
   bool PostPushGone(const std::string& session_id, std::shared_ptr<UpstreamLink> upstream);
+  // Out of band, from any thread: the client gives up on runs (takes effect at once).
+  void Cancel(const std::string& session_id, uint64_t op_seq) {
+    cancels_.Cancel(session_id, op_seq);
+  }
+  // The client asks for the session's KV state (answered on its stream, in order with its ops).
+  bool PostStateRequest(const std::string& session_id);
 
   // New sessions are refused with UNAVAILABLE; running ones continue. When `notify`, every open
   // session's client is told to move (Draining) so that the node can leave without losing work.
@@ -123,8 +145,11 @@ class Worker {
   struct DrainEvent {
     std::string reason;
   };
+  struct StateEvent {
+    std::string session_id;
+  };
   using Event = std::variant<OpenEvent, OpEvent, ClientGoneEvent, PushOpenEvent,
-                             DownstreamFailedEvent, PushGoneEvent, DrainEvent>;
+                             DownstreamFailedEvent, PushGoneEvent, DrainEvent, StateEvent>;
 
   struct Session {
     v1::OpenSession open;
@@ -155,6 +180,9 @@ class Worker {
   void RunForwards(std::vector<std::pair<std::string, Session*>>& batch);
   void DeliverForward(const std::string& id, Session& s, const v1::Op& op, const float* hidden,
                       int64_t rows, double compute_ms);
+  // A cancelled run: passed on without outputs (so later hops keep the op order), answered
+  // CANCELLED by the last hop.
+  void DeliverCancelled(const std::string& id, Session& s, const v1::Op& op);
   void PassOn(const std::string& id, Session& s, v1::Op op);
   void ApplyRedirect(const std::string& id, Session& s, const v1::Op& op);
   void FailOp(Session& s, uint64_t op_seq, const absl::Status& status, bool poison);
@@ -168,6 +196,7 @@ class Worker {
   BackendFactory backend_factory_;
   std::unique_ptr<model::KvPool> kv_pool_;
   std::map<std::pair<int, int>, std::shared_ptr<model::SpanBackend>> spans_;
+  CancelBoard cancels_;
   std::map<std::string, Session> sessions_;  // worker thread only
   WorkerStats stats_;
   std::atomic<bool> draining_{false};
