@@ -8,6 +8,7 @@
 #include "client/generate.h"
 #include "client/local_model.h"
 #include "client/prompt.h"
+#include "client/run_request.h"
 #include "nlohmann/json.hpp"
 #include "strata/client.h"
 
@@ -33,6 +34,11 @@ nlohmann::json ResultJson(const GenerateResult& r, uint64_t seed) {
   j["decode_tokens_per_s"] = r.decode_tokens_per_s;
   j["finish_reason"] = r.finish_reason;
   j["seed"] = seed;
+  if (r.passes > 0) {
+    j["passes"] = r.passes;
+    j["accepted_per_pass"] = r.accepted_per_pass;
+    j["wasted_rows"] = r.wasted_rows;
+  }
   return j;
 }
 
@@ -44,21 +50,17 @@ absl::StatusOr<GenerateResult> GenerateLocally(const GenerateFlags& f, const std
   lo.show_progress = !f.json;
   auto lm = client::LocalModel::Load(lo);
   if (!lm.ok()) return lm.status();
-  auto prompt = client::PromptTokens((*lm)->tokenizer(), f.request);
-  if (!prompt.ok()) return prompt.status();
-  auto session = (*lm)->NewSession();
-  if (!session.ok()) return session.status();
-  auto r = client::Generate(**session, (*lm)->tokenizer(), *prompt,
-                            client::ToGenerateOptions(f.request), stream);
-  if (!r.ok()) return r.status();
-  GenerateResult out;
-  out.text = r->text;
-  out.token_ids = r->tokens;
-  out.prompt_tokens = r->prompt_tokens;
-  out.ttft_ms = r->ttft_ms;
-  out.decode_tokens_per_s = r->decode_tokens_per_s;
-  out.finish_reason = r->finish_reason;
-  return out;
+  std::vector<std::unique_ptr<client::LocalChain>> owned;
+  std::vector<client::Chain*> chains;
+  for (int i = 0; i < client::ChainsFor(f.request); ++i) {
+    auto chain = (*lm)->NewChain();
+    if (!chain.ok()) return chain.status();
+    chains.push_back(chain->get());
+    owned.push_back(std::move(*chain));
+  }
+  client::RequestContext context{&(*lm)->embedder(), &(*lm)->head(), &(*lm)->tokenizer(),
+                                 &(*lm)->pool(), path, f.threads};
+  return client::RunRequest(f.request, context, chains, stream);
 }
 
 int RunGenerate(GenerateFlags f) {
@@ -142,6 +144,26 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
   cmd->add_option("--seed", flags->seed, "Random seed (default: random)");
   cmd->add_option("--stop", r.stop, "Stop before this string (repeatable)");
   cmd->add_option("--threads", flags->threads, "CPU threads (default: all)");
+  SpeculativeOptions& sp = r.speculative;
+  cmd->add_option("--speculative", sp.drafter,
+                  "Speculative decoding drafter: none, ngram, draft:PATH, self:K")
+      ->capture_default_str();
+  cmd->add_option("--spec-mode", sp.mode, "chain, tree, pipelined or dsi")->capture_default_str();
+  cmd->add_option("--gamma", sp.gamma, "Drafts per pass (start value)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 32));
+  cmd->add_flag("!--fixed-gamma", sp.adaptive, "Keep gamma fixed instead of adapting it");
+  cmd->add_option("--tree-budget", sp.tree_budget, "Draft nodes per tree")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("--in-flight", sp.max_in_flight, "Runs in flight (pipelined, dsi)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
+  cmd->add_option("--replicas", sp.replicas, "Chains for dsi")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 8));
+  cmd->add_flag("--rejection-sampling", sp.rejection_sampling,
+                "Accept drafts with probability p/q instead of by exact match");
   cmd->add_flag("--json", flags->json, "Print one JSON object instead of streaming text");
   cmd->callback([flags, exit_code] { *exit_code = RunGenerate(*flags); });
 }

@@ -33,9 +33,25 @@ class Chain {
 
   // Drops positions >= from_pos of sequence `seq` on every hop.
   virtual absl::Status Truncate(model::SeqId seq, int32_t from_pos) = 0;
+  // Cells of `seq` below `until_pos` join sequence 0; every other sequence is dropped.
+  virtual absl::Status Commit(model::SeqId seq, int32_t until_pos) = 0;
 
   // The hops of the chain, first to last.
   virtual std::vector<HopInfo> Hops() const = 0;
+
+  // Runs in flight (speculative decoding). A run is a Forward that is waited for later; a remote
+  // chain keeps several going at once, a local one runs each when it is submitted. Runs and other
+  // ops take effect in submission order.
+  virtual absl::StatusOr<uint64_t> SubmitRun(std::span<const model::Row> rows,
+                                             const float* hidden,
+                                             std::span<const int32_t> out_rows) = 0;
+  // Writes the run's out rows to `out`. ABORTED when the route changed meanwhile (the chain
+  // then holds the committed text only), CANCELLED when the run was cancelled.
+  virtual absl::Status WaitRun(uint64_t run, float* out) = 0;
+  // Gives up on runs; each still answers WaitRun (CANCELLED, or its result if it finished).
+  virtual void CancelRuns(std::span<const uint64_t> runs) = 0;
+  // Like Truncate, but does not wait (ordered after the runs submitted before it).
+  virtual void TruncateAsync(model::SeqId seq, int32_t from_pos) = 0;
 };
 
 }  // namespace strata::client

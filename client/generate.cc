@@ -25,76 +25,97 @@ size_t PendingStopPrefix(std::string_view text, const std::vector<std::string>& 
 
 }  // namespace
 
-absl::StatusOr<Generation> Generate(InferenceSession& session,
-                                        const model::Tokenizer& tokenizer,
-                                        std::span<const int32_t> prompt,
-                                        const GenerateOptions& options,
+Emitter::Emitter(const model::Tokenizer& tokenizer, const GenerateOptions& options,
+                 const strata::TokenCallback& on_token, Generation* out)
+    : tokenizer_(tokenizer),
+      options_(options),
+      on_token_(on_token),
+      out_(out),
+      decoder_(tokenizer) {
+  out_->finish_reason = "length";
+}
+
+void Emitter::MarkFirstToken() { first_token_time_ = absl::Now(); }
+
+bool Emitter::Push(int32_t token) {
+  if (done_) return false;
+  if (out_->tokens.empty() && first_token_time_ == absl::Time()) MarkFirstToken();
+  if (options_.stop_at_end_of_generation && tokenizer_.IsEndOfGeneration(token)) {
+    out_->finish_reason = "stop";
+    return !(done_ = true);
+  }
+  out_->tokens.push_back(token);
+  visible_ += decoder_.Push(token);
+  bool stopped = false;
+  for (const std::string& stop : options_.stop) {
+    size_t at = stop.empty() ? std::string::npos : visible_.find(stop);
+    if (at != std::string::npos) {
+      visible_.resize(at);
+      stopped = true;
+    }
+  }
+  const size_t ready =
+      stopped ? visible_.size() : visible_.size() - PendingStopPrefix(visible_, options_.stop);
+  std::string_view piece;
+  if (ready > emitted_) {
+    piece = std::string_view(visible_).substr(emitted_, ready - emitted_);
+    emitted_ = ready;
+  }
+  if (on_token_ && !on_token_(token, piece)) {
+    out_->finish_reason = "cancelled";
+    return !(done_ = true);
+  }
+  if (stopped) {
+    out_->finish_reason = "stop";
+    return !(done_ = true);
+  }
+  if (static_cast<int>(out_->tokens.size()) >= options_.max_tokens) {
+    out_->finish_reason = "length";
+    return !(done_ = true);
+  }
+  return true;
+}
+
+void Emitter::Finish() {
+  done_ = true;
+  if (out_->finish_reason != "stop" || emitted_ == visible_.size()) visible_ += decoder_.Flush();
+  if (on_token_ && visible_.size() > emitted_ && out_->finish_reason != "cancelled") {
+    on_token_(-1, std::string_view(visible_).substr(emitted_));
+  }
+  out_->text = visible_;
+  const int decoded = static_cast<int>(out_->tokens.size()) - 1;
+  if (decoded > 0) {
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - first_token_time_);
+    out_->decode_tokens_per_s = seconds > 0 ? decoded / seconds : 0;
+  }
+}
+
+absl::StatusOr<Generation> Generate(InferenceSession& session, const model::Tokenizer& tokenizer,
+                                    std::span<const int32_t> prompt,
+                                    const GenerateOptions& options,
                                     const strata::TokenCallback& on_token) {
   RETURN_IF_ERROR(options.sampling.Validate());
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  if (options.max_tokens <= 0) return absl::InvalidArgumentError("max_tokens must be positive");
   Generation result;
   result.prompt_tokens = static_cast<int>(prompt.size());
   const model::Sampler sampler(options.sampling);
-  model::StreamDecoder decoder(tokenizer);
-  std::string visible;   // decoded text, stop strings not yet cut
-  size_t emitted = 0;    // bytes of `visible` already passed to the callback
+  Emitter emitter(tokenizer, options, on_token, &result);
 
   const absl::Time start = absl::Now();
   ASSIGN_OR_RETURN(std::span<const float> logits, session.Feed(prompt));
   result.prefill_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
-  absl::Time first_token_time;
-  result.finish_reason = "length";
-  for (int i = 0; i < options.max_tokens; ++i) {
+  while (true) {
     const int32_t token = sampler.Sample(logits, session.position(), session.tokens());
-    if (i == 0) {
-      first_token_time = absl::Now();
-      result.ttft_ms = absl::ToDoubleMilliseconds(first_token_time - start);
+    if (result.ttft_ms == 0) {
+      result.ttft_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+      emitter.MarkFirstToken();
     }
-    if (options.stop_at_end_of_generation && tokenizer.IsEndOfGeneration(token)) {
-      result.finish_reason = "stop";
-      break;
-    }
-    result.tokens.push_back(token);
-    visible += decoder.Push(token);
-    bool stopped = false;
-    for (const std::string& stop : options.stop) {
-      size_t at = stop.empty() ? std::string::npos : visible.find(stop);
-      if (at != std::string::npos) {
-        visible.resize(at);
-        stopped = true;
-      }
-    }
-    const size_t ready = stopped ? visible.size()
-                                 : visible.size() - PendingStopPrefix(visible, options.stop);
-    std::string_view piece;
-    if (ready > emitted) {
-      piece = std::string_view(visible).substr(emitted, ready - emitted);
-      emitted = ready;
-    }
-    if (on_token && !on_token(token, piece)) {
-      result.finish_reason = "cancelled";
-      break;
-    }
-    if (stopped) {
-      result.finish_reason = "stop";
-      break;
-    }
-    if (i + 1 == options.max_tokens) break;
+    if (!emitter.Push(token)) break;
     const int32_t next[1] = {token};
     ASSIGN_OR_RETURN(logits, session.Feed(next));
   }
-  if (result.finish_reason != "stop" || emitted == visible.size()) {
-    visible += decoder.Flush();
-  }
-  if (on_token && visible.size() > emitted && result.finish_reason != "cancelled") {
-    on_token(-1, std::string_view(visible).substr(emitted));
-  }
-  result.text = visible;
-  const int decoded = static_cast<int>(result.tokens.size()) - 1;
-  if (decoded > 0) {
-    const double seconds = absl::ToDoubleSeconds(absl::Now() - first_token_time);
-    result.decode_tokens_per_s = seconds > 0 ? decoded / seconds : 0;
-  }
+  emitter.Finish();
   return result;
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "client/session.h"
 #include "model/sampling.h"
 #include "model/tokenizer.h"
@@ -31,6 +32,32 @@ struct Generation {
   double prefill_ms = 0;
   double decode_tokens_per_s = 0;  // tokens after the first / time after the first
   std::string finish_reason;       // "stop", "length" or "cancelled"
+};
+
+// Turns sampled tokens into the Generation: streams text (holding back incomplete characters and
+// possible stop strings), applies end-of-generation, stop strings, max_tokens and the callback.
+// Shared by plain and speculative decoding so both end a generation the same way.
+class Emitter {
+ public:
+  Emitter(const model::Tokenizer& tokenizer, const GenerateOptions& options,
+          const strata::TokenCallback& on_token, Generation* out);
+  // Takes the next sampled token; false when the generation is over (finish_reason is set).
+  bool Push(int32_t token);
+  // Flushes held-back text and fills text / decode speed. Call once at the end.
+  void Finish();
+  bool done() const { return done_; }
+  void MarkFirstToken();
+
+ private:
+  const model::Tokenizer& tokenizer_;
+  const GenerateOptions& options_;
+  const strata::TokenCallback& on_token_;
+  Generation* out_;
+  model::StreamDecoder decoder_;
+  std::string visible_;  // decoded text, stop strings not yet cut
+  size_t emitted_ = 0;   // bytes of visible_ already passed to the callback
+  bool done_ = false;
+  absl::Time first_token_time_;
 };
 
 // Feeds `prompt` to the (fresh) session and generates. The session holds the text afterwards.

@@ -9,10 +9,11 @@ namespace strata::client {
 
 absl::StatusOr<std::unique_ptr<LocalChain>> LocalChain::Create(
     std::shared_ptr<const model::Model> model, ThreadPool* pool, size_t kv_bytes,
-    std::vector<int> boundaries) {
+    std::vector<int> boundaries, bool allow_partial) {
   const int n_layer = model->hparams().n_layer;
   if (boundaries.empty()) boundaries = {0, n_layer};
-  if (boundaries.size() < 2 || boundaries.front() != 0 || boundaries.back() != n_layer) {
+  if (boundaries.size() < 2 || boundaries.front() != 0 ||
+      (boundaries.back() != n_layer && !(allow_partial && boundaries.back() < n_layer))) {
     return absl::InvalidArgumentError(
         StrCat("span boundaries must run from 0 to ", n_layer));
   }
@@ -63,6 +64,33 @@ absl::Status LocalChain::Truncate(model::SeqId seq, int32_t from_pos) {
   }
   for (Stage& s : stages_) s.cache->Truncate(seq, from_pos);
   return absl::OkStatus();
+}
+
+absl::Status LocalChain::Commit(model::SeqId seq, int32_t until_pos) {
+  if (seq < 0 || seq >= model::kMaxSeqs) {
+    return absl::InvalidArgumentError(StrCat("sequence id ", seq, " out of range"));
+  }
+  for (Stage& s : stages_) s.cache->Commit(seq, until_pos);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> LocalChain::SubmitRun(std::span<const model::Row> rows,
+                                               const float* hidden,
+                                               std::span<const int32_t> out_rows) {
+  std::vector<float> out(out_rows.size() * static_cast<size_t>(n_embd_));
+  absl::Status st = Forward(rows, hidden, out_rows, out.data());
+  const uint64_t id = next_run_++;
+  runs_[id] = {st, std::move(out)};
+  return id;
+}
+
+absl::Status LocalChain::WaitRun(uint64_t run, float* out) {
+  auto it = runs_.find(run);
+  if (it == runs_.end()) return absl::InvalidArgumentError(StrCat("unknown run ", run));
+  absl::Status st = it->second.first;
+  if (st.ok()) std::memcpy(out, it->second.second.data(), it->second.second.size() * sizeof(float));
+  runs_.erase(it);
+  return st;
 }
 
 std::vector<HopInfo> LocalChain::Hops() const {

@@ -2,6 +2,7 @@
 // cache: local generation, and in-process split tests.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -14,14 +15,22 @@ namespace strata::client {
 class LocalChain : public Chain {
  public:
   // `boundaries` = {0, k1, ..., n_layer}: spans [0,k1), [k1,k2), ... Empty means one span.
+  // With `allow_partial` the last boundary may stop before n_layer (early exit: the head then
+  // reads the output of an inner layer — self-speculation).
   static absl::StatusOr<std::unique_ptr<LocalChain>> Create(
       std::shared_ptr<const model::Model> model, ThreadPool* pool, size_t kv_bytes,
-      std::vector<int> boundaries = {});
+      std::vector<int> boundaries = {}, bool allow_partial = false);
 
   absl::Status Forward(std::span<const model::Row> rows, const float* hidden,
                        std::span<const int32_t> out_rows, float* out) override;
   absl::Status Truncate(model::SeqId seq, int32_t from_pos) override;
+  absl::Status Commit(model::SeqId seq, int32_t until_pos) override;
   std::vector<HopInfo> Hops() const override;
+  absl::StatusOr<uint64_t> SubmitRun(std::span<const model::Row> rows, const float* hidden,
+                                     std::span<const int32_t> out_rows) override;
+  absl::Status WaitRun(uint64_t run, float* out) override;
+  void CancelRuns(std::span<const uint64_t> runs) override {}
+  void TruncateAsync(model::SeqId seq, int32_t from_pos) override { (void)Truncate(seq, from_pos); }
 
   const model::KvCache& cache(int span) const { return *stages_[span].cache; }
 
@@ -36,6 +45,8 @@ class LocalChain : public Chain {
   std::vector<Stage> stages_;
   model::ForwardScratch scratch_;
   std::vector<float> work_;
+  std::map<uint64_t, std::pair<absl::Status, std::vector<float>>> runs_;  // finished, not waited
+  uint64_t next_run_ = 1;
 };
 
 }  // namespace strata::client

@@ -30,6 +30,10 @@ absl::StatusOr<std::unique_ptr<LocalModel>> LocalModel::Load(const LocalModelOpt
   return lm;
 }
 
+absl::StatusOr<std::unique_ptr<LocalChain>> LocalModel::NewChain() {
+  return LocalChain::Create(model_, pool_.get(), options_.kv_bytes);
+}
+
 absl::StatusOr<std::unique_ptr<InferenceSession>> LocalModel::NewSession() {
   ASSIGN_OR_RETURN(auto chain, LocalChain::Create(model_, pool_.get(), options_.kv_bytes));
   return std::make_unique<InferenceSession>(embedder_.get(), head_.get(), std::move(chain),

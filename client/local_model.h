@@ -30,6 +30,10 @@ class LocalModel {
   ThreadPool& pool() { return *pool_; }
   // A fresh session over a fresh KV cache.
   absl::StatusOr<std::unique_ptr<InferenceSession>> NewSession();
+  // A fresh chain (all layers, this process).
+  absl::StatusOr<std::unique_ptr<LocalChain>> NewChain();
+  const model::Embedder& embedder() const { return *embedder_; }
+  const model::Head& head() const { return *head_; }
   const LocalModelOptions& options() const { return options_; }
 
  private:

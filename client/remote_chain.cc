@@ -26,6 +26,7 @@ struct RemoteChain::Hop {
   uint64_t link_since = 0;      // guarded by mu_: op_seq from which its current next link counts
   bool draining = false;        // guarded by mu_: it is leaving
   std::set<uint64_t> copies;    // guarded by mu_: op_seqs it sent boundary copies for
+  std::optional<v1::SessionState> state;  // guarded by mu_: the last state it reported
 };
 
 std::string RandomHex128() {
@@ -207,6 +208,9 @@ void RemoteChain::OnMessage(Hop* h, const v1::SessionResponse* m, const grpc::St
       break;
     case v1::SessionResponse::kDraining:
       h->draining = true;
+      break;
+    case v1::SessionResponse::kState:
+      h->state = m->state();
       break;
     default:
       break;
@@ -395,6 +399,27 @@ absl::StatusOr<v1::ForwardResult> RemoteChain::Wait(uint64_t seq, bool resend) {
 absl::StatusOr<v1::ForwardResult> RemoteChain::RunOp(v1::Op op, std::vector<model::Row> rows,
                                                      std::vector<float> hidden) {
   return Wait(Submit(std::move(op), std::move(rows), std::move(hidden)), /*resend=*/true);
+}
+
+absl::StatusOr<std::vector<v1::SessionState>> RemoteChain::State(absl::Duration timeout) {
+  ReapControl();
+  v1::SessionRequest req;
+  req.mutable_state();
+  std::unique_lock<std::mutex> lock(mu_);
+  for (auto& h : hops_) {
+    h->state.reset();
+    h->stream->Write(req);
+  }
+  std::vector<v1::SessionState> out;
+  for (auto& h : hops_) {
+    if (!cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout),
+                      [&] { return h->state.has_value() || h->ended; }) ||
+        !h->state) {
+      return absl::DeadlineExceededError(StrCat(h->hop.node_id(), " did not report its state"));
+    }
+    out.push_back(*h->state);
+  }
+  return out;
 }
 
 void RemoteChain::Cancel(std::span<const uint64_t> seqs) {
@@ -666,21 +691,34 @@ absl::Status RemoteChain::Failover(Failure failure, const std::vector<uint64_t>&
   return absl::OkStatus();
 }
 
-absl::Status RemoteChain::Forward(std::span<const model::Row> rows, const float* hidden,
-                                  std::span<const int32_t> out_rows, float* out) {
+namespace {
+
+v1::Op ForwardOp(std::span<const model::Row> rows, const float* hidden,
+                 std::span<const int32_t> out_rows, int width, v1::DType wire) {
   v1::Op op;
   v1::Forward* f = op.mutable_forward();
   for (const model::Row& r : rows) {
     v1::RowMeta* m = f->add_rows();
     m->set_pos(r.pos);
     m->set_seqs(r.seqs);
+    if (r.attend) m->set_attend(r.attend);
   }
   for (int32_t o : out_rows) f->add_out_rows(o);
+  transport::EncodeRows(hidden, static_cast<int64_t>(rows.size()), width, wire,
+                        f->mutable_hidden());
+  return op;
+}
+
+}  // namespace
+
+absl::Status RemoteChain::Forward(std::span<const model::Row> rows, const float* hidden,
+                                  std::span<const int32_t> out_rows, float* out) {
+  ReapControl();
   const int64_t n = static_cast<int64_t>(rows.size());
-  transport::EncodeRows(hidden, n, options_.hidden_size, options_.wire_dtype, f->mutable_hidden());
   std::vector<float> input(hidden, hidden + n * options_.hidden_size);
-  auto result = RunOp(std::move(op), std::vector<model::Row>(rows.begin(), rows.end()),
-                      std::move(input));
+  auto result =
+      RunOp(ForwardOp(rows, hidden, out_rows, options_.hidden_size, options_.wire_dtype),
+            std::vector<model::Row>(rows.begin(), rows.end()), std::move(input));
   if (!result.ok()) return result.status();
   std::vector<float> values;
   values.reserve(out_rows.size() * options_.hidden_size);
@@ -691,11 +729,61 @@ absl::Status RemoteChain::Forward(std::span<const model::Row> rows, const float*
   return absl::OkStatus();
 }
 
+void RemoteChain::ReapControl() {
+  // Async control ops are answered in order before any later op; collect their replies.
+  for (uint64_t seq : pending_control_) (void)Wait(seq, /*resend=*/false);
+  pending_control_.clear();
+}
+
 absl::Status RemoteChain::Truncate(model::SeqId seq, int32_t from_pos) {
   v1::Op op;
   op.mutable_truncate()->set_seq(seq);
   op.mutable_truncate()->set_from_pos(from_pos);
   return RunOp(std::move(op), {}, {}).status();
+}
+
+absl::Status RemoteChain::Commit(model::SeqId seq, int32_t until_pos) {
+  v1::Op op;
+  op.mutable_commit()->set_seq(seq);
+  op.mutable_commit()->set_until_pos(until_pos);
+  return RunOp(std::move(op), {}, {}).status();
+}
+
+
+absl::StatusOr<uint64_t> RemoteChain::SubmitRun(std::span<const model::Row> rows,
+                                                const float* hidden,
+                                                std::span<const int32_t> out_rows) {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  std::vector<float> input(hidden, hidden + n * options_.hidden_size);
+  const uint64_t seq =
+      Submit(ForwardOp(rows, hidden, out_rows, options_.hidden_size, options_.wire_dtype),
+             std::vector<model::Row>(rows.begin(), rows.end()), std::move(input));
+  std::lock_guard<std::mutex> lock(mu_);
+  log_[seq].out_rows = static_cast<int64_t>(out_rows.size());
+  return seq;
+}
+
+absl::Status RemoteChain::WaitRun(uint64_t run, float* out) {
+  int64_t out_rows = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = log_.find(run);
+    if (it == log_.end()) return absl::InvalidArgumentError(StrCat("unknown run ", run));
+    out_rows = it->second.out_rows;
+  }
+  auto result = Wait(run, /*resend=*/false);
+  if (!result.ok()) return result.status();
+  std::vector<float> values;
+  RETURN_IF_ERROR(transport::DecodeRows(result->hidden(), out_rows, options_.hidden_size, &values));
+  std::memcpy(out, values.data(), values.size() * sizeof(float));
+  return absl::OkStatus();
+}
+
+void RemoteChain::TruncateAsync(model::SeqId seq, int32_t from_pos) {
+  v1::Op op;
+  op.mutable_truncate()->set_seq(seq);
+  op.mutable_truncate()->set_from_pos(from_pos);
+  pending_control_.push_back(Submit(std::move(op), {}, {}));
 }
 
 std::vector<HopInfo> RemoteChain::Hops() const {

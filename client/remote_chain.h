@@ -68,7 +68,13 @@ class RemoteChain : public Chain {
   absl::Status Forward(std::span<const model::Row> rows, const float* hidden,
                        std::span<const int32_t> out_rows, float* out) override;
   absl::Status Truncate(model::SeqId seq, int32_t from_pos) override;
+  absl::Status Commit(model::SeqId seq, int32_t until_pos) override;
   std::vector<HopInfo> Hops() const override;
+  absl::StatusOr<uint64_t> SubmitRun(std::span<const model::Row> rows, const float* hidden,
+                                     std::span<const int32_t> out_rows) override;
+  absl::Status WaitRun(uint64_t run, float* out) override;
+  void CancelRuns(std::span<const uint64_t> runs) override { Cancel(runs); }
+  void TruncateAsync(model::SeqId seq, int32_t from_pos) override;
 
   ChainStats stats() const;
   // Ends every stream.
@@ -84,6 +90,8 @@ class RemoteChain : public Chain {
   absl::StatusOr<v1::ForwardResult> Wait(uint64_t seq, bool resend = false);
   // Gives up on runs (out of band, to every hop): they answer CANCELLED.
   void Cancel(std::span<const uint64_t> seqs);
+  // Every hop's KV state (after the ops it has applied), first hop first.
+  absl::StatusOr<std::vector<v1::SessionState>> State(absl::Duration timeout = absl::Seconds(10));
 
  private:
   struct Hop;
@@ -104,6 +112,7 @@ class RemoteChain : public Chain {
     bool abandoned = false;        // in flight when the route failed
     absl::Time sent;
     v1::Op op;                     // until answered, for a resend
+    int64_t out_rows = 0;          // runs: rows the last hop returns
     Reply reply;
   };
   struct Cell {
@@ -140,6 +149,7 @@ class RemoteChain : public Chain {
   absl::Duration StepDeadline(int64_t rows) const;
   void Learn(int64_t rows, double ms);
   static bool Retryable(const absl::Status& status);
+  void ReapControl();
 
   RemoteChainOptions options_;
   std::vector<std::unique_ptr<Hop>> hops_;  // the current route
@@ -160,6 +170,7 @@ class RemoteChain : public Chain {
   Reply replay_reply_;
   double ema_base_ms_ = -1, ema_row_ms_ = -1;
   model::SeqMask spec_seqs_ = 0;  // sequences other than 0 ever used (speculation)
+  std::vector<uint64_t> pending_control_;  // async control ops not yet reaped
   bool closed_ = false;
 };
 

@@ -3,6 +3,7 @@
 #include "absl/time/clock.h"
 #include "client/generate.h"
 #include "client/prompt.h"
+#include "client/run_request.h"
 #include "common/grpc_util.h"
 #include "common/status.h"
 #include "common/strings.h"
@@ -96,14 +97,20 @@ void SwarmClient::ReportFailure(const std::string& node_id, const absl::Status& 
   }
 }
 
-absl::StatusOr<std::unique_ptr<RemoteChain>> SwarmClient::OpenChain() {
+absl::StatusOr<std::unique_ptr<RemoteChain>> SwarmClient::OpenChain(
+    std::vector<std::string> avoid) {
   RemoteChainOptions o;
   o.model_id = model_->id();
   o.hidden_size = model_->hparams().n_embd;
   o.step_timeout = absl::Milliseconds(options_.step_timeout_ms);
   o.open_timeout = absl::Milliseconds(options_.open_timeout_ms);
-  o.routes = [this](int start, const std::vector<std::string>& exclude) {
-    return GetRoute(start, exclude);
+  o.routes = [this, avoid](int start, const std::vector<std::string>& exclude) {
+    std::vector<std::string> all = avoid;
+    all.insert(all.end(), exclude.begin(), exclude.end());
+    auto route = GetRoute(start, all);
+    // Avoiding is a preference: fall back to any route rather than none.
+    if (!route.ok() && !avoid.empty()) route = GetRoute(start, exclude);
+    return route;
   };
   o.report_failure = [this](const std::string& node, const absl::Status& why) {
     ReportFailure(node, why);
@@ -136,20 +143,22 @@ std::string SwarmClient::Detokenize(const std::vector<int32_t>& ids) const {
 
 absl::StatusOr<strata::GenerateResult> SwarmClient::Generate(
     const GenerateRequest& request, const strata::TokenCallback& on_token) {
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptTokens(*tokenizer_, request));
-  RemoteChain* chain = nullptr;
-  ASSIGN_OR_RETURN(auto session, NewInferenceSession(nullptr, &chain));
-  ASSIGN_OR_RETURN(Generation r,
-                   client::Generate(*session, *tokenizer_, prompt, ToGenerateOptions(request),
-                                    on_token));
-  strata::GenerateResult out;
-  out.text = std::move(r.text);
-  out.token_ids = std::move(r.tokens);
-  out.prompt_tokens = r.prompt_tokens;
-  out.ttft_ms = r.ttft_ms;
-  out.decode_tokens_per_s = r.decode_tokens_per_s;
-  out.finish_reason = r.finish_reason;
-  out.route = ToRouteHops(chain->Hops());  // the route in use at the end
+  // Replicas (dsi) go over different routes when the swarm has them.
+  std::vector<std::unique_ptr<RemoteChain>> owned;
+  std::vector<Chain*> chains;
+  std::vector<std::string> avoid;
+  for (int i = 0; i < ChainsFor(request); ++i) {
+    auto chain = OpenChain(avoid);
+    if (!chain.ok() && i > 0) chain = OpenChain({});  // no disjoint route: share nodes
+    if (!chain.ok()) return chain.status();
+    for (const HopInfo& h : (*chain)->Hops()) avoid.push_back(h.node_id);
+    chains.push_back(chain->get());
+    owned.push_back(std::move(*chain));
+  }
+  RequestContext context{embedder_.get(), head_.get(), tokenizer_.get(), pool_.get(),
+                         options_.model_path, options_.threads};
+  ASSIGN_OR_RETURN(strata::GenerateResult out, RunRequest(request, context, chains, on_token));
+  out.route = ToRouteHops(owned[0]->Hops());  // the route in use at the end
   return out;
 }
 

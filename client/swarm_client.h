@@ -34,8 +34,8 @@ class SwarmClient final : public Client {
                                              const std::vector<std::string>& exclude = {});
   // Tells every coordinator that `node_id` failed this client.
   void ReportFailure(const std::string& node_id, const absl::Status& why);
-  // A failover-capable chain over a fresh route.
-  absl::StatusOr<std::unique_ptr<RemoteChain>> OpenChain();
+  // A failover-capable chain over a fresh route, avoiding the nodes in `avoid` when it can.
+  absl::StatusOr<std::unique_ptr<RemoteChain>> OpenChain(std::vector<std::string> avoid = {});
   // A session over a fresh chain; `chain` (if set) receives the chain the session owns.
   absl::StatusOr<std::unique_ptr<InferenceSession>> NewInferenceSession(
       std::vector<HopInfo>* route = nullptr, RemoteChain** chain = nullptr);

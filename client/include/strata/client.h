@@ -46,6 +46,19 @@ struct SamplingOptions {
   uint64_t seed = 0;         // the draw at position p depends only on (seed, p)
 };
 
+// Speculative decoding: drafts made here, verified across the chain in one pass each.
+// Greedy and seeded sampling give exactly the tokens of plain decoding.
+struct SpeculativeOptions {
+  std::string drafter = "none";  // none | ngram | draft:PATH (same vocabulary) | self:K
+  std::string mode = "chain";    // chain | tree | pipelined | dsi (pipelined over replicas)
+  int gamma = 4;                 // drafts per pass (start value; adapts to latency/acceptance)
+  bool adaptive = true;
+  int tree_budget = 16;          // draft nodes per tree
+  int max_in_flight = 3;         // runs in flight (pipelined, dsi)
+  int replicas = 2;              // chains for dsi
+  bool rejection_sampling = false;  // accept with p/q instead of exact match
+};
+
 struct GenerateRequest {
   std::string prompt;
   bool chat = false;          // wrap the prompt in the model's chat template
@@ -53,6 +66,7 @@ struct GenerateRequest {
   int max_tokens = 128;
   SamplingOptions sampling;
   std::vector<std::string> stop;  // end before any of these strings
+  SpeculativeOptions speculative;
 };
 
 // One hop of the route a generation used.
@@ -71,6 +85,10 @@ struct GenerateResult {
   double decode_tokens_per_s = 0;
   std::string finish_reason;        // "stop", "length" or "cancelled"
   std::vector<RouteHop> route;
+  // Speculative decoding (zero without it).
+  int passes = 0;                   // verification passes whose results were used
+  double accepted_per_pass = 0;     // accepted drafts per pass
+  int wasted_rows = 0;              // rows computed or cancelled and not used
 };
 
 // Called with each token and the text it completes ("" while a character or a possible stop

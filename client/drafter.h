@@ -1,0 +1,102 @@
+// Drafters propose the tokens that speculative decoding then verifies across the chain. They run
+// at the client: n-gram prompt lookup (no model), a small draft model with the target's
+// vocabulary, the target's own first layers (self-speculation), and — for benchmarks only — an
+// oracle that knows the target's output and is right with a set probability.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/local_chain.h"
+#include "client/session.h"
+#include "common/thread_pool.h"
+#include "model/llama.h"
+
+namespace strata::client {
+
+struct DraftToken {
+  int32_t token;
+  float prob;  // the drafter's probability for it (1 for deterministic drafters)
+};
+
+class Drafter {
+ public:
+  virtual ~Drafter() = default;
+  virtual std::string name() const = 0;
+  // Up to `n` tokens continuing `text` along the drafter's best guess; fewer (or none) when it
+  // has no guess.
+  virtual std::vector<DraftToken> Draft(std::span<const int32_t> text, int n) = 0;
+  // Up to `k` alternatives for the one token after `text`, best first (draft trees).
+  virtual std::vector<DraftToken> Next(std::span<const int32_t> text, int k) = 0;
+};
+
+// Prompt lookup: the longest suffix of the text (max_n down to min_n tokens) that occurred
+// earlier proposes what followed it then.
+class NgramDrafter final : public Drafter {
+ public:
+  explicit NgramDrafter(int max_n = 4, int min_n = 1) : max_n_(max_n), min_n_(min_n) {}
+  std::string name() const override { return "ngram"; }
+  std::vector<DraftToken> Draft(std::span<const int32_t> text, int n) override;
+  std::vector<DraftToken> Next(std::span<const int32_t> text, int k) override;
+
+ private:
+  int max_n_, min_n_;
+};
+
+// A model run in this process: a small draft model sharing the target's vocabulary, or the first
+// layers of the target itself followed by its head (self-speculation). Greedy drafts; its KV
+// follows the text it is asked about, so consecutive calls cost only the new tokens.
+class ModelDrafter final : public Drafter {
+ public:
+  // `layers` = 0: the whole model at `path` (a draft model); > 0: only its first `layers`
+  // layers, then its head (self-speculation on the target file).
+  static absl::StatusOr<std::unique_ptr<ModelDrafter>> Load(const std::string& path, int layers,
+                                                            int target_vocab, int threads);
+  std::string name() const override { return name_; }
+  std::vector<DraftToken> Draft(std::span<const int32_t> text, int n) override;
+  std::vector<DraftToken> Next(std::span<const int32_t> text, int k) override;
+
+ private:
+  ModelDrafter() = default;
+  // Brings the session to exactly `text` and returns the logits after it.
+  absl::StatusOr<std::span<const float>> Sync(std::span<const int32_t> text);
+
+  std::string name_;
+  std::shared_ptr<const model::Model> model_;
+  std::unique_ptr<model::Embedder> embedder_;
+  std::unique_ptr<model::Head> head_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<InferenceSession> session_;
+  std::vector<float> logits_;
+};
+
+// For benchmarks only: knows the target's continuation `truth` (prompt + the target's own
+// greedy output) and proposes, independently for each position, the right token with
+// probability `accuracy` and a wrong one otherwise — the i.i.d. acceptance model of the
+// speculative-decoding literature, independent of the data.
+class OracleDrafter final : public Drafter {
+ public:
+  OracleDrafter(std::vector<int32_t> truth, double accuracy, uint64_t seed, int vocab)
+      : truth_(std::move(truth)), accuracy_(accuracy), seed_(seed), vocab_(vocab) {}
+  std::string name() const override;
+  std::vector<DraftToken> Draft(std::span<const int32_t> text, int n) override;
+  std::vector<DraftToken> Next(std::span<const int32_t> text, int k) override;
+
+ private:
+  std::vector<int32_t> truth_;
+  double accuracy_;
+  uint64_t seed_;
+  int vocab_;
+};
+
+// Parses a --speculative value: "ngram", "draft:PATH", "self:K" (needs the target file
+// `target_path`), "oracle:A" is not accepted here (benchmarks build it directly).
+absl::StatusOr<std::unique_ptr<Drafter>> MakeDrafter(const std::string& spec,
+                                                     const std::string& target_path,
+                                                     int target_vocab, int threads);
+
+}  // namespace strata::client

@@ -1,0 +1,75 @@
+#include "client/run_request.h"
+
+#include "client/drafter.h"
+#include "client/generate.h"
+#include "client/prompt.h"
+#include "client/session.h"
+#include "client/speculative.h"
+#include "common/status.h"
+#include "common/strings.h"
+
+namespace strata::client {
+namespace {
+
+absl::StatusOr<SpeculativeOptions::Mode> ParseMode(const std::string& mode) {
+  if (mode == "chain") return SpeculativeOptions::Mode::kChain;
+  if (mode == "tree") return SpeculativeOptions::Mode::kTree;
+  if (mode == "pipelined" || mode == "dsi") return SpeculativeOptions::Mode::kPipelined;
+  return absl::InvalidArgumentError(
+      StrCat("unknown speculative mode '", mode, "' (chain, tree, pipelined, dsi)"));
+}
+
+strata::GenerateResult ToResult(Generation g) {
+  strata::GenerateResult out;
+  out.text = std::move(g.text);
+  out.token_ids = std::move(g.tokens);
+  out.prompt_tokens = g.prompt_tokens;
+  out.ttft_ms = g.ttft_ms;
+  out.decode_tokens_per_s = g.decode_tokens_per_s;
+  out.finish_reason = g.finish_reason;
+  return out;
+}
+
+}  // namespace
+
+int ChainsFor(const GenerateRequest& request) {
+  return request.speculative.drafter != "none" && request.speculative.mode == "dsi"
+             ? std::max(1, request.speculative.replicas)
+             : 1;
+}
+
+absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request,
+                                                  const RequestContext& context,
+                                                  std::vector<Chain*> chains,
+                                                  const strata::TokenCallback& on_token) {
+  if (chains.empty()) return absl::InvalidArgumentError("no chain");
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptTokens(*context.tokenizer, request));
+  const GenerateOptions options = ToGenerateOptions(request);
+  const strata::SpeculativeOptions& so = request.speculative;
+  if (so.drafter.empty() || so.drafter == "none") {
+    InferenceSession session(context.embedder, context.head, chains[0], context.pool);
+    ASSIGN_OR_RETURN(Generation g,
+                     Generate(session, *context.tokenizer, prompt, options, on_token));
+    return ToResult(std::move(g));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<Drafter> drafter,
+                   MakeDrafter(so.drafter, context.model_path, context.head->n_vocab(),
+                               context.threads));
+  SpeculativeOptions o;
+  ASSIGN_OR_RETURN(o.mode, ParseMode(so.mode));
+  o.gamma = so.gamma;
+  o.adaptive = so.adaptive;
+  o.tree_budget = so.tree_budget;
+  o.max_in_flight = so.max_in_flight;
+  o.rejection_sampling = so.rejection_sampling;
+  SpeculativeDecoder decoder(context.embedder, context.head, std::move(chains), context.pool,
+                             context.tokenizer, drafter.get(), o);
+  ASSIGN_OR_RETURN(Generation g, decoder.Generate(prompt, options, on_token));
+  strata::GenerateResult out = ToResult(std::move(g));
+  out.passes = decoder.stats().passes;
+  out.accepted_per_pass = decoder.stats().accepted_per_pass();
+  out.wasted_rows = decoder.stats().wasted_rows;
+  return out;
+}
+
+}  // namespace strata::client

@@ -1,0 +1,35 @@
+// Runs a GenerateRequest (plain or speculative) over chains the caller opened: shared by the
+// swarm client and local generation.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/chain.h"
+#include "common/thread_pool.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+#include "strata/client.h"
+
+namespace strata::client {
+
+struct RequestContext {
+  const model::Embedder* embedder = nullptr;
+  const model::Head* head = nullptr;
+  const model::Tokenizer* tokenizer = nullptr;
+  ThreadPool* pool = nullptr;
+  std::string model_path;  // the target file at the client (self:K drafts from it)
+  int threads = 0;         // for a draft model
+};
+
+// How many chains `request` wants: its replicas for dsi, else 1.
+int ChainsFor(const GenerateRequest& request);
+
+// `chains` must be fresh (no text yet); the result's route is left empty for the caller.
+absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request,
+                                                  const RequestContext& context,
+                                                  std::vector<Chain*> chains,
+                                                  const strata::TokenCallback& on_token);
+
+}  // namespace strata::client

@@ -1,0 +1,472 @@
+#include "client/speculative.h"
+
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <queue>
+
+#include "absl/time/clock.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/strings.h"
+#include "model/sampling.h"
+
+namespace strata::client {
+namespace {
+
+// Salts that separate the acceptance draw and the residual draw of rejection sampling from the
+// plain sampling draw at the same position.
+constexpr uint64_t kAcceptSalt = 0x61636365707421ull;
+constexpr uint64_t kResidualSalt = 0x7265736964756full;
+
+}  // namespace
+
+int32_t VerifyDraft(const model::Sampler& sampler, std::span<const float> logits,
+                    int64_t position, std::span<const int32_t> history, int32_t draft,
+                    float draft_prob, bool rejection_sampling, bool* accepted) {
+  *accepted = false;
+  if (!rejection_sampling || sampler.params().greedy()) {
+    // Exact match: the target's own draw at this position decides, as in plain decoding.
+    const int32_t t = sampler.Sample(logits, position, history);
+    *accepted = draft >= 0 && t == draft;
+    return t;
+  }
+  // Rejection sampling against a deterministic drafter (q is one-hot on the draft): accept with
+  // probability p(draft); otherwise draw from p with the draft removed.
+  std::vector<model::Candidate> p = sampler.Distribution(logits, history);
+  const uint64_t seed = sampler.params().seed;
+  if (draft >= 0) {
+    double pd = 0;
+    for (const auto& c : p) pd += c.token == draft ? c.prob : 0.0;
+    if (model::PositionUniform(seed ^ kAcceptSalt, position) < std::min(1.0, pd / draft_prob)) {
+      *accepted = true;
+      return draft;
+    }
+    double rest = 0;
+    for (const auto& c : p) rest += c.token == draft ? 0.0 : c.prob;
+    double u = model::PositionUniform(seed ^ kResidualSalt, position) * rest, cum = 0;
+    for (const auto& c : p) {
+      if (c.token == draft) continue;
+      cum += c.prob;
+      if (u < cum) return c.token;
+    }
+    for (auto it = p.rbegin(); it != p.rend(); ++it) {
+      if (it->token != draft) return it->token;
+    }
+    return draft;  // p is one-hot on the draft: it would have been accepted
+  }
+  return sampler.Sample(logits, position, history);
+}
+
+struct SpeculativeDecoder::Run {
+  int chain = 0;
+  uint64_t id = 0;
+  int32_t first = 0;      // position of its first row
+  int32_t count = 0;      // rows
+  int32_t out_first = 0;  // position of its first out row (out rows run to the last row)
+  int drafted = 0;        // rows that were unverified drafts when it was sent
+  bool cancelled = false;
+  absl::Time sent;
+};
+
+SpeculativeDecoder::SpeculativeDecoder(const model::Embedder* embedder, const model::Head* head,
+                                       std::vector<Chain*> chains, ThreadPool* pool,
+                                       const model::Tokenizer* tokenizer, Drafter* drafter,
+                                       SpeculativeOptions options)
+    : embedder_(embedder),
+      head_(head),
+      chains_(std::move(chains)),
+      pool_(pool),
+      tokenizer_(tokenizer),
+      drafter_(drafter),
+      options_(options) {
+  gamma_ = std::clamp(options_.gamma, 0, options_.max_gamma);
+}
+
+absl::StatusOr<Generation> SpeculativeDecoder::Generate(std::span<const int32_t> prompt,
+                                                        const GenerateOptions& options,
+                                                        const strata::TokenCallback& on_token) {
+  RETURN_IF_ERROR(options.sampling.Validate());
+  if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  if (options.max_tokens <= 0) return absl::InvalidArgumentError("max_tokens must be positive");
+  if (chains_.empty()) return absl::InvalidArgumentError("no chain to verify on");
+  sampler_ = std::make_unique<model::Sampler>(options.sampling);
+  stats_ = SpeculativeStats();
+  if (options_.mode == SpeculativeOptions::Mode::kTree) {
+    if (options_.rejection_sampling) {
+      return absl::InvalidArgumentError("draft trees verify by exact match; use chain mode for "
+                                        "rejection sampling");
+    }
+    return GenerateTree(prompt, options, on_token);
+  }
+  return GenerateRuns(prompt, options, on_token);
+}
+
+int32_t SpeculativeDecoder::Decide(std::span<const float> logits, int64_t position,
+                                   std::span<const int32_t> history, int32_t draft,
+                                   float draft_prob, bool* accepted) {
+  return VerifyDraft(*sampler_, logits, position, history, draft, draft_prob,
+                     options_.rejection_sampling, accepted);
+}
+
+void SpeculativeDecoder::Logits(const std::vector<float>& hidden, int64_t rows) {
+  logits_.resize(static_cast<size_t>(rows) * head_->n_vocab());
+  head_->Logits(hidden.data(), rows, logits_.data(), *pool_, scratch_);
+}
+
+int SpeculativeDecoder::ChooseGamma() const {
+  if (!options_.adaptive || base_ms_ < 0) return gamma_;
+  // Expected tokens per pass over its cost; gamma 0 is plain decoding.
+  const double a = std::clamp(accept_rate_, 0.01, 0.99);
+  int best = 0;
+  double best_rate = 0;
+  for (int g = 0; g <= options_.max_gamma; ++g) {
+    const double tokens = (1 - std::pow(a, g + 1)) / (1 - a);
+    const double ms = base_ms_ + row_ms_ * (g + 1);
+    if (tokens / ms > best_rate * 1.0001) {
+      best_rate = tokens / ms;
+      best = g;
+    }
+  }
+  return best;
+}
+
+void SpeculativeDecoder::Learn(int rows, double ms, int drafted, int accepted) {
+  constexpr double w = 0.25;
+  if (drafted > 0) {
+    // Each draft is accepted with probability a until the first rejection: estimate a from the
+    // accepted drafts and the rejections seen.
+    const double rejected = accepted < drafted ? 1 : 0;
+    const double sample = accepted / std::max(1.0, accepted + rejected);
+    accept_rate_ = (1 - w) * accept_rate_ + w * sample;
+  }
+  if (rows <= 1) {
+    base_ms_ = base_ms_ < 0 ? ms : (1 - w) * base_ms_ + w * ms;
+  } else if (base_ms_ >= 0) {
+    const double per_row = std::max(0.0, (ms - base_ms_) / (rows - 1));
+    row_ms_ = (1 - w) * row_ms_ + w * per_row;
+  } else {
+    base_ms_ = ms / rows;
+  }
+  gamma_ = ChooseGamma();
+}
+
+absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
+    std::span<const int32_t> prompt, const GenerateOptions& options,
+    const strata::TokenCallback& on_token) {
+  Generation result;
+  result.prompt_tokens = static_cast<int>(prompt.size());
+  Emitter emitter(*tokenizer_, options, on_token, &result);
+  const int width = embedder_->n_embd();
+  const size_t n_chains = chains_.size();
+  const int max_runs = options_.mode == SpeculativeOptions::Mode::kPipelined
+                           ? std::max(1, options_.max_in_flight)
+                           : 1;
+
+  // tokens[0, certain) are settled (the prompt and the generated text); the rest are drafts.
+  std::vector<int32_t> tokens(prompt.begin(), prompt.end());
+  std::vector<float> probs(tokens.size(), 1.0f);
+  int32_t certain = static_cast<int32_t>(tokens.size());
+  std::vector<int32_t> fed(n_chains, 0);        // positions held by each chain
+  std::vector<int32_t> confirmed(n_chains, 0);  // of which answered (not in flight)
+  std::deque<Run> runs;                         // in flight, in submission order
+  const absl::Time start = absl::Now();
+
+  auto in_flight = [&](size_t c) {
+    return std::count_if(runs.begin(), runs.end(),
+                         [&](const Run& r) { return r.chain == static_cast<int>(c) && !r.cancelled; });
+  };
+  // Forgets everything from position `pos` on: runs holding it are cancelled and chains drop it.
+  // A cancelled run may have been skipped by some hops and computed by others, so its chain
+  // drops everything from the run's first position (re-sent later as catch-up rows), keeping
+  // every hop of the chain alike.
+  auto invalidate = [&](int32_t pos) {
+    std::vector<int32_t> cut(n_chains, pos);
+    for (Run& r : runs) {
+      if (!r.cancelled && r.first + r.count > pos) {
+        r.cancelled = true;
+        const uint64_t id[1] = {r.id};
+        chains_[r.chain]->CancelRuns(id);
+        stats_.cancelled_runs++;
+      }
+      if (r.cancelled) cut[r.chain] = std::min(cut[r.chain], r.first);
+    }
+    for (size_t c = 0; c < n_chains; ++c) {
+      if (fed[c] > cut[c]) {
+        chains_[c]->TruncateAsync(0, cut[c]);
+        fed[c] = cut[c];
+        confirmed[c] = std::min(confirmed[c], cut[c]);
+      }
+    }
+  };
+
+  std::vector<float> hidden, out;
+  while (true) {
+    // Keep up to max_runs runs going, drafting ahead of the last one.
+    while (!emitter.done() && static_cast<int>(runs.size()) < max_runs) {
+      size_t c = 0;
+      for (size_t i = 1; i < n_chains; ++i) {
+        if (in_flight(i) < in_flight(c)) c = i;
+      }
+      // New drafts go beyond everything already drafted, so that runs on different chains
+      // verify different positions; a chain that is behind catches up inside its run.
+      const int depth_limit = max_runs * (gamma_ + 1);
+      const int32_t want = std::min<int32_t>(static_cast<int32_t>(tokens.size()) + gamma_,
+                                             certain + depth_limit);
+      if (static_cast<int32_t>(tokens.size()) < want) {
+        std::vector<DraftToken> drafts =
+            drafter_->Draft(tokens, want - static_cast<int32_t>(tokens.size()));
+        for (const DraftToken& d : drafts) {
+          tokens.push_back(d.token);
+          probs.push_back(d.prob);
+        }
+      }
+      const int32_t end = static_cast<int32_t>(tokens.size());
+      if (end <= fed[c]) break;  // nothing new to send (the drafter has no guess)
+      const int32_t first = fed[c];
+      const int32_t count = end - first;
+      // Logits are needed from the last settled token on (earlier rows only catch the chain up).
+      const int32_t out_first = std::max(first, certain - 1);
+      std::vector<model::Row> rows(count);
+      for (int32_t i = 0; i < count; ++i) rows[i] = {first + i, model::SeqBit(0)};
+      std::vector<int32_t> out_rows;
+      for (int32_t p = out_first; p < end; ++p) out_rows.push_back(p - first);
+      hidden.resize(static_cast<size_t>(count) * width);
+      RETURN_IF_ERROR(embedder_->Embed(std::span<const int32_t>(tokens).subspan(first, count),
+                                       hidden.data()));
+      ASSIGN_OR_RETURN(uint64_t id, chains_[c]->SubmitRun(rows, hidden.data(), out_rows));
+      Run run;
+      run.chain = static_cast<int>(c);
+      run.id = id;
+      run.first = first;
+      run.count = count;
+      run.out_first = out_first;
+      run.drafted = std::max(0, end - std::max(first, certain));
+      run.sent = absl::Now();
+      runs.push_back(run);
+      fed[c] = end;
+      stats_.drafted += run.drafted;
+    }
+    if (runs.empty()) break;
+
+    Run run = runs.front();
+    runs.pop_front();
+    const int32_t out_count = run.first + run.count - run.out_first;
+    out.resize(static_cast<size_t>(out_count) * width);
+    absl::Status st = chains_[run.chain]->WaitRun(run.id, out.data());
+    if (run.cancelled || st.code() == absl::StatusCode::kCancelled) {
+      stats_.wasted_rows += run.count;
+      continue;
+    }
+    if (st.code() == absl::StatusCode::kAborted) {
+      // The chain failed over: it holds the answered runs only. Resend from there.
+      stats_.wasted_rows += run.count;
+      const size_t c = run.chain;
+      for (Run& r : runs) {
+        if (r.chain == run.chain) r.cancelled = true;
+      }
+      const int32_t keep = std::min(confirmed[c], certain);
+      chains_[c]->TruncateAsync(0, keep);
+      fed[c] = keep;
+      continue;
+    }
+    RETURN_IF_ERROR(st);
+    confirmed[run.chain] = std::max(confirmed[run.chain], run.first + run.count);
+    if (result.prefill_ms == 0) result.prefill_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+    Logits(out, out_count);
+    stats_.passes++;
+    int accepted_here = 0;
+    bool rejected = false;
+    for (int32_t i = 0; i < out_count && !emitter.done(); ++i) {
+      const int32_t q = run.out_first + i;  // this row's logits decide position q + 1
+      if (q != certain - 1) continue;       // decided already, or beyond a rejection
+      const bool has_draft = q + 1 < static_cast<int32_t>(tokens.size());
+      const int32_t draft = has_draft ? tokens[q + 1] : -1;
+      bool accepted = false;
+      const int32_t t = Decide(std::span<const float>(logits_).subspan(
+                                   static_cast<size_t>(i) * head_->n_vocab(), head_->n_vocab()),
+                               q + 1, std::span<const int32_t>(tokens).first(q + 1), draft,
+                               has_draft ? probs[q + 1] : 1.0f, &accepted);
+      if (result.ttft_ms == 0) {
+        result.ttft_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+        emitter.MarkFirstToken();
+      }
+      if (accepted) {
+        ++certain;
+        stats_.accepted++;
+        ++accepted_here;
+      } else {
+        if (has_draft) {
+          rejected = true;
+          invalidate(q + 1);
+          tokens.resize(q + 1);
+          probs.resize(q + 1);
+        }
+        tokens.push_back(t);
+        probs.push_back(1.0f);
+        certain = q + 2;
+      }
+      stats_.emitted++;
+      emitter.Push(t);
+      if (rejected) break;
+    }
+    Learn(run.count, absl::ToDoubleMilliseconds(absl::Now() - run.sent), run.drafted,
+          accepted_here);
+    if (emitter.done()) {
+      for (Run& r : runs) {
+        if (!r.cancelled) {
+          const uint64_t id[1] = {r.id};
+          chains_[r.chain]->CancelRuns(id);
+          r.cancelled = true;
+        }
+      }
+    }
+  }
+  emitter.Finish();
+  return result;
+}
+
+absl::StatusOr<Generation> SpeculativeDecoder::GenerateTree(
+    std::span<const int32_t> prompt, const GenerateOptions& options,
+    const strata::TokenCallback& on_token) {
+  Generation result;
+  result.prompt_tokens = static_cast<int>(prompt.size());
+  Emitter emitter(*tokenizer_, options, on_token, &result);
+  Chain* chain = chains_[0];
+  const int width = embedder_->n_embd();
+  const int vocab = head_->n_vocab();
+  std::vector<int32_t> tokens(prompt.begin(), prompt.end());
+  int32_t fed = 0;  // positions the chain holds (all settled)
+  const absl::Time start = absl::Now();
+
+  struct Node {
+    int32_t token;
+    int parent;  // -1: child of the last settled token
+    int depth;   // 1 for the token right after the settled text
+    std::vector<int> children;
+    model::SeqMask leaves = 0;
+  };
+  std::vector<float> hidden, out;
+  while (!emitter.done()) {
+    const int32_t certain = static_cast<int32_t>(tokens.size());
+    // Grow the tree best first by the drafter's cumulative probability.
+    std::vector<Node> nodes;
+    const int budget = options_.adaptive ? std::min(options_.tree_budget, 2 * gamma_)
+                                         : options_.tree_budget;
+    struct Candidate {
+      double score;
+      int parent;
+      int32_t token;
+      bool operator<(const Candidate& o) const { return score < o.score; }
+    };
+    std::priority_queue<Candidate> frontier;
+    if (budget > 0) {
+      for (const DraftToken& d : drafter_->Next(tokens, options_.tree_branch)) {
+        frontier.push({d.prob, -1, d.token});
+      }
+    }
+    int leaves = 0;
+    while (!frontier.empty() && static_cast<int>(nodes.size()) < budget) {
+      Candidate c = frontier.top();
+      frontier.pop();
+      const bool parent_was_leaf = c.parent >= 0 && nodes[c.parent].children.empty();
+      const int new_leaves = leaves + (parent_was_leaf ? 0 : 1);
+      if (new_leaves > model::kMaxSeqs - 1) continue;
+      leaves = new_leaves;
+      nodes.push_back({c.token, c.parent, c.parent < 0 ? 1 : nodes[c.parent].depth + 1, {}, 0});
+      const int id = static_cast<int>(nodes.size()) - 1;
+      if (c.parent >= 0) nodes[c.parent].children.push_back(id);
+      // Children scores carry this node's cumulative probability.
+      std::vector<int32_t> path(tokens.begin(), tokens.end());
+      std::vector<int32_t> rev;
+      for (int n = id; n >= 0; n = nodes[n].parent) rev.push_back(nodes[n].token);
+      path.insert(path.end(), rev.rbegin(), rev.rend());
+      if (static_cast<int>(nodes.size()) < budget) {
+        for (const DraftToken& d : drafter_->Next(path, options_.tree_branch)) {
+          frontier.push({c.score * d.prob, id, d.token});
+        }
+      }
+    }
+    // Leaves get sequence ids 1..; every node is tagged with the leaves below it.
+    int next_seq = 1;
+    for (int i = static_cast<int>(nodes.size()) - 1; i >= 0; --i) {
+      if (nodes[i].children.empty()) nodes[i].leaves |= model::SeqBit(next_seq++);
+      if (nodes[i].parent >= 0) nodes[nodes[i].parent].leaves |= nodes[i].leaves;
+    }
+    // Rows: the settled tokens the chain does not hold yet, then the tree.
+    const int32_t settled_rows = certain - fed;
+    const int32_t count = settled_rows + static_cast<int32_t>(nodes.size());
+    std::vector<model::Row> rows(count);
+    std::vector<int32_t> row_tokens(count);
+    for (int32_t i = 0; i < settled_rows; ++i) {
+      rows[i] = {fed + i, model::SeqBit(0)};
+      row_tokens[i] = tokens[fed + i];
+    }
+    for (size_t n = 0; n < nodes.size(); ++n) {
+      rows[settled_rows + n] = {certain - 1 + nodes[n].depth, nodes[n].leaves, model::SeqBit(0)};
+      row_tokens[settled_rows + n] = nodes[n].token;
+    }
+    std::vector<int32_t> out_rows;
+    for (int32_t i = settled_rows - 1; i < count; ++i) out_rows.push_back(i);
+    hidden.resize(static_cast<size_t>(count) * width);
+    RETURN_IF_ERROR(embedder_->Embed(row_tokens, hidden.data()));
+    const absl::Time sent = absl::Now();
+    ASSIGN_OR_RETURN(uint64_t id, chain->SubmitRun(rows, hidden.data(), out_rows));
+    out.resize(out_rows.size() * static_cast<size_t>(width));
+    absl::Status st = chain->WaitRun(id, out.data());
+    if (st.code() == absl::StatusCode::kAborted) {
+      // The chain failed over and holds the settled text it had answered; send the rest again.
+      stats_.wasted_rows += count;
+      (void)chain->Commit(1, 0);  // nothing but sequence 0 survives
+      continue;
+    }
+    RETURN_IF_ERROR(st);
+    if (result.prefill_ms == 0) result.prefill_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+    Logits(out, static_cast<int64_t>(out_rows.size()));
+    stats_.passes++;
+    stats_.drafted += static_cast<int>(nodes.size());
+    // Walk down the tree while the target's token is among the children.
+    int cur = -1;
+    int accepted = 0;
+    while (!emitter.done()) {
+      const size_t row = cur < 0 ? 0 : static_cast<size_t>(cur) + 1;  // index into out rows
+      const int64_t position = static_cast<int64_t>(tokens.size());
+      const int32_t t = sampler_->Sample(
+          std::span<const float>(logits_).subspan(row * vocab, vocab), position, tokens);
+      if (result.ttft_ms == 0) {
+        result.ttft_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+        emitter.MarkFirstToken();
+      }
+      tokens.push_back(t);
+      stats_.emitted++;
+      emitter.Push(t);
+      const std::vector<int>& kids = cur < 0 ? std::vector<int>() : nodes[cur].children;
+      int next = -1;
+      if (cur < 0) {
+        for (size_t n = 0; n < nodes.size(); ++n) {
+          if (nodes[n].parent < 0 && nodes[n].token == t) next = static_cast<int>(n);
+        }
+      } else {
+        for (int k : kids) {
+          if (nodes[k].token == t) next = k;
+        }
+      }
+      if (next < 0) break;  // `t` is the correction (or the bonus after a leaf)
+      cur = next;
+      ++accepted;
+    }
+    stats_.accepted += accepted;
+    stats_.wasted_rows += static_cast<int>(nodes.size()) - accepted;
+    // The accepted branch joins the committed text; the rest of the tree is dropped.
+    model::SeqId leaf = 1;
+    if (cur >= 0) leaf = __builtin_ctzll(nodes[cur].leaves);
+    RETURN_IF_ERROR(chain->Commit(leaf, certain + accepted));
+    fed = certain + accepted;
+    Learn(count, absl::ToDoubleMilliseconds(absl::Now() - sent), static_cast<int>(nodes.size()),
+          accepted);
+  }
+  emitter.Finish();
+  return result;
+}
+
+}  // namespace strata::client

@@ -1,0 +1,116 @@
+// Speculative decoding spread across the chain.
+//
+// The client drafts tokens (a Drafter) and verifies them through the route in one pass: the rows
+// of the pass are the next unverified tokens, and the logits of each row decide the token after
+// it. A draft is accepted when it equals the token the target samples at that position with the
+// same sampler and the same (seed, position) draw as plain decoding, so greedy and seeded
+// sampling give exactly the plain output. With `rejection_sampling`, drafts are instead accepted
+// with probability min(1, p/q) (the distribution is preserved, the tokens are not).
+//
+// Modes:
+//   kChain      one run at a time: the unverified tokens plus up to gamma drafts (M1).
+//   kTree       one run of a draft tree grown best first up to a node budget (M2); tree rows see
+//               the committed text and their ancestors only; the accepted branch is committed.
+//   kPipelined  up to max_in_flight runs along the chain at once, each drafting beyond the
+//               previous one; a rejection cancels the runs it invalidates (M3).
+//   With several chains (replicas of the spans), pipelined runs are spread over them; each
+//   chain catches up on tokens it has not seen inside its next run (M4, DSI).
+// gamma adapts to the measured pass latency and acceptance rate (gamma 0 is plain decoding),
+// so speculation is not slower than plain decoding.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/chain.h"
+#include "client/drafter.h"
+#include "client/generate.h"
+#include "common/thread_pool.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+
+namespace strata::client {
+
+struct SpeculativeOptions {
+  enum class Mode { kChain, kTree, kPipelined };
+  Mode mode = Mode::kChain;
+  int gamma = 4;            // drafts per run (the start value when adaptive)
+  int max_gamma = 16;
+  bool adaptive = true;
+  int tree_budget = 16;     // draft nodes per tree (at most 63 leaves)
+  int tree_branch = 3;      // alternatives tried per node
+  int max_in_flight = 3;    // pipelined runs
+  bool rejection_sampling = false;
+};
+
+struct SpeculativeStats {
+  int passes = 0;         // runs whose results were used
+  int drafted = 0;        // draft rows sent
+  int accepted = 0;       // drafts accepted
+  int wasted_rows = 0;    // rows computed (or cancelled) whose results were not used
+  int cancelled_runs = 0;
+  int emitted = 0;        // tokens generated
+  double accepted_per_pass() const { return passes ? double(accepted) / passes : 0; }
+};
+
+// The token the target settles on at `position` (whose logits come from the row before it), given
+// the text before it, and whether the drafter's proposal there (`draft`, -1 for none) is accepted.
+// Exact match (default): the target's own draw decides, as in plain decoding. Rejection
+// sampling: the draft is accepted with probability min(1, p(draft) / draft_prob), else a token
+// is drawn from p without the draft — the target distribution is preserved (drafters here are
+// deterministic, so q is one-hot and draft_prob is 1).
+int32_t VerifyDraft(const model::Sampler& sampler, std::span<const float> logits,
+                    int64_t position, std::span<const int32_t> history, int32_t draft,
+                    float draft_prob, bool rejection_sampling, bool* accepted);
+
+class SpeculativeDecoder {
+ public:
+  // `chains`: one, or several over replicated spans (DSI). None is owned; each must start empty.
+  SpeculativeDecoder(const model::Embedder* embedder, const model::Head* head,
+                     std::vector<Chain*> chains, ThreadPool* pool,
+                     const model::Tokenizer* tokenizer, Drafter* drafter,
+                     SpeculativeOptions options);
+
+  absl::StatusOr<Generation> Generate(std::span<const int32_t> prompt,
+                                      const GenerateOptions& options,
+                                      const strata::TokenCallback& on_token = nullptr);
+  const SpeculativeStats& stats() const { return stats_; }
+
+ private:
+  struct Run;
+  absl::StatusOr<Generation> GenerateRuns(std::span<const int32_t> prompt,
+                                          const GenerateOptions& options,
+                                          const strata::TokenCallback& on_token);
+  absl::StatusOr<Generation> GenerateTree(std::span<const int32_t> prompt,
+                                          const GenerateOptions& options,
+                                          const strata::TokenCallback& on_token);
+  // The target's token for `position` from `logits` (its row is position - 1), given the text
+  // before it, and whether `draft` (the drafter's proposal there, or -1) is accepted.
+  int32_t Decide(std::span<const float> logits, int64_t position,
+                 std::span<const int32_t> history, int32_t draft, float draft_prob,
+                 bool* accepted);
+  // Logits for out rows (rows x n_embd of final hidden states).
+  void Logits(const std::vector<float>& hidden, int64_t rows);
+  int ChooseGamma() const;
+  void Learn(int rows, double ms, int drafted, int accepted);
+
+  const model::Embedder* embedder_;
+  const model::Head* head_;
+  std::vector<Chain*> chains_;
+  ThreadPool* pool_;
+  const model::Tokenizer* tokenizer_;
+  Drafter* drafter_;
+  SpeculativeOptions options_;
+  std::unique_ptr<model::Sampler> sampler_;
+  SpeculativeStats stats_;
+  model::ForwardScratch scratch_;
+  std::vector<float> logits_;
+  // Adaptive gamma: acceptance rate and pass cost (ms = base + per_row * rows).
+  double accept_rate_ = 0.7;
+  double base_ms_ = -1, row_ms_ = 0;
+  int gamma_ = 4;
+};
+
+}  // namespace strata::client
