@@ -374,7 +374,7 @@ absl::StatusOr<v1::ForwardResult> RemoteChain::Wait(uint64_t seq, bool resend) {
     // Every op still in flight is abandoned by the failover.
     std::vector<uint64_t> abandoned;
     for (auto& [s, r] : log_) {
-      if (!r.completed && !r.abandoned && r.kind != v1::Op::kRedirect) {
+      if (!r.completed && !r.reply.done && !r.abandoned && r.kind != v1::Op::kRedirect) {
         r.abandoned = true;
         abandoned.push_back(s);
       }
@@ -443,7 +443,8 @@ std::optional<std::vector<RemoteChain::Cell>> RemoteChain::History(int boundary)
   }
   for (auto it = log_.upper_bound(start); it != log_.end(); ++it) {
     const OpRecord& rec = it->second;
-    if (!rec.completed || !rec.reply.status.ok()) continue;  // only ops that took effect
+    // Only ops that took effect on every hop: answered OK by the last one (waited for or not).
+    if (!rec.reply.done || !rec.reply.status.ok()) continue;
     switch (rec.kind) {
       case v1::Op::kForward: {
         if (inputs == inputs_.end()) return std::nullopt;

@@ -312,15 +312,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
     }
     Learn(run.count, absl::ToDoubleMilliseconds(absl::Now() - run.sent), run.drafted,
           accepted_here);
-    if (emitter.done()) {
-      for (Run& r : runs) {
-        if (!r.cancelled) {
-          const uint64_t id[1] = {r.id};
-          chains_[r.chain]->CancelRuns(id);
-          r.cancelled = true;
-        }
-      }
-    }
+    if (emitter.done()) invalidate(certain);  // drop the speculation still in flight
   }
   emitter.Finish();
   return result;
