@@ -219,7 +219,8 @@ void RemoteChain::OnMessage(Hop* h, const v1::SessionResponse* m, const grpc::St
 }
 
 absl::Duration RemoteChain::StepDeadline(int64_t rows) const {
-  if (ema_base_ms_ < 0) return options_.step_timeout;
+  // Without a measurement for ops this size, allow the longest wait.
+  if (ema_base_ms_ < 0 || (rows > 1 && ema_row_ms_ < 0)) return options_.step_timeout;
   const double expected = ema_base_ms_ + std::max(0.0, ema_row_ms_) * static_cast<double>(rows);
   return std::min(options_.step_timeout,
                   absl::Milliseconds(4 * expected) + options_.min_step_timeout);
@@ -358,7 +359,7 @@ absl::StatusOr<v1::ForwardResult> RemoteChain::Wait(uint64_t seq, bool resend) {
     if (auto* result = std::get_if<v1::ForwardResult>(&outcome)) {
       rec->second.completed = true;
       rec->second.op.Clear();  // kept only for a resend
-      if (in_flight == 0) {
+      if (in_flight == 0 && rec->second.kind == v1::Op::kForward) {
         Learn(rec->second.n_rows, absl::ToDoubleMilliseconds(absl::Now() - rec->second.sent));
       }
       if (recovering) {

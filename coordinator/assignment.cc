@@ -100,4 +100,58 @@ absl::StatusOr<LayerRange> ChooseSpan(const v1::SwarmSnapshot& swarm,
   return span;
 }
 
+std::optional<LayerRange> PlanMove(const v1::SwarmSnapshot& swarm, const std::string& node_id,
+                                   const std::vector<std::pair<std::string, LayerRange>>& pending,
+                                   const MoveOptions& options) {
+  const int n = swarm.num_layers();
+  if (n <= 0) return std::nullopt;
+  // The swarm as it will be once the ordered moves are done, without the node considered.
+  v1::SwarmSnapshot without = swarm;
+  without.clear_nodes();
+  const v1::NodeStatus* me = nullptr;
+  for (const v1::NodeStatus& node : swarm.nodes()) {
+    if (node.node().node_id() == node_id) {
+      me = &node;
+      continue;
+    }
+    v1::NodeStatus copy = node;
+    for (const auto& [id, target] : pending) {
+      if (id == node.node().node_id()) {
+        copy.set_first_layer(target.first_layer);
+        copy.set_last_layer(target.last_layer);
+        copy.set_throughput(NodeThroughput(node.node().layer_ms(), target.size()));
+      }
+    }
+    *without.add_nodes() = std::move(copy);
+  }
+  if (me == nullptr || me->state() != v1::NODE_STATE_ONLINE || !me->node().movable()) {
+    return std::nullopt;
+  }
+  const LayerRange current{me->first_layer(), me->last_layer()};
+  std::vector<double> t_without = LayerThroughput(without);
+  // A node that alone serves some of its layers stays: moving would open a gap.
+  for (int b = std::max(0, current.first_layer); b < std::min(n, current.last_layer); ++b) {
+    if (t_without[b] <= 0) return std::nullopt;
+  }
+  int k = me->node().max_layers() > 0 ? std::min(me->node().max_layers(), n) : n;
+  k = std::max(1, k);
+  const int start = BestWindowStart(t_without, k);
+  const LayerRange target{start, start + k};
+  if (target == current) return std::nullopt;
+  std::vector<double> t_now = t_without;
+  const double mine_now = NodeThroughput(me->node().layer_ms(), current.size());
+  for (int b = std::max(0, current.first_layer); b < std::min(n, current.last_layer); ++b) {
+    t_now[b] += mine_now;
+  }
+  const bool gaps = std::any_of(t_now.begin(), t_now.end(), [](double x) { return x <= 0; });
+  if (gaps) return target;  // repair: the best window without us contains the gap
+  std::vector<double> t_after = t_without;
+  const double mine_after = NodeThroughput(me->node().layer_ms(), k);
+  for (int b = target.first_layer; b < target.last_layer; ++b) t_after[b] += mine_after;
+  const double before = *std::min_element(t_now.begin(), t_now.end());
+  const double after = *std::min_element(t_after.begin(), t_after.end());
+  if (after > before / options.balance_quality) return target;
+  return std::nullopt;
+}
+
 }  // namespace strata::coordinator

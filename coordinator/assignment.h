@@ -8,7 +8,10 @@
 // lowest start layer.
 #pragma once
 
+#include <optional>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -51,5 +54,21 @@ int BestWindowStart(std::span<const double> throughput, int k);
 //    max_layers (when set); else INVALID_ARGUMENT. Honoured as asked.
 absl::StatusOr<LayerRange> ChooseSpan(const v1::SwarmSnapshot& swarm,
                                       const v1::JoinRequest& request);
+
+// Moves of running nodes (their spans change without a restart).
+struct MoveOptions {
+  // Petals' balance quality: a node moves to rebalance only when that raises the weakest layer's
+  // throughput by more than 1 / balance_quality (here: more than a third).
+  double balance_quality = 0.75;
+};
+
+// Where node `node_id` (ONLINE, movable) should go, if anywhere. `pending` lists moves already
+// ordered (node id -> target): they count as done. First repair: if some layer is served by
+// nobody and the node is not the only server of any of its own layers, it takes the best window
+// without itself (gaps first). Then rebalance: it moves when the weakest layer's throughput
+// rises by more than 1 / balance_quality.
+std::optional<LayerRange> PlanMove(const v1::SwarmSnapshot& swarm, const std::string& node_id,
+                                   const std::vector<std::pair<std::string, LayerRange>>& pending,
+                                   const MoveOptions& options = {});
 
 }  // namespace strata::coordinator

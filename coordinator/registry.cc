@@ -215,6 +215,9 @@ absl::StatusOr<v1::HeartbeatResponse> Registry::Heartbeat(const v1::HeartbeatReq
   Member& m = it->second;
   if (m.state != state) {
     LogLocked(now, "state", id, StrCat(StateName(m.state), " -> ", StateName(state)));
+    m.online_since = state == v1::NODE_STATE_ONLINE ? now : absl::InfiniteFuture();
+  } else if (state == v1::NODE_STATE_ONLINE && m.online_since == absl::InfiniteFuture()) {
+    m.online_since = now;
   }
   if (has_span &&
       (request.first_layer() != m.first_layer || request.last_layer() != m.last_layer)) {
@@ -235,7 +238,49 @@ absl::StatusOr<v1::HeartbeatResponse> Registry::Heartbeat(const v1::HeartbeatReq
   m.rtts.assign(request.rtts().begin(), request.rtts().end());
   m.last_heartbeat = now;
   response.set_known(true);
+  MaybeMoveLocked(id, m, now, response);
   return response;
+}
+
+void Registry::MaybeMoveLocked(const std::string& id, Member& m, absl::Time now,
+                               v1::HeartbeatResponse& response) {
+  if (!options_.moves || !m.descriptor.movable()) return;
+  if (m.move_to) {
+    const bool arrived = m.first_layer == m.move_to->first_layer &&
+                         m.last_layer == m.move_to->last_layer &&
+                         m.state == v1::NODE_STATE_ONLINE;
+    if (arrived || now - m.move_ordered > options_.move_timeout) {
+      if (!arrived) LogLocked(now, "move", id, "gave up waiting for the ordered move");
+      m.move_to.reset();
+      return;
+    }
+    // Repeat the order until the node reports the new span (heartbeats may be lost).
+    response.set_move(true);
+    response.set_move_first_layer(m.move_to->first_layer);
+    response.set_move_last_layer(m.move_to->last_layer);
+    return;
+  }
+  if (m.state != v1::NODE_STATE_ONLINE || now - m.online_since < options_.settle) return;
+  std::vector<std::pair<std::string, LayerRange>> pending;
+  for (const auto& [other, member] : members_) {
+    if (member.move_to) pending.emplace_back(other, *member.move_to);
+  }
+  v1::SwarmSnapshot snap = SnapshotLocked(now, "", "", /*with_events=*/false);
+  const bool gaps = snap.uncovered_layers_size() > 0;
+  // One move at a time unless layers are missing (a repair may not wait for a rebalance).
+  if (!pending.empty() && !gaps) return;
+  MoveOptions mo;
+  mo.balance_quality = options_.balance_quality;
+  std::optional<LayerRange> target = PlanMove(snap, id, pending, mo);
+  if (!target) return;
+  m.move_to = target;
+  m.move_ordered = now;
+  LogLocked(now, gaps ? "repair" : "rebalance", id,
+            StrCat("ordered to move from ", SpanText(m.first_layer, m.last_layer), " to ",
+                   SpanText(target->first_layer, target->last_layer)));
+  response.set_move(true);
+  response.set_move_first_layer(target->first_layer);
+  response.set_move_last_layer(target->last_layer);
 }
 
 absl::Status Registry::Leave(const v1::LeaveRequest& request) {

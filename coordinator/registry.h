@@ -36,12 +36,14 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/random/random.h"
 #include "absl/status/statusor.h"
+#include "coordinator/assignment.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
@@ -64,6 +66,12 @@ struct RegistryOptions {
   int max_events = 256;
   // Most members; a join beyond it is RESOURCE_EXHAUSTED (bounds routing work and memory).
   int max_nodes = 1000;
+  // Moving running nodes (repair and rebalance; see PlanMove): off disables it. A node must have
+  // been online this long before it is moved, and an ordered move is given up after move_timeout.
+  bool moves = true;
+  absl::Duration settle = absl::Seconds(2);
+  absl::Duration move_timeout = absl::Seconds(90);
+  double balance_quality = 0.75;
 };
 
 class Registry {
@@ -99,7 +107,14 @@ class Registry {
     // Failure reports since the node was last clean, and the ban they set.
     int failures = 0;
     absl::Time banned_until = absl::InfinitePast();
+    // A move ordered through heartbeats, until the node reports the target span.
+    std::optional<LayerRange> move_to;
+    absl::Time move_ordered;
+    absl::Time online_since = absl::InfiniteFuture();
   };
+  // Orders a move for `m` (repair or rebalance) when one is due; fills `response`.
+  void MaybeMoveLocked(const std::string& id, Member& m, absl::Time now,
+                       v1::HeartbeatResponse& response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Drops members past the TTL, logging an "expire" event for each.
   void ExpireLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -101,6 +101,7 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
   if (!options.log) options.log = [](const std::string&) {};
   options.worker.node_id = options.node_id;
   node->options_ = options;
+  node->movable_ = options.auto_span;
   ASSIGN_OR_RETURN(node->model_, model::Model::Open(options.model_path));
   const int n_layer = node->model_->hparams().n_layer;
   if (!options.auto_span &&
@@ -235,6 +236,7 @@ v1::NodeDescriptor NodeServer::Descriptor() const {
   d.set_kv_capacity_bytes(static_cast<int64_t>(options_.worker.kv_bytes));
   d.set_layer_ms(throughput_.layer_ms);
   d.set_batched_layer_ms(throughput_.batched_layer_ms);
+  d.set_movable(movable_);
   return d;
 }
 
@@ -288,6 +290,28 @@ absl::Status NodeServer::Join() {
   return absl::OkStatus();
 }
 
+void NodeServer::MoveTo(int first, int last) {
+  const int old_first = worker_->first_layer(), old_last = worker_->last_layer();
+  if (first == old_first && last == old_last) return;
+  options_.log(absl::StrFormat("moving from layers %d-%d to %d-%d", old_first, old_last - 1,
+                               first, last - 1));
+  if (first > old_first || last < old_last) {
+    // Some layers go away: let the sessions move elsewhere first (they replay there).
+    Drain(absl::Seconds(30));
+  }
+  auto span = model::LayerSpan::Load(model_, first, last);
+  if (!span.ok()) {
+    options_.log(StrCat("cannot move: ", span.status().message()));
+  } else {
+    model::TouchPages((*span)->tensors());
+    worker_->SetSpan(first, last);
+  }
+  worker_->SetDraining(false);
+  if (!stopping_) state_ = v1::NODE_STATE_ONLINE;
+  options_.log(absl::StrFormat("now serving layers %d-%d", worker_->first_layer(),
+                               worker_->last_layer() - 1));
+}
+
 void NodeServer::HeartbeatLoop() {
   int64_t last_rows = stats().total_rows.load();
   absl::Time last_time = absl::Now();
@@ -328,6 +352,14 @@ void NodeServer::HeartbeatLoop() {
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
       grpc::Status st = c.stub->Heartbeat(&ctx, req, &resp);
       if (st.ok()) c.known = resp.known();
+      if (st.ok() && resp.move() && movable_ && !moving_.exchange(true)) {
+        if (move_thread_.joinable()) move_thread_.join();
+        move_thread_ = std::thread([this, first = resp.move_first_layer(),
+                                    last = resp.move_last_layer()] {
+          MoveTo(first, last);
+          moving_ = false;
+        });
+      }
     }
   }
 }
@@ -353,6 +385,7 @@ void NodeServer::Shutdown() {
   stopping_ = true;
   stop_cv_.notify_all();
   if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+  if (move_thread_.joinable()) move_thread_.join();
   for (CoordinatorLink& c : coordinators_) {
     v1::LeaveRequest req;
     req.set_node_id(options_.node_id);

@@ -84,6 +84,8 @@ class NodeServer {
   NodeServer() = default;
   absl::Status Join();
   void HeartbeatLoop();
+  // Switches to layers [first, last) without a restart (ordered by a coordinator).
+  void MoveTo(int first, int last);
   v1::NodeDescriptor Descriptor() const;
   void FillInfo(v1::NodeInfo* info) const;
 
@@ -108,6 +110,9 @@ class NodeServer {
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;
   std::thread heartbeat_thread_;
+  std::thread move_thread_;
+  bool movable_ = false;          // started with --layers auto
+  std::atomic<bool> moving_{false};
   std::atomic<bool> shut_down_{false};
   std::unique_ptr<NodeHttpServer> http_;  // with NodeOptions::http
 };
