@@ -41,6 +41,24 @@ std::string RandomHex128() {
   return s;
 }
 
+void RemoteChain::BanLocked(const std::string& node_id) {
+  constexpr absl::Duration kBanBase = absl::Seconds(2), kBanMax = absl::Seconds(60);
+  Ban& ban = bans_[node_id];
+  absl::Duration length = kBanBase;
+  for (int i = 0; i < ban.failures && length < kBanMax; ++i) length *= 2;
+  ban.failures++;
+  ban.until = absl::Now() + std::min(length, kBanMax);
+}
+
+std::vector<std::string> RemoteChain::ExcludedLocked() const {
+  std::vector<std::string> out;
+  const absl::Time now = absl::Now();
+  for (const auto& [id, ban] : bans_) {
+    if (ban.until > now) out.push_back(id);
+  }
+  return out;
+}
+
 bool RemoteChain::Retryable(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kInvalidArgument:
@@ -58,8 +76,12 @@ absl::StatusOr<std::unique_ptr<RemoteChain>> RemoteChain::Open(const RemoteChain
   chain->options_ = options;
   absl::Status last = absl::UnavailableError("no route");
   for (int attempt = 0; attempt < 4; ++attempt) {
-    auto routes = options.routes(0, std::vector<std::string>(chain->excluded_.begin(),
-                                                             chain->excluded_.end()));
+    std::vector<std::string> exclude;
+    {
+      std::lock_guard<std::mutex> lock(chain->mu_);
+      exclude = chain->ExcludedLocked();
+    }
+    auto routes = options.routes(0, exclude);
     if (!routes.ok()) return routes.status();
     std::vector<const v1::Route*> candidates = {&routes->route()};
     for (const v1::Route& r : routes->alternates()) candidates.push_back(&r);
@@ -136,7 +158,7 @@ absl::StatusOr<std::vector<std::unique_ptr<RemoteChain::Hop>>> RemoteChain::Open
                     : absl::Status(h->end_status.code(),
                                    StrCat("hop ", h->hop.node_id(), " (", h->hop.address(),
                                           ") refused the session: ", h->end_status.message()));
-      if (Retryable(failure)) excluded_.insert(h->hop.node_id());
+      if (Retryable(failure)) BanLocked(h->hop.node_id());
       break;
     }
   }
@@ -502,7 +524,7 @@ absl::Status RemoteChain::Failover(Failure failure, const std::vector<uint64_t>&
     STRATA_LOG(Warning) << "hop " << failed.hop.node_id() << " (layers "
                         << failed.hop.first_layer() << "-" << failed.hop.last_layer() - 1
                         << ") failed: " << failure.status;
-    excluded_.insert(failed.hop.node_id());
+    BanLocked(failed.hop.node_id());
     if (failure.report && options_.report_failure) {
       lock.unlock();
       options_.report_failure(failed.hop.node_id(), failure.status);
@@ -549,15 +571,21 @@ absl::Status RemoteChain::Failover(Failure failure, const std::vector<uint64_t>&
   absl::Status last;
   std::vector<std::unique_ptr<Hop>> fresh;
   while (fresh.empty()) {
-    auto routes =
-        options_.routes(boundary, std::vector<std::string>(excluded_.begin(), excluded_.end()));
+    std::vector<std::string> exclude;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      exclude = ExcludedLocked();
+    }
+    auto routes = options_.routes(boundary, exclude);
     last = routes.status();
     if (routes.ok()) {
       std::vector<const v1::Route*> candidates = {&routes->route()};
       for (const v1::Route& r : routes->alternates()) candidates.push_back(&r);
       for (const v1::Route* route : candidates) {
         bool usable = true;  // skip routes through nodes that failed us meanwhile
-        for (const v1::Hop& h : route->hops()) usable = usable && !excluded_.contains(h.node_id());
+        for (const v1::Hop& h : route->hops()) {
+          usable = usable && std::find(exclude.begin(), exclude.end(), h.node_id()) == exclude.end();
+        }
         if (!usable) continue;
         auto hops = OpenHops(*route, keep, first_seq, replay);
         if (hops.ok()) {

@@ -154,7 +154,15 @@ class RemoteChain : public Chain {
   RemoteChainOptions options_;
   std::vector<std::unique_ptr<Hop>> hops_;  // the current route
   uint64_t next_op_ = 1;
-  std::set<std::string> excluded_;          // nodes that failed this chain
+  // Nodes that failed this chain, avoided until a back-off that doubles with each failure
+  // (kBanBase, 2 kBanBase, ... up to kBanMax) has passed.
+  struct Ban {
+    int failures = 0;
+    absl::Time until;
+  };
+  std::map<std::string, Ban> bans_;  // guarded by mu_
+  void BanLocked(const std::string& node_id);
+  std::vector<std::string> ExcludedLocked() const;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
