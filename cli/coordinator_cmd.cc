@@ -3,6 +3,7 @@
 // The first line on stdout is exactly
 //   coordinator listening grpc=HOST:PORT[ http=HOST:PORT]
 // with the ports actually bound (so `--listen 127.0.0.1:0` can be used by scripts and tests).
+// With --http, the dashboard's and the metrics' URLs follow on stderr.
 // Runs until SIGINT or SIGTERM, then shuts down and exits 0.
 #include <signal.h>
 
@@ -49,6 +50,11 @@ int RunCoordinator(const CoordinatorFlags& f) {
   }
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);
+  if ((*server)->http_address() != nullptr) {
+    const std::string http = (*server)->http_address()->ToString();
+    STRATA_LOG(Info) << "dashboard at http://" << http << "/ , Prometheus metrics at http://"
+                     << http << "/metrics";
+  }
 
   const int signal_number = WaitForStopSignal();
   STRATA_LOG(Info) << "coordinator: " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM")
@@ -68,8 +74,10 @@ void RegisterCoordinator(CLI::App& app, int* exit_code) {
       "http=HOST:PORT]' once bound; stops on SIGINT/SIGTERM.");
   cmd->add_option("--listen", flags->listen, "gRPC address HOST:PORT (port 0: any free port)")
       ->required();
-  cmd->add_option(
-      "--http", flags->http, "Also serve JSON on HOST:PORT: /api/swarm, /api/route, /healthz");
+  cmd->add_option("--http",
+                  flags->http,
+                  "Also serve HTTP on HOST:PORT: the dashboard (/), JSON (/api/swarm, /api/route, "
+                  "/api/history), Prometheus metrics (/metrics) and /healthz");
   cmd->add_option("--model-id",
                   flags->model_id,
                   "Only accept nodes serving this model (default: the first node's model)");

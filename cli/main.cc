@@ -38,6 +38,9 @@ int main(int argc, char** argv) {
   strata::cli::RegisterCoordinator(app, &exit_code);
   strata::cli::RegisterNode(app, &exit_code);
   strata::cli::RegisterDemo(app, &exit_code);
+  strata::cli::RegisterServe(app, &exit_code);
+  strata::cli::RegisterChat(app, &exit_code);
+  strata::cli::RegisterStatus(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

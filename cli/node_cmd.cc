@@ -1,8 +1,22 @@
 // strata node: serve a span of layers to the swarm.
+//
+// The first line on stdout is exactly
+//   node listening grpc=HOST:PORT id=ID layers=A:B[ http=HOST:PORT]
+// Progress goes to stderr; when stderr is a terminal, a one-line live status (span, rows/s,
+// sessions, queue, KV use) is then redrawn in place about once a second.
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <mutex>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
@@ -26,7 +40,101 @@ struct NodeFlags {
   int max_sessions = 64;
   int idle_timeout_s = 600;
   int drain_timeout_s = 30;
+  std::string http;
   bool quiet = false;
+  bool no_status = false;
+};
+
+// Writes operator messages to stderr, and redraws a one-line live status under them when stderr
+// is a terminal (messages clear the status line first, so they never mix).
+class StatusLine {
+ public:
+  explicit StatusLine(bool enabled) : enabled_(enabled) {}
+  ~StatusLine() { Stop(); }
+
+  void Log(const std::string& line) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::fprintf(stderr, "%s%s\n", drawn_ ? "\r\033[K" : "", line.c_str());
+    drawn_ = false;
+    std::fflush(stderr);
+  }
+
+  // Starts redrawing `node`'s status once a second.
+  void Start(const node::NodeServer* node) {
+    if (!enabled_) return;
+    thread_ = std::thread([this, node] { Loop(node); });
+  }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (drawn_) std::fprintf(stderr, "\r\033[K");
+    drawn_ = false;
+    std::fflush(stderr);
+  }
+
+ private:
+  static std::string Render(const node::NodeServer& node, double rows_per_s) {
+    const node::WorkerStats& s = node.stats();
+    const double layers = std::max(1, node.last_layer() - node.first_layer());
+    const double offered =
+        node.throughput().layer_ms > 0 ? 1000.0 / (node.throughput().layer_ms * layers) : 0;
+    return absl::StrFormat(
+        "%s  layers %d-%d  offered %.0f tok/s  %.1f rows/s  %d sessions  queue %d  "
+        "KV %.1f/%.0f MiB  %lld rows  %lld errors",
+        node.node_id(),
+        node.first_layer(),
+        node.last_layer() - 1,
+        offered,
+        rows_per_s,
+        s.active_sessions.load(),
+        s.queue_depth.load(),
+        s.kv_used_bytes.load() / 1048576.0,
+        s.kv_capacity_bytes.load() / 1048576.0,
+        static_cast<long long>(s.total_rows.load()),
+        static_cast<long long>(s.errors.load()));
+  }
+
+  void Loop(const node::NodeServer* node) {
+    int64_t rows = node->stats().total_rows.load();
+    auto last = std::chrono::steady_clock::now();
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; })) {
+      const auto now = std::chrono::steady_clock::now();
+      const int64_t now_rows = node->stats().total_rows.load();
+      const double seconds = std::chrono::duration<double>(now - last).count();
+      const double rate = seconds > 0 ? (now_rows - rows) / seconds : 0;
+      rows = now_rows;
+      last = now;
+      std::string line = Render(*node, rate);
+      // Never wrap: a wrapped line cannot be redrawn in place.
+      if (line.size() + 1 > columns_) line.resize(columns_ > 1 ? columns_ - 1 : 0);
+      std::fprintf(stderr, "\r\033[K%s", line.c_str());
+      std::fflush(stderr);
+      drawn_ = true;
+    }
+  }
+
+  const bool enabled_;
+  const size_t columns_ = TerminalColumns();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;   // guarded by mu_
+  bool drawn_ = false;  // a status line is on screen; guarded by mu_
+  std::thread thread_;
+
+  static size_t TerminalColumns() {
+    if (const char* c = std::getenv("COLUMNS")) {
+      int n = 0;
+      if (absl::SimpleAtoi(c, &n) && n > 10) return n;
+    }
+    return 120;
+  }
 };
 
 int RunNode(const NodeFlags& f) {
@@ -54,20 +162,29 @@ int RunNode(const NodeFlags& f) {
   o.worker.kv_bytes = static_cast<size_t>(f.kv_memory_mib) << 20;
   o.worker.max_sessions = f.max_sessions;
   o.worker.idle_timeout = absl::Seconds(f.idle_timeout_s);
+  o.http = f.http;
   const bool quiet = f.quiet;
-  o.log = [quiet](const std::string& line) {
-    if (!quiet) std::fprintf(stderr, "%s\n", line.c_str());
+  StatusLine status(!quiet && !f.no_status && isatty(STDERR_FILENO));
+  o.log = [quiet, &status](const std::string& line) {
+    if (!quiet) status.Log(line);
   };
   InstallStopSignals();
   auto node = node::NodeServer::Start(o);
   if (!node.ok()) return Fail(std::string(node.status().message()));
-  std::printf("node listening grpc=%s id=%s layers=%d:%d\n", (*node)->address().c_str(),
-              (*node)->node_id().c_str(), (*node)->first_layer(), (*node)->last_layer());
+  std::string listening = absl::StrFormat("node listening grpc=%s id=%s layers=%d:%d",
+                                          (*node)->address(),
+                                          (*node)->node_id(),
+                                          (*node)->first_layer(),
+                                          (*node)->last_layer());
+  if (!(*node)->http_address().empty()) listening += " http=" + (*node)->http_address();
+  std::printf("%s\n", listening.c_str());
   std::fflush(stdout);
+  status.Start(node->get());
   WaitForStopSignal();
+  status.Stop();
   if (!quiet) {
-    std::fprintf(stderr, "node %s leaving: moving its sessions elsewhere\n",
-                 (*node)->node_id().c_str());
+    std::fprintf(
+        stderr, "node %s leaving: moving its sessions elsewhere\n", (*node)->node_id().c_str());
   }
   (*node)->Drain(absl::Seconds(f.drain_timeout_s));
   (*node)->Shutdown();
@@ -79,17 +196,20 @@ int RunNode(const NodeFlags& f) {
 void RegisterNode(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<NodeFlags>();
   CLI::App* cmd = app.add_subcommand("node", "Serve a span of the model's layers to a swarm");
-  cmd->add_option("--coordinator", flags->coordinators,
+  cmd->add_option("--coordinator",
+                  flags->coordinators,
                   "Coordinator address(es), comma-separated (host:port[,host:port...])");
   cmd->add_option("--model", flags->model, "GGUF model file (default: the installed model)");
   cmd->add_option("--layers", flags->layers, "Layers to serve: A:B (A to B-1) or auto")
       ->capture_default_str();
   cmd->add_option("--listen", flags->listen, "Address to serve on (port 0: any free port)")
       ->capture_default_str();
-  cmd->add_option("--advertise", flags->advertise,
+  cmd->add_option("--advertise",
+                  flags->advertise,
                   "Address announced to the swarm (default: the bound address)");
   cmd->add_option("--id", flags->id, "Node id (default: random)");
-  cmd->add_option("--max-layers", flags->max_layers,
+  cmd->add_option("--max-layers",
+                  flags->max_layers,
                   "Most layers to hold when the coordinator chooses (0: all)");
   cmd->add_option("--threads", flags->threads, "CPU threads (default: all)");
   cmd->add_option("--device", flags->device, "Where to run the span: cpu or cuda:N")
@@ -102,10 +222,18 @@ void RegisterNode(CLI::App& app, int* exit_code) {
       ->check(CLI::Range(1, 100000));
   cmd->add_option("--idle-timeout", flags->idle_timeout_s, "Close sessions idle this long, s")
       ->capture_default_str();
-  cmd->add_option("--drain-timeout", flags->drain_timeout_s,
+  cmd->add_option("--drain-timeout",
+                  flags->drain_timeout_s,
                   "On SIGTERM, wait this long for sessions to move elsewhere, s")
       ->capture_default_str();
+  cmd->add_option("--http",
+                  flags->http,
+                  "Also serve /metrics (Prometheus) and /healthz over HTTP on HOST:PORT "
+                  "(port 0: any free port)");
   cmd->add_flag("--quiet", flags->quiet, "Print only the listening line");
+  cmd->add_flag("--no-status",
+                flags->no_status,
+                "No live status line on stderr (it is shown only when stderr is a terminal)");
   cmd->callback([flags, exit_code] { *exit_code = RunNode(*flags); });
 }
 

@@ -4,6 +4,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <fstream>
+#include <mutex>
+#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -12,6 +16,8 @@
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/strings.h"
+#include "coordinator/dashboard/assets.h"
+#include "coordinator/metrics.h"
 #include "httplib.h"
 
 namespace strata::coordinator {
@@ -86,8 +92,10 @@ void SendJson(httplib::Response& res, int http_status, const nlohmann::json& bod
   res.set_content(body.dump(), "application/json");
 }
 
-void SendError(httplib::Response& res, const absl::Status& status) {
-  const int http_status = status.code() == absl::StatusCode::kUnavailable ? 503 : 400;
+void SendError(httplib::Response& res, const absl::Status& status, bool in_body = false) {
+  const int http_status = in_body                                           ? 200
+                          : status.code() == absl::StatusCode::kUnavailable ? 503
+                                                                            : 400;
   SendJson(res,
            http_status,
            {{"error",
@@ -119,6 +127,54 @@ absl::StatusOr<v1::RouteRequest> ParseRouteQuery(const httplib::Request& req) {
   if (req.has_param("model_id")) request.set_model_id(req.get_param_value("model_id"));
   return request;
 }
+
+// Where Debian's libjs-chart.js puts Chart.js (UMD build); read when it was not embedded.
+constexpr char kChartJsPath[] = "/usr/share/javascript/chart.js/chart.min.js";
+
+// The dashboard's pages run only its own scripts: no inline code, no other origin.
+void SetPageHeaders(httplib::Response& res) {
+  res.set_header("Content-Security-Policy",
+                 "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                 "base-uri 'none'; frame-ancestors 'none'");
+  res.set_header("X-Content-Type-Options", "nosniff");
+  res.set_header("Cache-Control", "no-cache");
+}
+
+bool HasAsset(std::string_view url) {
+  for (const dashboard::Asset& a : dashboard::Assets()) {
+    if (a.url == url) return true;
+  }
+  return false;
+}
+
+bool ServeAsset(std::string_view url, httplib::Response& res) {
+  for (const dashboard::Asset& a : dashboard::Assets()) {
+    if (a.url != url) continue;
+    SetPageHeaders(res);
+    res.set_content(a.data.data(), a.data.size(), std::string(a.content_type).c_str());
+    return true;
+  }
+  return false;
+}
+
+// A fixed label for a request path, so hostile paths cannot grow the metrics.
+std::string_view HandlerLabel(const std::string& path) {
+  for (std::string_view known : {"/",
+                                 "/app.js",
+                                 "/style.css",
+                                 "/chart.js",
+                                 "/healthz",
+                                 "/api/swarm",
+                                 "/api/route",
+                                 "/api/history",
+                                 "/metrics"}) {
+    if (path == known) return known;
+  }
+  return "other";
+}
+
+constexpr absl::Duration kSampleInterval = absl::Seconds(1);
+constexpr size_t kHistoryCapacity = 900;  // 15 minutes at one sample a second
 
 }  // namespace
 
@@ -162,6 +218,29 @@ struct HttpServer::Impl {
   std::thread thread;
   std::atomic<bool> done{false};  // the serving thread has returned
   int port = 0;
+
+  // The sampler: one snapshot per kSampleInterval into `history` and the event counters.
+  SwarmHistory history{kHistoryCapacity};
+  std::thread sampler;
+  std::mutex sampler_mu;
+  std::condition_variable sampler_cv;
+  bool stop_sampler = false;  // guarded by sampler_mu
+
+  void SampleLoop(Registry* registry) {
+    EventCounter events(&CoordinatorMetrics::Global());
+    SwarmSampler sampler;
+    std::unique_lock<std::mutex> lock(sampler_mu);
+    while (!stop_sampler) {
+      lock.unlock();
+      // The snapshot also makes the registry notice expired nodes without waiting for traffic.
+      const v1::SwarmSnapshot snapshot = registry->Snapshot(/*with_events=*/true);
+      history.Add(sampler.Next(snapshot));
+      events.Track(snapshot);
+      lock.lock();
+      sampler_cv.wait_for(
+          lock, absl::ToChronoMilliseconds(kSampleInterval), [this] { return stop_sampler; });
+    }
+  }
 };
 
 HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -183,12 +262,33 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
   server.set_keep_alive_timeout(2);
-  server.Get("/", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content(
-        "Strata coordinator. JSON: /api/swarm (members, coverage, events), /api/route (the route "
-        "a client would get; ?start_layer=&alternates=&exclude=a,b), /healthz\n",
-        "text/plain");
+  server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    CoordinatorMetrics::Global().CountHttpRequest(HandlerLabel(req.path), res.status);
   });
+  for (const dashboard::Asset& asset : dashboard::Assets()) {
+    server.Get(std::string(asset.url),
+               [url = asset.url](const httplib::Request&, httplib::Response& res) {
+                 ServeAsset(url, res);
+               });
+  }
+  if (!HasAsset("/chart.js")) {
+    // Not embedded at build time: read the Debian package's copy now (404 without it; the page
+    // then shows its tables without charts).
+    server.Get("/chart.js", [](const httplib::Request&, httplib::Response& res) {
+      std::ifstream in(kChartJsPath, std::ios::binary);
+      if (!in) {
+        res.status = 404;
+        res.set_content(
+            StrCat("Chart.js not found at ", kChartJsPath, " (install libjs-chart.js)\n"),
+            "text/plain");
+        return;
+      }
+      std::stringstream data;
+      data << in.rdbuf();
+      SetPageHeaders(res);
+      res.set_content(data.str(), "application/javascript; charset=utf-8");
+    });
+  }
   server.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
   });
@@ -197,13 +297,36 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
   });
   server.Get("/api/route",
              [registry, router_options](const httplib::Request& req, httplib::Response& res) {
+               const bool in_body = req.get_param_value("errors") == "body";
                absl::StatusOr<v1::RouteRequest> request = ParseRouteQuery(req);
-               if (!request.ok()) return SendError(res, request.status());
+               if (!request.ok()) return SendError(res, request.status(), in_body);
+               const v1::SwarmSnapshot snapshot = registry->Snapshot(/*with_events=*/false);
+               const absl::Time start = absl::Now();
                absl::StatusOr<v1::RouteResponse> route =
-                   PlanRoute(registry->Snapshot(/*with_events=*/false), *request, router_options);
-               if (!route.ok()) return SendError(res, route.status());
+                   PlanRoute(snapshot, *request, router_options);
+               CoordinatorMetrics::Global().ObserveRoutePlan(
+                   "http", absl::Now() - start, route.status().code());
+               if (!route.ok()) return SendError(res, route.status(), in_body);
                SendJson(res, 200, RouteToJson(*route));
              });
+  Impl* const state = impl.get();
+  server.Get("/api/history", [state](const httplib::Request& req, httplib::Response& res) {
+    int64_t since = 0;
+    if (req.has_param("since") && !absl::SimpleAtoi(req.get_param_value("since"), &since)) {
+      return SendError(res, absl::InvalidArgumentError("since is not an integer"));
+    }
+    nlohmann::json samples = nlohmann::json::array();
+    for (const SwarmSample& s : state->history.Since(since)) samples.push_back(SampleToJson(s));
+    SendJson(res,
+             200,
+             {{"interval_ms", absl::ToInt64Milliseconds(kSampleInterval)},
+              {"capacity", state->history.capacity()},
+              {"samples", std::move(samples)}});
+  });
+  server.Get("/metrics", [registry](const httplib::Request&, httplib::Response& res) {
+    res.set_content(CoordinatorMetrics::Global().Render(registry->Snapshot(/*with_events=*/false)),
+                    "text/plain; version=0.0.4; charset=utf-8");
+  });
 
   if (port == 0) {
     impl->port = server.bind_to_any_port(host);
@@ -225,10 +348,19 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   if (!server.is_running()) STRATA_LOG(Warning) << "HTTP server did not report running";
+  impl->sampler = std::thread([state, registry] { state->SampleLoop(registry); });
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }
 
 void HttpServer::Stop() {
+  if (impl_->sampler.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(impl_->sampler_mu);
+      impl_->stop_sampler = true;
+    }
+    impl_->sampler_cv.notify_all();
+    impl_->sampler.join();
+  }
   if (!impl_->thread.joinable()) return;
   impl_->server.stop();
   impl_->thread.join();

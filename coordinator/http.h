@@ -1,15 +1,21 @@
-// The coordinator's HTTP endpoint (cpp-httplib, on its own thread): JSON views of the swarm for
-// dashboards and scripts. Handlers only copy a registry snapshot (and plan a route); they never
-// hold the registry's lock while writing a response.
+// The coordinator's HTTP endpoint (cpp-httplib, on its own thread): the dashboard, JSON views of
+// the swarm for dashboards and scripts, and Prometheus metrics. Handlers only copy a registry
+// snapshot (and plan a route); they never hold the registry's lock while writing a response.
+// A sampler thread takes one snapshot a second for /api/history and the event counters.
 //
-//   GET /            200 a plain-text index of the endpoints (the HTML dashboard will go here)
+//   GET /            200 the dashboard (HTML; its files are embedded in the binary)
+//   GET /app.js, /style.css, /chart.js   the dashboard's script, style and Chart.js
 //   GET /healthz     200 "ok\n"
 //   GET /api/swarm   200 SwarmToJson(snapshot)
 //   GET /api/route   200 RouteToJson(route) for the route a client would get now. Query
 //                    parameters: start_layer (default 0), alternates (default 0), exclude
 //                    (comma-separated node ids), model_id. Errors: 400 (INVALID_ARGUMENT,
 //                    FAILED_PRECONDITION) or 503 (UNAVAILABLE, e.g. uncovered layers) with
-//                    {"error": {"code": "UNAVAILABLE", "message": "no route: layers 10-14 ..."}}
+//                    {"error": {"code": "UNAVAILABLE", "message": "no route: layers 10-14 ..."}};
+//                    with errors=body the same error JSON comes with status 200 (for pollers,
+//                    such as browsers, that log every non-2xx answer)
+//   GET /api/history 200 history (below); since=UNIX_MS returns only later samples
+//   GET /metrics     200 Prometheus text exposition (version 0.0.4), see metrics.h
 //
 // JSON shapes (times are Unix milliseconds, durations milliseconds, throughput tokens/s):
 //
@@ -39,6 +45,11 @@
 //     "route": {"hops": [{"node_id": str, "address": str, "first_layer": int, "last_layer": int}],
 //               "estimated_step_ms": float},
 //     "alternates": [same shape as "route"]
+//   }
+//
+//   history = {
+//     "interval_ms": int, "capacity": int,   // one sample per interval, the newest `capacity`
+//     "samples": [SampleToJson(sample)]      // oldest first; shape in metrics.h
 //   }
 #pragma once
 

@@ -27,8 +27,8 @@ NodeHttpServer::~NodeHttpServer() { Stop(); }
 
 const std::string& NodeHttpServer::address() const { return impl_->address; }
 
-absl::StatusOr<std::unique_ptr<NodeHttpServer>> NodeHttpServer::Start(
-    const std::string& address, NodeHttpHandlers handlers) {
+absl::StatusOr<std::unique_ptr<NodeHttpServer>> NodeHttpServer::Start(const std::string& address,
+                                                                      NodeHttpHandlers handlers) {
   const size_t colon = address.rfind(':');
   int port = -1;
   if (colon == std::string::npos || colon == 0 ||
@@ -53,19 +53,19 @@ absl::StatusOr<std::unique_ptr<NodeHttpServer>> NodeHttpServer::Start(
     res.status = s == "online" ? 200 : 503;
     res.set_content(s == "online" ? "ok\n" : s + "\n", "text/plain");
   });
-  server.Get("/metrics", [metrics = handlers.metrics](const httplib::Request&,
-                                                      httplib::Response& res) {
-    res.set_content(metrics(), "text/plain; version=0.0.4; charset=utf-8");
-  });
+  server.Get("/metrics",
+             [metrics = handlers.metrics](const httplib::Request&, httplib::Response& res) {
+               res.set_content(metrics(), "text/plain; version=0.0.4; charset=utf-8");
+             });
   server.Get("/", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("Strata node. /healthz, /metrics (Prometheus)\n", "text/plain");
   });
 
-  const int bound = port == 0 ? server.bind_to_any_port(host)
-                              : (server.bind_to_port(host, port) ? port : -1);
+  const int bound =
+      port == 0 ? server.bind_to_any_port(host) : (server.bind_to_port(host, port) ? port : -1);
   if (bound <= 0) {
-    return absl::UnavailableError(StrCat("cannot listen for HTTP on ", address,
-                                         " (bad host or port in use)"));
+    return absl::UnavailableError(
+        StrCat("cannot listen for HTTP on ", address, " (bad host or port in use)"));
   }
   impl->address = bracketed ? StrCat("[", host, "]:", bound) : StrCat(host, ":", bound);
   impl->thread = std::thread([s = &impl->server, done = &impl->done] {

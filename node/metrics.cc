@@ -29,7 +29,10 @@ std::string CodeName(int code) {
                                  : std::to_string(code);
 }
 
-MetricFamily Single(const char* name, const char* help, MetricType type, double value,
+MetricFamily Single(const char* name,
+                    const char* help,
+                    MetricType type,
+                    double value,
                     std::vector<ClientMetric::Label> labels = {}) {
   ClientMetric m;
   m.label = std::move(labels);
@@ -49,8 +52,7 @@ class ErrorCountingInterceptor final : public grpc::experimental::Interceptor {
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
-    if (session_ &&
-        methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_MESSAGE)) {
+    if (session_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_MESSAGE)) {
       const auto* msg = static_cast<const v1::SessionResponse*>(methods->GetSendMessage());
       if (msg != nullptr && msg->has_error()) metrics_->CountOpError(msg->error().code());
     }
@@ -153,13 +155,16 @@ std::string NodeMetrics::Render() {
   const NodeView v = view_();
   const WorkerStats& s = *stats_;
   std::vector<MetricFamily> f = registry_.Collect();
-  f.push_back(Single("strata_node_info", "The node (value 1)", MetricType::Gauge, 1,
+  f.push_back(Single("strata_node_info",
+                     "The node (value 1)",
+                     MetricType::Gauge,
+                     1,
                      {{"node_id", v.node_id},
                       {"model_id", v.model_id},
                       {"backend", v.backend},
                       {"version", v.version}}));
-  MetricFamily state{"strata_node_up_state", "1 for the node's current state", MetricType::Gauge,
-                     {}};
+  MetricFamily state{
+      "strata_node_up_state", "1 for the node's current state", MetricType::Gauge, {}};
   for (const char* name : {"joining", "online", "draining"}) {
     ClientMetric m;
     m.label = {{"state", name}};
@@ -167,10 +172,10 @@ std::string NodeMetrics::Render() {
     state.metric.push_back(std::move(m));
   }
   f.push_back(std::move(state));
-  f.push_back(Single("strata_node_first_layer", "First layer served", MetricType::Gauge,
-                     v.first_layer));
-  f.push_back(Single("strata_node_last_layer", "One past the last layer served",
-                     MetricType::Gauge, v.last_layer));
+  f.push_back(
+      Single("strata_node_first_layer", "First layer served", MetricType::Gauge, v.first_layer));
+  f.push_back(Single(
+      "strata_node_last_layer", "One past the last layer served", MetricType::Gauge, v.last_layer));
   MetricFamily layer{"strata_node_layer_seconds",
                      "Measured time of one row through one layer: alone (decode) and per row in "
                      "a batch of 16 (batched)",
@@ -183,26 +188,44 @@ std::string NodeMetrics::Render() {
     layer.metric.push_back(std::move(m));
   }
   f.push_back(std::move(layer));
-  f.push_back(Single("strata_node_rows_total", "Rows (token positions) computed",
-                     MetricType::Counter, s.total_rows.load()));
-  f.push_back(Single("strata_node_batches_total", "Batched forward passes (steps)",
-                     MetricType::Counter, s.total_batches.load()));
-  f.push_back(Single("strata_node_batched_sessions_total", "Sessions summed over batches",
-                     MetricType::Counter, s.batched_sessions.load()));
-  f.push_back(Single("strata_node_rows_per_second", "Rows computed per second (last second)",
-                     MetricType::Gauge, rows_per_s_.load()));
-  f.push_back(Single("strata_node_last_batch_seconds", "Compute time of the latest batch",
-                     MetricType::Gauge, s.last_batch_ms.load() / 1000.0));
-  f.push_back(Single("strata_node_queue_depth", "Events waiting for the worker",
-                     MetricType::Gauge, s.queue_depth.load()));
-  f.push_back(Single("strata_node_active_sessions", "Open sessions", MetricType::Gauge,
-                     s.active_sessions.load()));
-  f.push_back(Single("strata_node_kv_used_bytes", "KV cache bytes in use", MetricType::Gauge,
+  f.push_back(Single("strata_node_rows_total",
+                     "Rows (token positions) computed",
+                     MetricType::Counter,
+                     s.total_rows.load()));
+  f.push_back(Single("strata_node_batches_total",
+                     "Batched forward passes (steps)",
+                     MetricType::Counter,
+                     s.total_batches.load()));
+  f.push_back(Single("strata_node_batched_sessions_total",
+                     "Sessions summed over batches",
+                     MetricType::Counter,
+                     s.batched_sessions.load()));
+  f.push_back(Single("strata_node_rows_per_second",
+                     "Rows computed per second (last second)",
+                     MetricType::Gauge,
+                     rows_per_s_.load()));
+  f.push_back(Single("strata_node_last_batch_seconds",
+                     "Compute time of the latest batch",
+                     MetricType::Gauge,
+                     s.last_batch_ms.load() / 1000.0));
+  f.push_back(Single("strata_node_queue_depth",
+                     "Events waiting for the worker",
+                     MetricType::Gauge,
+                     s.queue_depth.load()));
+  f.push_back(Single(
+      "strata_node_active_sessions", "Open sessions", MetricType::Gauge, s.active_sessions.load()));
+  f.push_back(Single("strata_node_kv_used_bytes",
+                     "KV cache bytes in use",
+                     MetricType::Gauge,
                      s.kv_used_bytes.load()));
-  f.push_back(Single("strata_node_kv_capacity_bytes", "KV cache capacity", MetricType::Gauge,
+  f.push_back(Single("strata_node_kv_capacity_bytes",
+                     "KV cache capacity",
+                     MetricType::Gauge,
                      s.kv_capacity_bytes.load()));
-  f.push_back(Single("strata_node_errors_total", "Ops that failed on this node",
-                     MetricType::Counter, s.errors.load()));
+  f.push_back(Single("strata_node_errors_total",
+                     "Ops that failed on this node",
+                     MetricType::Counter,
+                     s.errors.load()));
   return prometheus::TextSerializer().Serialize(f);
 }
 

@@ -76,8 +76,8 @@ class NodeMetrics {
 
   // A gRPC server interceptor factory that feeds CountOpError / CountRpcError. `metrics` must
   // outlive the server.
-  static std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
-  InterceptorFactory(NodeMetrics* metrics);
+  static std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> InterceptorFactory(
+      NodeMetrics* metrics);
 
  private:
   void SampleLoop();

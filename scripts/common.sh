@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libpcre2-dev
   libcpp-httplib-dev prometheus-cpp-dev libcli11-dev libjs-chart.js
+  chromium chromium-driver
 )
 
 step() { printf '\n==> %s\n' "$*"; }
