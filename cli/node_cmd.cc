@@ -155,6 +155,9 @@ int RunNode(const NodeFlags& f) {
   }
   o.listen = f.listen;
   o.advertise = f.advertise;
+  if (f.id.find_first_of(" \t\n=") != std::string::npos) {
+    return Fail("--id may not contain spaces or '='");
+  }
   o.node_id = f.id;
   o.max_layers = f.max_layers;
   o.threads = f.threads;

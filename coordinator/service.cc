@@ -3,7 +3,9 @@
 #include <string>
 #include <utility>
 
+#include "absl/time/clock.h"
 #include "common/grpc_util.h"
+#include "coordinator/metrics.h"
 
 namespace strata::coordinator {
 namespace {
@@ -53,10 +55,10 @@ grpc::ServerUnaryReactor* CoordinatorService::GetRoute(grpc::CallbackServerConte
                                                        const v1::RouteRequest* request,
                                                        v1::RouteResponse* response) {
   // The snapshot is copied under the registry's lock; planning runs outside it.
-  return FinishWith(
-      context,
-      PlanRoute(registry_->Snapshot(/*with_events=*/false), *request, router_options_),
-      response);
+  const absl::Time start = absl::Now();
+  auto route = PlanRoute(registry_->Snapshot(/*with_events=*/false), *request, router_options_);
+  CoordinatorMetrics::Global().ObserveRoutePlan("grpc", absl::Now() - start, route.status().code());
+  return FinishWith(context, std::move(route), response);
 }
 
 grpc::ServerUnaryReactor* CoordinatorService::GetSwarm(grpc::CallbackServerContext* context,

@@ -94,8 +94,7 @@ NodeMetrics::NodeMetrics(const WorkerStats* stats, std::function<NodeView()> vie
       view_(std::move(view)),
       batch_seconds_(prometheus::BuildHistogram()
                          .Name("strata_node_batch_seconds")
-                         .Help("Compute time of batched forward passes (sampled: the latest "
-                               "batch, at most once per 20 ms)")
+                         .Help("Compute time of batched forward passes")
                          .Register(registry_)
                          .Add({}, BatchBuckets())),
       op_errors_(prometheus::BuildCounter()
@@ -121,16 +120,10 @@ void NodeMetrics::Start() {
 }
 
 void NodeMetrics::SampleLoop() {
-  int64_t batches = stats_->total_batches.load();
   int64_t rows = stats_->total_rows.load();
   absl::Time rate_start = absl::Now();
   std::unique_lock<std::mutex> lock(mu_);
   while (!cv_.wait_for(lock, absl::ToChronoMilliseconds(kSamplePeriod), [this] { return stop_; })) {
-    const int64_t now_batches = stats_->total_batches.load();
-    if (now_batches != batches) {
-      batches = now_batches;
-      ObserveBatch(absl::Milliseconds(stats_->last_batch_ms.load()));
-    }
     const absl::Time now = absl::Now();
     if (now - rate_start >= absl::Seconds(1)) {
       const int64_t now_rows = stats_->total_rows.load();

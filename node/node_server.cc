@@ -116,6 +116,11 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
   }
 
   ASSIGN_OR_RETURN(node->backends_, MakeBackends(options.device, node->model_, options.threads));
+  if (!options.http.empty()) {
+    options.worker.on_batch = [n = node.get()](absl::Duration compute) {
+      if (n->metrics_) n->metrics_->ObserveBatch(compute);
+    };
+  }
   node->worker_ = std::make_unique<Worker>(node->model_, options.worker, GrpcDownstreamFactory(),
                                            node->backends_.make,
                                            node->backends_.kv_pool(options.worker.kv_bytes));

@@ -615,6 +615,7 @@ void Worker::RunForwards(std::vector<std::pair<std::string, Session*>>& batch) {
       stats_.batched_sessions.fetch_add(static_cast<int64_t>(group.size()),
                                         std::memory_order_relaxed);
       stats_.last_batch_ms.store(ms, std::memory_order_relaxed);
+      if (options_.on_batch) options_.on_batch(absl::Milliseconds(ms));
     }
     begin = end;
   }

@@ -35,6 +35,8 @@ struct WorkerOptions {
   size_t max_queue = 4096;                   // events waiting for the worker
   absl::Duration idle_timeout = absl::Minutes(10);
   Clock* clock = Clock::Real();
+  // Called on the worker thread after every batched pass with its compute time (metrics).
+  std::function<void(absl::Duration)> on_batch;
 };
 
 // Counters readable from any thread (heartbeats, Info, the status line).
