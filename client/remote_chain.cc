@@ -467,7 +467,9 @@ std::optional<std::vector<RemoteChain::Cell>> RemoteChain::History(int boundary)
   for (auto it = log_.upper_bound(start); it != log_.end(); ++it) {
     const OpRecord& rec = it->second;
     // Only ops that took effect on every hop: answered OK by the last one (waited for or not).
-    if (!rec.reply.done || !rec.reply.status.ok()) continue;
+    // An abandoned op is redone by its caller after the failover, so it is not history even when
+    // its answer arrived late: replaying it too would put its rows into the cache twice.
+    if (rec.abandoned || !rec.reply.done || !rec.reply.status.ok()) continue;
     switch (rec.kind) {
       case v1::Op::kForward: {
         if (inputs == inputs_.end()) return std::nullopt;
@@ -518,9 +520,11 @@ absl::Status RemoteChain::Failover(Failure failure, const std::vector<uint64_t>&
   int keep = 0;  // hops [0, keep) stay
   int boundary = 0;
   std::vector<Cell> cells;
+  std::string failed_id;
   {
     std::unique_lock<std::mutex> lock(mu_);
     const Hop& failed = *hops_[failure.hop];
+    failed_id = failed.hop.node_id();
     STRATA_LOG(Warning) << "hop " << failed.hop.node_id() << " (layers "
                         << failed.hop.first_layer() << "-" << failed.hop.last_layer() - 1
                         << ") failed: " << failure.status;
@@ -577,6 +581,16 @@ absl::Status RemoteChain::Failover(Failure failure, const std::vector<uint64_t>&
       exclude = ExcludedLocked();
     }
     auto routes = options_.routes(boundary, exclude);
+    if (!routes.ok() && exclude.size() > 1) {
+      // Bans are a preference: a node that failed earlier may be back (restarted). Avoid only
+      // the node that failed just now, then nothing (opening a dead hop fails fast).
+      exclude = {failed_id};
+      routes = options_.routes(boundary, exclude);
+    }
+    if (!routes.ok() && !exclude.empty()) {
+      exclude.clear();
+      routes = options_.routes(boundary, exclude);
+    }
     last = routes.status();
     if (routes.ok()) {
       std::vector<const v1::Route*> candidates = {&routes->route()};

@@ -81,20 +81,42 @@ TEST(ChaosTest, SessionsSurviveRandomKillsWithIdenticalTokens) {
           got[i].push_back(model::Argmax(*logits));
           const int32_t t[1] = {got[i].back()};
           logits = (*session)->Feed(t);
+          // Paced, so that the sessions outlast several kills however fast the machine is.
+          absl::SleepFor(absl::Milliseconds(60));
         }
         status[i] = logits.status();
       }
       running--;
     });
   }
-  // The killer: every ~2 s one random node dies at once (kill -9) and comes back ~1 s later.
+  // The killer: every ~2 s a random node that serves sessions (as its heartbeats say) dies at
+  // once (kill -9) and comes back ~1 s later.
+  auto stub = v1::Coordinator::NewStub(
+      grpc::CreateChannel(swarm->coordinator(), grpc::InsecureChannelCredentials()));
+  auto busy_nodes = [&] {
+    v1::SwarmSnapshot snap;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    std::vector<int> busy;
+    if (!stub->GetSwarm(&ctx, v1::SwarmRequest(), &snap).ok()) return busy;
+    for (int i = 0; i < static_cast<int>(swarm->nodes().size()); ++i) {
+      for (const auto& n : snap.nodes()) {
+        if (n.node().node_id() == swarm->nodes()[i]->id && n.load().active_sessions() > 0) {
+          busy.push_back(i);
+        }
+      }
+    }
+    return busy;
+  };
   std::mt19937 rng(20261126);
   int kills = 0;
   const absl::Time give_up = absl::Now() + absl::Minutes(4);
   while (running > 0 && absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(1000));
     if (running == 0) break;
-    const int victim = static_cast<int>(rng() % swarm->nodes().size());
+    const std::vector<int> busy = busy_nodes();
+    const int victim = busy.empty() ? static_cast<int>(rng() % swarm->nodes().size())
+                                    : busy[rng() % busy.size()];
     swarm->KillNode(victim);
     ++kills;
     absl::SleepFor(absl::Milliseconds(1000));
@@ -103,8 +125,6 @@ TEST(ChaosTest, SessionsSurviveRandomKillsWithIdenticalTokens) {
   for (auto& t : sessions) t.join();
   EXPECT_GE(kills, 3) << "the sessions finished before the killer could act";
   // Clients reported the nodes that failed them: the kills did hit routes in use.
-  auto stub = v1::Coordinator::NewStub(
-      grpc::CreateChannel(swarm->coordinator(), grpc::InsecureChannelCredentials()));
   v1::SwarmSnapshot snap;
   grpc::ClientContext ctx;
   ASSERT_TRUE(stub->GetSwarm(&ctx, v1::SwarmRequest(), &snap).ok());

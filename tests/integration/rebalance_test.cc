@@ -110,10 +110,16 @@ TEST(RebalanceTest, UnevenThroughputMovesANodeWithoutLosingASession) {
     ids.push_back((*n)->id);
   }
   ASSERT_TRUE(swarm->WaitUntilServing(5).ok());
-  // [0,15) is served three times, [15,30) twice; without the second movable node it is 3 to 1.
+  // The movable nodes split two and one between the windows (the second joiner takes the window
+  // the first left weaker; the third breaks a tie by measured throughput, which varies). Killing
+  // the lone movable node leaves its window served once against three times.
+  int movable_upper = 0;
+  for (int i = 2; i < 5; ++i) movable_upper += swarm->nodes()[i]->first_layer == 15;
+  ASSERT_TRUE(movable_upper == 1 || movable_upper == 2) << movable_upper;
+  const int lone_window = movable_upper == 1 ? 15 : 0;
   int gone = -1;
   for (int i = 2; i < 5; ++i) {
-    if (swarm->nodes()[i]->first_layer == 15) gone = i;
+    if (swarm->nodes()[i]->first_layer == lone_window) gone = i;
   }
   ASSERT_GE(gone, 0);
 
@@ -156,9 +162,9 @@ TEST(RebalanceTest, UnevenThroughputMovesANodeWithoutLosingASession) {
   }
   EXPECT_EQ(got, want);
   const bool rebalanced = WaitFor(swarm->coordinator(), absl::Seconds(30), [&](const auto& snap) {
-    int upper = 0;
-    for (const std::string& id : ids) upper += id != gone_id && SpanOf(snap, id) == 15;
-    return upper == 1 && snap.uncovered_layers_size() == 0;
+    int lone = 0;
+    for (const std::string& id : ids) lone += id != gone_id && SpanOf(snap, id) == lone_window;
+    return lone == 1 && snap.uncovered_layers_size() == 0;
   });
   EXPECT_TRUE(rebalanced);
   bool logged = false;
