@@ -224,6 +224,10 @@ SwarmSample SwarmSampler::Next(const v1::SwarmSnapshot& swarm) {
       auto it = last_rows_.find(n.node().node_id());
       if (it != last_rows_.end() && n.load().total_rows() >= it->second) {
         rate = (n.load().total_rows() - it->second) / seconds;
+      } else if (it == last_rows_.end() && n.joined_unix_ms() >= last_unix_ms_) {
+        // Joined since the previous sample: every row it counts was done in this interval (its
+        // last heartbeat's rate would miss a burst that ended before that heartbeat).
+        rate = n.load().total_rows() / seconds;
       }
       s.node_rows_per_s += rate;
       s.tokens_per_s += rate * span / layers;

@@ -55,7 +55,8 @@ SwarmSample SampleSwarm(const v1::SwarmSnapshot& swarm);
 
 // Samples successive snapshots; rates come from the growth of each node's total_rows since the
 // previous snapshot, so a burst shorter than a heartbeat interval is not missed. A node seen for
-// the first time (or restarted: its count went down) contributes its own rate instead.
+// the first time contributes all its rows when it joined since the previous snapshot, else (or
+// when restarted: its count went down) its own heartbeat rate.
 class SwarmSampler {
  public:
   SwarmSample Next(const v1::SwarmSnapshot& swarm);

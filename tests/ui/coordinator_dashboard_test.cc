@@ -71,6 +71,16 @@ TEST(SwarmSamplerTest, RatesComeFromTheGrowthOfEachNodesRows) {
   b->mutable_load()->set_total_rows(10);  // restarted: its count went down
   x = sampler.Next(s);
   EXPECT_DOUBLE_EQ(x.node_rows_per_s, 0 + 3);
+  // Joined after the previous sample and already busy: its whole count is this interval's, even
+  // though its last heartbeat interval was idle.
+  const int64_t before = s.unix_ms();
+  s.set_unix_ms(before + 1000);
+  v1::NodeStatus* c = testing::AddNode(s, {"c", 0, 30});
+  c->set_joined_unix_ms(before + 100);
+  c->mutable_load()->set_total_rows(50);
+  c->mutable_load()->set_tokens_per_s(0);
+  x = sampler.Next(s);
+  EXPECT_DOUBLE_EQ(x.node_rows_per_s, 50);  // a and b did nothing
 }
 
 TEST(SwarmHistoryTest, KeepsTheNewestSamples) {
