@@ -399,7 +399,7 @@ void NodeServer::Shutdown() {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
     (void)c.stub->Leave(&ctx, req, &resp);
   }
-  worker_->Stop();
+  if (worker_) worker_->Stop();  // absent when Start failed early
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   if (http_) http_->Stop();
 }

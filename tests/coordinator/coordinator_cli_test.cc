@@ -184,5 +184,18 @@ TEST(CoordinatorCliTest, BadAddressIsAOneLineError) {
             "error: bad address '127.0.0.1:http': the port must be a number in 0..65535\n");
 }
 
+// A node that cannot start (here: an unknown device, found after the model is opened) exits
+// with a one-line error and status 1, not a crash.
+TEST(NodeCliTest, BadDeviceIsAOneLineErrorNotACrash) {
+  ASSERT_TRUE(strata::testing::DefaultModelPresent());
+  for (const std::string device : {"tpu:0", "cuda:x"}) {
+    Child node({StrataBinary(), "node", "--model", strata::testing::DefaultModelPath(), "--layers",
+                "0:10", "--device", device, "--listen", "127.0.0.1:0"});
+    EXPECT_EQ(node.Wait(absl::Seconds(60)), 1) << device << ": " << node.err_text();
+    EXPECT_THAT(node.err_text(), StartsWith("error: ")) << device;
+    EXPECT_THAT(node.err_text(), HasSubstr(device)) << device;
+  }
+}
+
 }  // namespace
 }  // namespace strata::coordinator
