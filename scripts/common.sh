@@ -71,6 +71,19 @@ fetch_model() {
 }
 
 # build [TARGET...]: configures and builds the given targets (default: everything).
+# The CUDA configuration (-DSTRATA_CUDA=ON): compiled and linked wherever the CUDA toolkit is
+# installed (nvcc, cuBLAS and NCCL in /usr/local/cuda); its GPU tests skip without a device.
+CUDA_BUILD_DIR="${CUDA_BUILD_DIR:-$ROOT/build-cuda}"
+CUDA_TARGETS=(strata cuda_kernels_test cuda_span_test cuda_nccl_test cuda_traits_test
+              strata-gpu-bench strata-random-model)
+have_cuda() { [ -x /usr/local/cuda/bin/nvcc ]; }
+build_cuda() {
+  step "Building the CUDA configuration ($CUDA_BUILD_DIR)"
+  cmake -S "$ROOT" -B "$CUDA_BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DSTRATA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="80;90" >/dev/null
+  cmake --build "$CUDA_BUILD_DIR" -j "$(nproc)" --target "${CUDA_TARGETS[@]}"
+}
+
 build() {
   step "Building ($BUILD_DIR)"
   cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

@@ -7,5 +7,12 @@ install_python_packages openai selenium
 fetch_model
 build
 step "Running the test suite"
-cd "$BUILD_DIR"
-ctest --output-on-failure -j "$(nproc)" --timeout 900
+(cd "$BUILD_DIR" && ctest --output-on-failure -j "$(nproc)" --timeout 900)
+if have_cuda; then
+  build_cuda
+  step "Running the CUDA configuration's tests (the GPU ones skip without a device)"
+  (cd "$CUDA_BUILD_DIR" && ctest --output-on-failure -j "$(nproc)" -L gpu --timeout 900)
+  (cd "$CUDA_BUILD_DIR" && ctest --output-on-failure -R CudaTraits --timeout 300)
+else
+  step "No CUDA toolkit in /usr/local/cuda: the CUDA configuration is not built here"
+fi
