@@ -214,4 +214,8 @@ class StreamDecoder {
   size_t emitted_ = 0;  // clean-up only: bytes of CleanUpSpaces(raw_) already returned
 };
 
+// The symbol (UTF-8) that stands for byte `b` in a byte-level BPE vocabulary (GPT-2's
+// bytes_to_unicode): what a writer of such a vocabulary puts in tokenizer.ggml.tokens.
+std::string Gpt2ByteSymbol(uint8_t b);
+
 }  // namespace strata::model

@@ -487,6 +487,8 @@ class Scanner {
 
 }  // namespace
 
+std::string Gpt2ByteSymbol(uint8_t b) { return ByteAlphabet::Get().byte_to_utf8[b]; }
+
 struct Tokenizer::PreTokenizer {
   struct Step {
     StepKind kind;

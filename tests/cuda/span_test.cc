@@ -1,10 +1,14 @@
 // CudaSpanBackend: against the CPU LayerSpan (tolerance), batch invariance within CUDA
 // (bit-exact), and the node KV contract with device pages.
 //
-// CPU vs CUDA tolerance on hidden states after a span of tiny random layers: relative L2 error
-// <= 2e-3 and max |difference| <= 1e-2 * max |cpu value|. Both backends quantize activations the
-// same way bit for bit and do exact integer block dots; the residue comes from float summation
-// order, libm differences and the rare activation code that rounds the other way.
+// CPU vs CUDA on hidden states after a span of tiny random layers, measured against exact
+// arithmetic: the CPU span of the model's F32 twin (the same weights, dequantized; no activation
+// quantization). Both backends quantize activations to 8 bits for the quantized formats, and an
+// activation code that rounds the other way (float summation order, libm) is amplified through
+// the layers, so their distance from each other is not a fixed number per format. What holds for
+// every format: the CUDA result is no further from exact than the CPU's own error allows,
+// relative L2 <= max(2e-3, 1.5 x the CPU's), and max |difference| within 1e-2 of max |exact|
+// plus the CPU's own max difference.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -50,20 +54,37 @@ bool BitEqual(const float* a, const float* b, size_t n) {
   return std::memcmp(a, b, n * sizeof(float)) == 0;
 }
 
-// Compares hidden states with the CPU-vs-CUDA tolerance stated at the top.
-void ExpectClose(const std::vector<float>& gpu, const std::vector<float>& cpu, const char* what) {
-  ASSERT_EQ(gpu.size(), cpu.size());
-  double err2 = 0, ref2 = 0, max_diff = 0, max_ref = 0;
-  for (size_t i = 0; i < cpu.size(); ++i) {
-    const double d = static_cast<double>(gpu[i]) - cpu[i];
-    err2 += d * d;
-    ref2 += static_cast<double>(cpu[i]) * cpu[i];
-    max_diff = std::max(max_diff, std::fabs(d));
-    max_ref = std::max(max_ref, std::fabs(static_cast<double>(cpu[i])));
+struct Distance {
+  double rel_l2 = 0;    // |x - ref| / |ref|
+  double max_diff = 0;  // max |x - ref|
+  double max_ref = 0;   // max |ref|
+};
+
+Distance Measure(const std::vector<float>& x, const std::vector<float>& ref) {
+  Distance d;
+  double err2 = 0, ref2 = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double e = static_cast<double>(x[i]) - ref[i];
+    err2 += e * e;
+    ref2 += static_cast<double>(ref[i]) * ref[i];
+    d.max_diff = std::max(d.max_diff, std::fabs(e));
+    d.max_ref = std::max(d.max_ref, std::fabs(static_cast<double>(ref[i])));
   }
-  const double rel = std::sqrt(err2 / std::max(ref2, 1e-30));
-  EXPECT_LE(rel, 2e-3) << what << ": relative L2 error";
-  EXPECT_LE(max_diff, 1e-2 * max_ref) << what << ": max difference (max |cpu| " << max_ref << ")";
+  d.rel_l2 = std::sqrt(err2 / std::max(ref2, 1e-30));
+  return d;
+}
+
+// The tolerance stated at the top: CUDA against exact, bounded by the CPU's own error.
+void ExpectClose(const std::vector<float>& gpu, const std::vector<float>& cpu,
+                 const std::vector<float>& exact, const char* what) {
+  ASSERT_EQ(gpu.size(), exact.size());
+  ASSERT_EQ(cpu.size(), exact.size());
+  const Distance g = Measure(gpu, exact), c = Measure(cpu, exact);
+  EXPECT_LE(g.rel_l2, std::max(2e-3, 1.5 * c.rel_l2))
+      << what << ": relative L2 error from exact (the CPU's: " << c.rel_l2 << ")";
+  EXPECT_LE(g.max_diff, 1e-2 * g.max_ref + c.max_diff)
+      << what << ": max difference from exact (max |exact| " << g.max_ref << ", the CPU's "
+      << c.max_diff << ")";
 }
 
 // One model with both backends and their KV pools.
@@ -140,18 +161,24 @@ class CudaVsCpu : public ::testing::TestWithParam<TinyCase> {};
 
 TEST_P(CudaVsCpu, PrefillThenDecodeAgreeWithinTolerance) {
   STRATA_SKIP_WITHOUT_GPU();
-  Pair p;
+  Pair p, twin;
   p.Init(TinyModel(GetParam().spec), 0, GetParam().spec.n_layer);
   if (HasFatalFailure()) return;
-  auto cc = p.CpuCache(), gc = p.GpuCache();
+  testing::TinyModelSpec exact_spec = GetParam().spec;
+  exact_spec.dequantized_f32 = true;
+  twin.Init(TinyModel(exact_spec), 0, exact_spec.n_layer);
+  if (HasFatalFailure()) return;
+  auto cc = p.CpuCache(), gc = p.GpuCache(), xc = twin.CpuCache();
   const std::vector<int32_t> tokens = RandomTokens(13, testing::kTinyVocab, 3);
   const std::vector<Row> prefill = Rows(0, 9);
   const std::vector<float> h = p.Embed(std::span(tokens).first(9));
-  ExpectClose(p.GpuForward(*gc, prefill, h), p.CpuForward(*cc, prefill, h), "prefill");
+  ExpectClose(p.GpuForward(*gc, prefill, h), p.CpuForward(*cc, prefill, h),
+              twin.CpuForward(*xc, prefill, h), "prefill");
   for (int i = 9; i < 13; ++i) {
     const std::vector<Row> row = Rows(i, 1);
     const std::vector<float> hi = p.Embed(std::span(tokens).subspan(i, 1));
-    ExpectClose(p.GpuForward(*gc, row, hi), p.CpuForward(*cc, row, hi), "decode");
+    ExpectClose(p.GpuForward(*gc, row, hi), p.CpuForward(*cc, row, hi),
+                twin.CpuForward(*xc, row, hi), "decode");
   }
   EXPECT_EQ(gc->used_cells(), 13);
 }

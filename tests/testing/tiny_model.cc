@@ -13,43 +13,32 @@
 #include "common/strings.h"
 #include "kernels/quant.h"
 #include "model/gguf_writer.h"
+#include "model/tokenizer.h"
 
 namespace strata::testing {
 namespace {
 
 using kernels::DType;
 
-// GPT-2's byte-to-unicode map: printable bytes stand for themselves, the rest shift to U+0100+.
-std::string ByteToken(int b) {
-  static std::vector<int> map = [] {
-    std::vector<int> m(256, -1);
-    int next = 256;
-    for (int c = 0; c < 256; ++c) {
-      bool printable = (c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE);
-      m[c] = printable ? c : next++;
-    }
-    return m;
-  }();
-  int cp = map[b];
-  std::string out;
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-  return out;
-}
-
+// A random matrix, quantized to `dtype`; stored as F32 (the quantized values, dequantized) when
+// `as_f32`, so a model's F32 twin has exactly the same weights.
 absl::Status AddMatrix(model::GgufWriter& w, const std::string& name, DType dtype, int64_t rows,
-                       int64_t cols, float scale, std::mt19937_64& rng) {
+                       int64_t cols, float scale, std::mt19937_64& rng, bool as_f32 = false) {
   std::normal_distribution<float> dist(0.0f, scale);
   std::vector<float> row(cols);
   const size_t row_bytes = kernels::RowBytes(dtype, cols);
   std::vector<uint8_t> data(row_bytes * rows);
+  std::vector<float> dequantized(as_f32 ? rows * cols : 0);
   for (int64_t r = 0; r < rows; ++r) {
     for (float& x : row) x = dist(rng);
     kernels::QuantizeRowRef(dtype, row.data(), data.data() + r * row_bytes, cols);
+    if (as_f32) {
+      kernels::DequantizeRowRef(dtype, data.data() + r * row_bytes, &dequantized[r * cols], cols);
+    }
+  }
+  if (as_f32) {
+    return w.AddTensor(name, DType::kF32, {rows, cols}, dequantized.data(),
+                       dequantized.size() * sizeof(float));
   }
   return w.AddTensor(name, dtype, {rows, cols}, data.data(), data.size());
 }
@@ -82,7 +71,7 @@ absl::Status WriteTinyModel(const TinyModelSpec& s, const std::string& path) {
   std::vector<std::string> tokens;
   std::vector<int32_t> types;
   for (int b = 0; b < 256; ++b) {
-    tokens.push_back(ByteToken(b));
+    tokens.push_back(model::Gpt2ByteSymbol(static_cast<uint8_t>(b)));
     types.push_back(1);
   }
   tokens.push_back("<|im_start|>");
@@ -112,17 +101,20 @@ absl::Status WriteTinyModel(const TinyModelSpec& s, const std::string& path) {
   }
   const float in_scale = 1.0f / std::sqrt(static_cast<float>(e));
   const float ff_scale = 1.0f / std::sqrt(static_cast<float>(ff));
+  auto projection = [&](const std::string& name, int64_t rows, int64_t cols, float scale) {
+    return AddMatrix(w, name, s.weight_type, rows, cols, scale, rng, s.dequantized_f32);
+  };
   for (int l = 0; l < s.n_layer; ++l) {
     const std::string p = StrCat("blk.", l, ".");
     RETURN_IF_ERROR(AddVector(w, p + "attn_norm.weight", e, 1.0f, 0.2f, rng));
-    RETURN_IF_ERROR(AddMatrix(w, p + "attn_q.weight", s.weight_type, q, e, in_scale, rng));
-    RETURN_IF_ERROR(AddMatrix(w, p + "attn_k.weight", s.weight_type, kv, e, in_scale, rng));
-    RETURN_IF_ERROR(AddMatrix(w, p + "attn_v.weight", s.weight_type, kv, e, in_scale, rng));
-    RETURN_IF_ERROR(AddMatrix(w, p + "attn_output.weight", s.weight_type, e, q, in_scale, rng));
+    RETURN_IF_ERROR(projection(p + "attn_q.weight", q, e, in_scale));
+    RETURN_IF_ERROR(projection(p + "attn_k.weight", kv, e, in_scale));
+    RETURN_IF_ERROR(projection(p + "attn_v.weight", kv, e, in_scale));
+    RETURN_IF_ERROR(projection(p + "attn_output.weight", e, q, in_scale));
     RETURN_IF_ERROR(AddVector(w, p + "ffn_norm.weight", e, 1.0f, 0.2f, rng));
-    RETURN_IF_ERROR(AddMatrix(w, p + "ffn_gate.weight", s.weight_type, ff, e, in_scale, rng));
-    RETURN_IF_ERROR(AddMatrix(w, p + "ffn_up.weight", s.weight_type, ff, e, in_scale, rng));
-    RETURN_IF_ERROR(AddMatrix(w, p + "ffn_down.weight", s.weight_type, e, ff, ff_scale, rng));
+    RETURN_IF_ERROR(projection(p + "ffn_gate.weight", ff, e, in_scale));
+    RETURN_IF_ERROR(projection(p + "ffn_up.weight", ff, e, in_scale));
+    RETURN_IF_ERROR(projection(p + "ffn_down.weight", e, ff, ff_scale));
     if (a == "qwen2") {
       RETURN_IF_ERROR(AddVector(w, p + "attn_q.bias", q, 0.0f, 0.1f, rng));
       RETURN_IF_ERROR(AddVector(w, p + "attn_k.bias", kv, 0.0f, 0.1f, rng));

@@ -25,6 +25,9 @@ struct TinyModelSpec {
   bool tied_output = true;
   kernels::DType output_type = kernels::DType::kQ6_K;  // when not tied
   uint64_t seed = 1;
+  // Projection matrices quantized to weight_type, then stored dequantized as F32: the same
+  // weights computed without quantized arithmetic (no activation quantization either).
+  bool dequantized_f32 = false;
 };
 
 // Number of tokens in the tiny vocabulary.
