@@ -103,27 +103,76 @@ int RunLocalBench(const BenchFlags& f) {
 
 void RegisterBench(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<BenchFlags>();
-  CLI::App* cmd = app.add_subcommand("bench", "Measure prefill and decode speed");
+  CLI::App* cmd = app.add_subcommand(
+      "bench",
+      "Measure prefill and decode speed: of the local engine, or through a local swarm (--nodes), "
+      "its failover recovery (--recovery) or speculative decoding (--spec-sweep)");
   cmd->add_option("--model", flags->model, "GGUF model file (default: the installed model)");
   cmd->add_option("--threads", flags->threads, "CPU threads (default: all)");
   cmd->add_option("--prompt-tokens", flags->prompt_tokens, "Prompt length for prefill")
       ->check(CLI::Range(1, 1 << 16));
-  cmd->add_option("--decode-tokens", flags->decode_tokens, "Tokens to decode")
-      ->check(CLI::Range(1, 1 << 16));
-  cmd->add_option("--repeat", flags->repeat, "Runs (the median is reported)")
-      ->check(CLI::Range(1, 100));
+  CLI::Option* decode =
+      cmd->add_option("--decode-tokens", flags->decode_tokens,
+                      "Tokens to decode (default 128; 48 per prompt with --spec-sweep)")
+          ->check(CLI::Range(1, 1 << 16));
+  CLI::Option* repeat =
+      cmd->add_option("--repeat", flags->repeat,
+                      "Runs (the median is reported; default 3); with --recovery, failures per "
+                      "delay and context (default 10)")
+          ->check(CLI::Range(1, 100));
   cmd->add_flag("--json", flags->json, "Print JSON");
   cmd->add_option("--nodes", flags->nodes,
-                  "Benchmark a local swarm of this many node processes instead of the engine");
-  cmd->add_option("--delay-ms", flags->delays_ms,
-                  "Swarm: one-way delay per hop, swept (e.g. --delay-ms 0,5,20,50)")
-      ->delimiter(',');
+                  "Benchmark a local swarm of this many node processes instead of the engine; "
+                  "with --recovery or --spec-sweep, this many spans, each served by two nodes "
+                  "(default 3)");
+  CLI::Option* delays =
+      cmd->add_option("--delay-ms", flags->delays_ms,
+                      "Swarm: one-way delay per hop, swept (e.g. --delay-ms 0,5,20,50; default 0, "
+                      "0,20 with --recovery, 0,5,20,50 with --spec-sweep)")
+          ->delimiter(',');
   cmd->add_option("--sessions", flags->sessions,
                   "Swarm: concurrent sessions, swept (e.g. --sessions 1,4,16,32)")
       ->delimiter(',');
   cmd->add_option("--node-threads", flags->node_threads, "Swarm: threads per node process");
-  cmd->callback([flags, exit_code] {
-    *exit_code = flags->nodes > 0 ? RunSwarmBench(*flags) : RunLocalBench(*flags);
+  CLI::Option* recovery = cmd->add_flag(
+      "--recovery", flags->recovery,
+      "Swarm: failover recovery time, kill -9 of a hop -> the next token (p50/p95 over --repeat "
+      "failures, hitting the first, middle and last hop in turn) and the replay within it");
+  cmd->add_option("--context", flags->contexts,
+                  "Recovery: prompt tokens of the session a node dies under, swept (default "
+                  "128,1024)")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  CLI::Option* sweep = cmd->add_flag(
+      "--spec-sweep", flags->spec_sweep,
+      "Swarm: speculative decoding (M1 chain, M2 tree, M3 pipelined, M4 dsi with ngram, self:K "
+      "and oracle drafters) against plain decoding (M0) on four chat prompts, greedy; fails "
+      "unless every run gives the plain tokens");
+  cmd->add_flag("--spec-quick", flags->spec_quick,
+                "Spec sweep: only M0, M1 with ngram, and M1-M4 with the oracle at 0.7");
+  cmd->add_option("--gamma", flags->gamma, "Spec sweep: drafts per pass (start value)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
+  cmd->add_flag("--fixed-gamma", flags->fixed_gamma,
+                "Spec sweep: keep gamma fixed instead of adapting it");
+  recovery->excludes(sweep);
+  cmd->callback([flags, exit_code, decode, repeat, delays] {
+    BenchFlags& f = *flags;
+    if (f.recovery || f.spec_sweep) {
+      if (f.nodes <= 0) f.nodes = 3;
+      if (delays->count() == 0) {
+        f.delays_ms = f.recovery ? std::vector<double>{0, 20} : std::vector<double>{0, 5, 20, 50};
+      }
+      if (f.recovery && repeat->count() == 0) f.repeat = 10;
+      if (f.spec_sweep && decode->count() == 0) f.decode_tokens = 48;
+    }
+    if (f.recovery) {
+      *exit_code = RunRecoveryBench(f);
+    } else if (f.spec_sweep) {
+      *exit_code = RunSpecSweep(f);
+    } else {
+      *exit_code = f.nodes > 0 ? RunSwarmBench(f) : RunLocalBench(f);
+    }
   });
 }
 

@@ -1,6 +1,7 @@
 // strata bench --nodes N: decode speed, time to first token and inter-token latency through a
 // local swarm of real processes, beside the local engine in the same run; optionally through
 // emulated links (--delay-ms) and with concurrent sessions (--sessions).
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -13,12 +14,15 @@
 #include "cli/commands.h"
 #include "client/local_model.h"
 #include "client/swarm_client.h"
+#include "common/status.h"
 #include "deploy/local_swarm.h"
 #include "model/sampling.h"
 #include "nlohmann/json.hpp"
 
 namespace strata::cli {
 namespace {
+
+constexpr int kNodeKvMib = 2048;  // KV memory per node: long prompts times many sessions
 
 struct RunStats {
   double ttft_ms = 0;             // median over sessions: prompt in -> first token's logits
@@ -96,10 +100,54 @@ nlohmann::json ToJson(const RunStats& r) {
 
 }  // namespace
 
+absl::StatusOr<std::unique_ptr<deploy::LocalSwarm>> StartBenchSwarm(
+    const std::string& model, const std::vector<double>& delays_ms,
+    const std::vector<deploy::NodeSpec>& nodes) {
+  deploy::LocalSwarmOptions so;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
+  so.strata_binary = self.string();
+  so.linkem_binary = (self.parent_path() / "strata-linkem").string();
+  so.model_path = model;
+  so.links = std::any_of(delays_ms.begin(), delays_ms.end(), [](double d) { return d > 0; });
+  so.stderr_path = "/dev/null";
+  ASSIGN_OR_RETURN(std::unique_ptr<deploy::LocalSwarm> swarm, deploy::LocalSwarm::Start(so));
+  for (const deploy::NodeSpec& spec : nodes) RETURN_IF_ERROR(swarm->AddNode(spec).status());
+  RETURN_IF_ERROR(swarm->WaitUntilServing(static_cast<int>(nodes.size())));
+  return swarm;
+}
+
+std::vector<deploy::NodeSpec> ReplicatedSpans(int n_layers, int spans, int replicas,
+                                              int threads) {
+  std::vector<deploy::NodeSpec> out;
+  for (int r = 0; r < replicas; ++r) {
+    for (int i = 0; i < spans; ++i) {
+      deploy::NodeSpec spec;
+      spec.layers = absl::StrFormat("%d:%d", n_layers * i / spans, n_layers * (i + 1) / spans);
+      spec.threads = threads;
+      spec.kv_memory_mib = kNodeKvMib;
+      out.push_back(spec);
+    }
+  }
+  return out;
+}
+
+absl::Status SetBenchDelay(deploy::LocalSwarm& swarm, double delay_ms) {
+  if (!swarm.options().links) return absl::OkStatus();
+  return swarm.SetDelay(delay_ms);
+}
+
+ClientOptions BenchClientOptions(const deploy::LocalSwarm& swarm, const std::string& model,
+                                 int threads) {
+  ClientOptions co;
+  co.coordinators = swarm.coordinators();
+  co.model_path = model;
+  co.threads = threads;
+  co.step_timeout_ms = 120000;
+  return co;
+}
+
 int RunSwarmBench(const BenchFlags& f) {
   const std::string model = f.model.empty() ? DefaultModelPath() : f.model;
-  bool links = false;
-  for (double d : f.delays_ms) links = links || d > 0;
 
   // The local engine first, in this process, with the same prompt and steps.
   client::LocalModelOptions lo;
@@ -114,32 +162,13 @@ int RunSwarmBench(const BenchFlags& f) {
   if (!local_stats.ok()) return Fail(std::string(local_stats.status().message()));
   local->reset();
 
-  deploy::LocalSwarmOptions so;
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
-  so.strata_binary = self.string();
-  so.linkem_binary = (self.parent_path() / "strata-linkem").string();
-  so.model_path = model;
-  so.links = links;
-  so.stderr_path = "/dev/null";
-  auto swarm = deploy::LocalSwarm::Start(so);
-  if (!swarm.ok()) return Fail(std::string(swarm.status().message()));
   deploy::NodeSpec spec;
   spec.max_layers = (n_layers + f.nodes - 1) / f.nodes;
   spec.threads = f.node_threads;
-  spec.kv_memory_mib = 2048;
-  for (int i = 0; i < f.nodes; ++i) {
-    auto node = (*swarm)->AddNode(spec);
-    if (!node.ok()) return Fail(std::string(node.status().message()));
-  }
-  absl::Status serving = (*swarm)->WaitUntilServing(f.nodes);
-  if (!serving.ok()) return Fail(std::string(serving.message()));
-
-  ClientOptions co;
-  co.coordinators = {(*swarm)->coordinator()};
-  co.model_path = model;
-  co.threads = f.threads;
-  co.step_timeout_ms = 120000;
-  auto client = client::SwarmClient::Create(co);
+  spec.kv_memory_mib = kNodeKvMib;
+  auto swarm = StartBenchSwarm(model, f.delays_ms, std::vector<deploy::NodeSpec>(f.nodes, spec));
+  if (!swarm.ok()) return Fail(std::string(swarm.status().message()));
+  auto client = client::SwarmClient::Create(BenchClientOptions(**swarm, model, f.threads));
   if (!client.ok()) return Fail(std::string(client.status().message()));
 
   nlohmann::json out;
@@ -158,10 +187,8 @@ int RunSwarmBench(const BenchFlags& f) {
   }
   double step0 = 0;
   for (double delay : f.delays_ms) {
-    if (links) {
-      absl::Status st = (*swarm)->SetDelay(delay);
-      if (!st.ok()) return Fail(std::string(st.message()));
-    }
+    absl::Status st = SetBenchDelay(**swarm, delay);
+    if (!st.ok()) return Fail(std::string(st.message()));
     for (int sessions : f.sessions) {
       std::vector<RunStats> runs;
       for (int r = 0; r < std::max(1, f.repeat); ++r) {

@@ -52,9 +52,13 @@ absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request
                      Generate(session, *context.tokenizer, prompt, options, on_token));
     return ToResult(std::move(g));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<Drafter> drafter,
-                   MakeDrafter(so.drafter, context.model_path, context.head->n_vocab(),
-                               context.threads));
+  std::unique_ptr<Drafter> owned;
+  Drafter* drafter = context.drafter;
+  if (drafter == nullptr) {
+    ASSIGN_OR_RETURN(owned, MakeDrafter(so.drafter, context.model_path, context.head->n_vocab(),
+                                        context.threads));
+    drafter = owned.get();
+  }
   SpeculativeOptions o;
   ASSIGN_OR_RETURN(o.mode, ParseMode(so.mode));
   o.gamma = so.gamma;
@@ -63,7 +67,7 @@ absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request
   o.max_in_flight = so.max_in_flight;
   o.rejection_sampling = so.rejection_sampling;
   SpeculativeDecoder decoder(context.embedder, context.head, std::move(chains), context.pool,
-                             context.tokenizer, drafter.get(), o);
+                             context.tokenizer, drafter, o);
   ASSIGN_OR_RETURN(Generation g, decoder.Generate(prompt, options, on_token));
   strata::GenerateResult out = ToResult(std::move(g));
   out.passes = decoder.stats().passes;

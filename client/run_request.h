@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "client/chain.h"
+#include "client/drafter.h"
 #include "common/thread_pool.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
@@ -21,6 +22,9 @@ struct RequestContext {
   ThreadPool* pool = nullptr;
   std::string model_path;  // the target file at the client (self:K drafts from it)
   int threads = 0;         // for a draft model
+  // Used instead of the drafter request.speculative.drafter names (which must then not be
+  // "none"); not owned. Benchmarks pass drafters the public options cannot name (the oracle).
+  Drafter* drafter = nullptr;
 };
 
 // How many chains `request` wants: its replicas for dsi, else 1.

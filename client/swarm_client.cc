@@ -143,6 +143,11 @@ std::string SwarmClient::Detokenize(const std::vector<int32_t>& ids) const {
 
 absl::StatusOr<strata::GenerateResult> SwarmClient::Generate(
     const GenerateRequest& request, const strata::TokenCallback& on_token) {
+  return GenerateWith(request, nullptr, on_token);
+}
+
+absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateWith(
+    const GenerateRequest& request, Drafter* drafter, const strata::TokenCallback& on_token) {
   // Replicas (dsi) go over different routes when the swarm has them.
   std::vector<std::unique_ptr<RemoteChain>> owned;
   std::vector<Chain*> chains;
@@ -156,7 +161,7 @@ absl::StatusOr<strata::GenerateResult> SwarmClient::Generate(
     owned.push_back(std::move(*chain));
   }
   RequestContext context{embedder_.get(), head_.get(), tokenizer_.get(), pool_.get(),
-                         options_.model_path, options_.threads};
+                         options_.model_path, options_.threads, drafter};
   ASSIGN_OR_RETURN(strata::GenerateResult out, RunRequest(request, context, chains, on_token));
   out.route = ToRouteHops(owned[0]->Hops());  // the route in use at the end
   return out;

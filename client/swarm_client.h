@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/drafter.h"
 #include "client/remote_chain.h"
 #include "client/session.h"
 #include "common/thread_pool.h"
@@ -22,6 +23,10 @@ class SwarmClient final : public Client {
 
   absl::StatusOr<GenerateResult> Generate(const GenerateRequest& request,
                                           const TokenCallback& on_token) override;
+  // Generate with `drafter` (not owned; null: the one request.speculative.drafter names), for
+  // benchmarks whose drafters the public options cannot name (the oracle).
+  absl::StatusOr<GenerateResult> GenerateWith(const GenerateRequest& request, Drafter* drafter,
+                                              const TokenCallback& on_token);
   absl::StatusOr<std::unique_ptr<Session>> OpenSession() override;
   absl::StatusOr<std::vector<int32_t>> Tokenize(const GenerateRequest& request) const override;
   std::string Detokenize(const std::vector<int32_t>& ids) const override;

@@ -1,0 +1,293 @@
+// strata bench --nodes N --spec-sweep: speculative decoding through a local swarm (N spans, each
+// served by two nodes so that DSI has two disjoint chains), every mode against plain decoding at
+// each link delay, on four prompts of the kinds a user sends. Runs go through the client's own
+// Generate, as `strata generate --speculative` does; greedy, so every speculative run must give
+// exactly the plain tokens, and a mismatch fails the command.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <map>
+
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "cli/bench.h"
+#include "cli/commands.h"
+#include "client/drafter.h"
+#include "client/swarm_client.h"
+#include "common/status.h"
+#include "common/strings.h"
+#include "model/llama.h"
+#include "nlohmann/json.hpp"
+
+namespace strata::cli {
+namespace {
+
+// One prompt of each kind: a summary, a question about a given text, a code edit, a chat.
+const char* const kPrompts[] = {
+    "Summarize this paragraph in two sentences:\n\nThe town council voted on Tuesday to close the "
+    "old library on Main Street and move its books to the new community center by the end of the "
+    "year. Supporters said the new building is larger and easier to reach by bus, while opponents "
+    "worried that the historic library building would be sold and torn down.",
+    "Read the text and answer the question.\n\nText: The Amazon river flows through Peru, "
+    "Colombia and Brazil before it reaches the Atlantic Ocean. It carries more water than any "
+    "other river in the world.\n\nQuestion: Which ocean does the Amazon river flow into?",
+    "Rename the function avg to mean and make it return 0 for an empty list:\n\n"
+    "def avg(xs):\n    total = 0\n    for x in xs:\n        total += x\n"
+    "    return total / len(xs)\n",
+    "What are three simple ways to sleep better?",
+};
+
+// A row of the matrix. M0 is plain decoding; M1-M4 are the speculative modes.
+struct Config {
+  std::string mode;     // "plain", "chain", "tree", "pipelined" or "dsi"
+  std::string drafter;  // "none", "ngram", "self:K" or "oracle:A"
+  double accuracy = 0;  // the oracle's probability of a right draft; 0: not the oracle
+};
+
+std::string ModeLabel(const std::string& mode) {
+  static const std::map<std::string, std::string> kLabels = {{"plain", "M0 plain"},
+                                                             {"chain", "M1 chain"},
+                                                             {"tree", "M2 tree"},
+                                                             {"pipelined", "M3 pipelined"},
+                                                             {"dsi", "M4 dsi"}};
+  return kLabels.at(mode);
+}
+
+Config Oracle(const std::string& mode, double a) {
+  return {mode, absl::StrFormat("oracle:%.1f", a), a};
+}
+
+// What runs at each delay (M0 first: it gives the reference tokens and the oracle's truth).
+// Full: every mode with ngram and the oracle at 0.7, and chain also with self-speculation and the
+// oracle at 0.5 and 0.9. Quick: every mode with the oracle at 0.7, and chain with ngram.
+std::vector<Config> Matrix(bool quick, const std::string& self) {
+  std::vector<Config> m = {{"plain", "none"}};
+  for (const char* mode : {"chain", "tree", "pipelined", "dsi"}) {
+    if (!quick || std::string(mode) == "chain") m.push_back({mode, "ngram"});
+    m.push_back(Oracle(mode, 0.7));
+  }
+  if (!quick) {
+    m.push_back({"chain", self});
+    m.push_back(Oracle("chain", 0.5));
+    m.push_back(Oracle("chain", 0.9));
+  }
+  return m;
+}
+
+// Expected tokens per pass for a chain of `gamma` drafts, each right independently with
+// probability a, the target's own token after the last accepted draft included:
+// sum_{i=0..gamma} a^i = (1 - a^(gamma+1)) / (1 - a).
+double ExpectedTokensPerPass(double a, int gamma) {
+  return (1 - std::pow(a, gamma + 1)) / (1 - a);
+}
+
+// A prompt as a user sends it: chat template on, greedy.
+GenerateRequest Request(const char* prompt, int max_tokens) {
+  GenerateRequest r;
+  r.prompt = prompt;
+  r.chat = true;
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = 0;
+  return r;
+}
+
+struct Totals {
+  int tokens = 0;
+  double wall_s = 0;
+  int passes = 0;
+  double accepted = 0;  // accepted drafts
+  int wasted_rows = 0;
+  std::vector<double> gaps_ms;  // between consecutive emitted tokens
+  std::vector<std::vector<int32_t>> outputs;
+};
+
+// Runs every prompt with `config`. `plain` (the M0 outputs, null for M0 itself) is the truth the
+// oracle knows.
+absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& f,
+                                 const Config& config,
+                                 const std::vector<std::vector<int32_t>>& prompts,
+                                 const std::vector<std::vector<int32_t>>* plain) {
+  Totals t;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    GenerateRequest r = Request(kPrompts[i], f.decode_tokens);
+    r.speculative.drafter = config.drafter;
+    if (config.mode != "plain") r.speculative.mode = config.mode;
+    r.speculative.gamma = f.gamma;
+    r.speculative.adaptive = !f.fixed_gamma;
+    std::unique_ptr<client::OracleDrafter> oracle;
+    if (config.accuracy > 0) {
+      std::vector<int32_t> truth = prompts[i];
+      truth.insert(truth.end(), (*plain)[i].begin(), (*plain)[i].end());
+      // The same seed for every mode and delay: each sees the same right and wrong drafts.
+      oracle = std::make_unique<client::OracleDrafter>(std::move(truth), config.accuracy, i + 1,
+                                                       client.vocab_size());
+    }
+    std::vector<absl::Time> emitted;
+    const absl::Time start = absl::Now();
+    ASSIGN_OR_RETURN(GenerateResult g,
+                     client.GenerateWith(r, oracle.get(), [&](int32_t token, std::string_view) {
+                       if (token >= 0) emitted.push_back(absl::Now());
+                       return true;
+                     }));
+    t.wall_s += absl::ToDoubleSeconds(absl::Now() - start);
+    for (size_t k = 1; k < emitted.size(); ++k) {
+      t.gaps_ms.push_back(absl::ToDoubleMilliseconds(emitted[k] - emitted[k - 1]));
+    }
+    t.tokens += static_cast<int>(g.token_ids.size());
+    t.passes += g.passes;
+    t.accepted += g.accepted_per_pass * g.passes;
+    t.wasted_rows += g.wasted_rows;
+    t.outputs.push_back(std::move(g.token_ids));
+  }
+  return t;
+}
+
+// One row of the table: M0 rows have no speculative columns.
+nlohmann::json RowJson(double delay, const Config& c, const Totals& t, double plain_tps,
+                       bool identical, int gamma) {
+  const double tps = t.wall_s > 0 ? t.tokens / t.wall_s : 0;
+  nlohmann::json j = {{"delay_ms", delay},
+                      {"mode", ModeLabel(c.mode)},
+                      {"drafter", c.drafter},
+                      {"tokens", t.tokens},
+                      {"wall_s", t.wall_s},
+                      {"tokens_per_s", tps},
+                      {"speedup", plain_tps > 0 ? tps / plain_tps : 1.0},
+                      {"itl_p50_ms", Percentile(t.gaps_ms, 50)},
+                      {"itl_p95_ms", Percentile(t.gaps_ms, 95)},
+                      {"tokens_identical", identical}};
+  if (c.mode == "plain") return j;
+  j["passes"] = t.passes;
+  j["accepted_per_pass"] = t.passes ? t.accepted / t.passes : 0;
+  j["tokens_per_pass"] = t.passes ? double(t.tokens) / t.passes : 0;
+  j["passes_per_token"] = t.tokens ? double(t.passes) / t.tokens : 0;
+  j["wasted_rows"] = t.wasted_rows;
+  if (c.accuracy > 0 && c.mode == "chain") {
+    j["expected_tokens_per_pass"] = ExpectedTokensPerPass(c.accuracy, gamma);
+  }
+  return j;
+}
+
+// `row[key]` with `digits` decimals, or "-" when the row has no such column.
+std::string Column(const nlohmann::json& row, const char* key, int digits) {
+  if (!row.contains(key)) return "-";
+  return absl::StrFormat("%.*f", digits, row[key].get<double>());
+}
+
+void PrintRow(const nlohmann::json& j) {
+  std::printf("%-6.0f %-13s %-11s %-8.1f %-8s %-9s %-9s %-7s %-9s %-7s %-8.1f %-8.1f %-4s\n",
+              j["delay_ms"].get<double>(), j["mode"].get<std::string>().c_str(),
+              j["drafter"].get<std::string>().c_str(), j["tokens_per_s"].get<double>(),
+              (Column(j, "speedup", 2) + "x").c_str(), Column(j, "accepted_per_pass", 2).c_str(),
+              Column(j, "tokens_per_pass", 2).c_str(),
+              Column(j, "expected_tokens_per_pass", 2).c_str(),
+              Column(j, "passes_per_token", 3).c_str(), Column(j, "wasted_rows", 0).c_str(),
+              j["itl_p50_ms"].get<double>(), j["itl_p95_ms"].get<double>(),
+              j["tokens_identical"].get<bool>() ? "yes" : "no");
+  std::fflush(stdout);
+}
+
+void PrintHeader(const BenchFlags& f, int nodes) {
+  std::printf("%d prompts (summary, question on a text, code edit, chat), chat template, greedy, "
+              "%d tokens each; %d nodes: %d spans, two nodes each\n",
+              static_cast<int>(std::size(kPrompts)), f.decode_tokens, nodes, f.nodes);
+  std::printf("gamma %d%s; tok/pass includes the target's own token after the accepted drafts\n",
+              f.gamma, f.fixed_gamma ? " (fixed)" : " at the start, then adaptive");
+  std::printf("expect: (1 - a^(gamma+1)) / (1 - a) tok/pass for a chain of gamma drafts each right "
+              "with probability a (M1 oracle rows; exact with --fixed-gamma)\n");
+  std::printf("%-6s %-13s %-11s %-8s %-8s %-9s %-9s %-7s %-9s %-7s %-8s %-8s %-4s\n", "delay",
+              "mode", "drafter", "tok/s", "speedup", "acc/pass", "tok/pass", "expect", "pass/tok",
+              "wasted", "itl_p50", "itl_p95", "same");
+}
+
+}  // namespace
+
+int RunSpecSweep(const BenchFlags& f) {
+  const std::string model = f.model.empty() ? DefaultModelPath() : f.model;
+  auto file = model::Model::Open(model);
+  if (!file.ok()) return Fail(std::string(file.status().message()));
+  // Self-speculation with the first two thirds of the layers (self:20 of 30, as the tests use).
+  const std::string self = StrCat("self:", 2 * (*file)->hparams().n_layer / 3);
+  const std::vector<Config> matrix = Matrix(f.spec_quick, self);
+
+  const int nodes = 2 * f.nodes;
+  auto swarm = StartBenchSwarm(
+      model, f.delays_ms, ReplicatedSpans((*file)->hparams().n_layer, f.nodes, 2, f.node_threads));
+  if (!swarm.ok()) return Fail(std::string(swarm.status().message()));
+  auto client = client::SwarmClient::Create(BenchClientOptions(**swarm, model, f.threads));
+  if (!client.ok()) return Fail(std::string(client.status().message()));
+  std::vector<std::vector<int32_t>> prompts;
+  for (const char* p : kPrompts) {
+    auto ids = (*client)->Tokenize(Request(p, f.decode_tokens));
+    if (!ids.ok()) return Fail(std::string(ids.status().message()));
+    prompts.push_back(std::move(*ids));
+  }
+
+  nlohmann::json out;
+  out["model"] = model;
+  out["spans"] = f.nodes;
+  out["nodes"] = nodes;
+  out["prompts"] = std::vector<std::string>(std::begin(kPrompts), std::end(kPrompts));
+  out["decode_tokens"] = f.decode_tokens;
+  out["gamma"] = f.gamma;
+  out["adaptive_gamma"] = !f.fixed_gamma;
+  out["runs"] = nlohmann::json::array();
+  out["best"] = nlohmann::json::array();
+  if (!f.json) PrintHeader(f, nodes);
+  std::vector<std::string> mismatches;
+  for (double delay : f.delays_ms) {
+    absl::Status st = SetBenchDelay(**swarm, delay);
+    if (!st.ok()) return Fail(std::string(st.message()));
+    Totals plain;
+    double plain_tps = 0;
+    // The fastest speculative row with a real drafter, and with the oracle.
+    std::map<bool, nlohmann::json> best;
+    for (const Config& c : matrix) {
+      auto t = RunConfig(**client, f, c, prompts, c.mode == "plain" ? nullptr : &plain.outputs);
+      if (!t.ok()) {
+        return Fail(StrCat(ModeLabel(c.mode), " ", c.drafter, " at ", delay,
+                           " ms: ", t.status().message()));
+      }
+      const bool identical = c.mode == "plain" || t->outputs == plain.outputs;
+      if (!identical) {
+        mismatches.push_back(StrCat(ModeLabel(c.mode), " ", c.drafter, " at ", delay, " ms"));
+      }
+      nlohmann::json j = RowJson(delay, c, *t, plain_tps, identical, f.gamma);
+      if (c.mode == "plain") {
+        plain = std::move(*t);
+        plain_tps = j["tokens_per_s"].get<double>();
+      } else {
+        nlohmann::json& b = best[c.accuracy > 0];
+        if (b.is_null() || j["tokens_per_s"].get<double>() > b["tokens_per_s"].get<double>()) {
+          b = j;
+        }
+      }
+      if (!f.json) PrintRow(j);
+      out["runs"].push_back(std::move(j));
+    }
+    for (const auto& [oracle, b] : best) {
+      out["best"].push_back(b);
+      if (!f.json) {
+        std::printf("best at %.0f ms (%s): %s %s, %.1f tok/s, %.2fx plain\n", delay,
+                    oracle ? "oracle" : "ngram/self drafters",
+                    b["mode"].get<std::string>().c_str(), b["drafter"].get<std::string>().c_str(),
+                    b["tokens_per_s"].get<double>(), b["speedup"].get<double>());
+      }
+    }
+  }
+  out["tokens_identical"] = mismatches.empty();
+  if (f.json) {
+    std::cout << out.dump() << std::endl;
+  } else {
+    std::printf("tokens identical: %s\n", mismatches.empty() ? "yes" : "no");
+  }
+  if (!mismatches.empty()) {
+    std::string rows;
+    for (const std::string& m : mismatches) rows += (rows.empty() ? "" : ", ") + m;
+    return Fail(StrCat("speculative tokens differ from plain decoding: ", rows));
+  }
+  return 0;
+}
+
+}  // namespace strata::cli
