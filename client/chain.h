@@ -52,6 +52,8 @@ class Chain {
   virtual void CancelRuns(std::span<const uint64_t> runs) = 0;
   // Like Truncate, but does not wait (ordered after the runs submitted before it).
   virtual void TruncateAsync(model::SeqId seq, int32_t from_pos) = 0;
+  // Like Commit, but does not wait: the next run queued behind it saves a round trip.
+  virtual void CommitAsync(model::SeqId seq, int32_t until_pos) = 0;
 };
 
 }  // namespace strata::client

@@ -31,6 +31,7 @@ class LocalChain : public Chain {
   absl::Status WaitRun(uint64_t run, float* out) override;
   void CancelRuns(std::span<const uint64_t> runs) override {}
   void TruncateAsync(model::SeqId seq, int32_t from_pos) override { (void)Truncate(seq, from_pos); }
+  void CommitAsync(model::SeqId seq, int32_t until_pos) override { (void)Commit(seq, until_pos); }
 
   const model::KvCache& cache(int span) const { return *stages_[span].cache; }
 

@@ -466,10 +466,16 @@ std::optional<std::vector<RemoteChain::Cell>> RemoteChain::History(int boundary)
   }
   for (auto it = log_.upper_bound(start); it != log_.end(); ++it) {
     const OpRecord& rec = it->second;
-    // Only ops that took effect on every hop: answered OK by the last one (waited for or not).
-    // An abandoned op is redone by its caller after the failover, so it is not history even when
-    // its answer arrived late: replaying it too would put its rows into the cache twice.
-    if (rec.abandoned || !rec.reply.done || !rec.reply.status.ok()) continue;
+    // A forward counts once it took effect on every hop: answered OK by the last one (waited
+    // for or not). An abandoned forward is redone by its caller after the failover, so it is not
+    // history even when its answer arrived late: replaying it too would put its rows into the
+    // cache twice. A truncate, keep or commit is the client's decision, made on cells it knows:
+    // it counts unless a hop refused it (the failover sends the interrupted ones again).
+    if (rec.kind == v1::Op::kForward) {
+      if (rec.abandoned || !rec.reply.done || !rec.reply.status.ok()) continue;
+    } else if (rec.reply.done && !rec.reply.status.ok()) {
+      continue;
+    }
     switch (rec.kind) {
       case v1::Op::kForward: {
         if (inputs == inputs_.end()) return std::nullopt;
@@ -696,6 +702,27 @@ absl::Status RemoteChain::Failover(Failure failure, const std::vector<uint64_t>&
   }
   next_op_ = (keep > 0 || replay) ? R + 1 : R;
 
+  // Interrupted truncates, keeps and commits are part of the rebuilt history; the kept hops may
+  // not have applied them, so they go again, in order and before the rollback below (a keep of
+  // sequence 0 would otherwise drop cells a commit had still to move there). Each is idempotent.
+  if (keep > 0) {
+    std::vector<v1::Op> control;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (uint64_t seq : abandoned) {
+        const OpRecord& rec = log_.at(seq);
+        if (rec.kind == v1::Op::kTruncate || rec.kind == v1::Op::kKeep ||
+            rec.kind == v1::Op::kCommit) {
+          control.push_back(rec.op);
+        }
+      }
+    }
+    for (v1::Op& op : control) {
+      auto done = RunOp(std::move(op), {}, {});
+      if (!done.ok()) return done.status();
+    }
+  }
+
   // The kept hops drop whatever the interrupted ops added (the new hops never had it), and any
   // speculation: the new hops hold the committed text only.
   if (keep > 0) {
@@ -817,6 +844,12 @@ absl::Status RemoteChain::WaitRun(uint64_t run, float* out) {
   }
   auto result = Wait(run, /*resend=*/false);
   if (!result.ok()) return result.status();
+  // Control ops sent before this run were answered before it: collecting them does not wait.
+  std::erase_if(pending_control_, [&](uint64_t seq) {
+    if (seq > run) return false;
+    (void)Wait(seq, /*resend=*/false);
+    return true;
+  });
   std::vector<float> values;
   RETURN_IF_ERROR(transport::DecodeRows(result->hidden(), out_rows, options_.hidden_size, &values));
   std::memcpy(out, values.data(), values.size() * sizeof(float));
@@ -827,6 +860,13 @@ void RemoteChain::TruncateAsync(model::SeqId seq, int32_t from_pos) {
   v1::Op op;
   op.mutable_truncate()->set_seq(seq);
   op.mutable_truncate()->set_from_pos(from_pos);
+  pending_control_.push_back(Submit(std::move(op), {}, {}));
+}
+
+void RemoteChain::CommitAsync(model::SeqId seq, int32_t until_pos) {
+  v1::Op op;
+  op.mutable_commit()->set_seq(seq);
+  op.mutable_commit()->set_until_pos(until_pos);
   pending_control_.push_back(Submit(std::move(op), {}, {}));
 }
 

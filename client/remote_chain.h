@@ -75,6 +75,7 @@ class RemoteChain : public Chain {
   absl::Status WaitRun(uint64_t run, float* out) override;
   void CancelRuns(std::span<const uint64_t> runs) override { Cancel(runs); }
   void TruncateAsync(model::SeqId seq, int32_t from_pos) override;
+  void CommitAsync(model::SeqId seq, int32_t until_pos) override;
 
   ChainStats stats() const;
   // Ends every stream.

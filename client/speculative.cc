@@ -79,9 +79,9 @@ SpeculativeDecoder::SpeculativeDecoder(const model::Embedder* embedder, const mo
       pool_(pool),
       tokenizer_(tokenizer),
       drafter_(drafter),
-      options_(options) {
-  gamma_ = std::clamp(options_.gamma, 0, options_.max_gamma);
-}
+      options_(options),
+      gamma_control_(options.gamma, options.max_gamma, options.adaptive),
+      gamma_(gamma_control_.gamma()) {}
 
 absl::StatusOr<Generation> SpeculativeDecoder::Generate(std::span<const int32_t> prompt,
                                                         const GenerateOptions& options,
@@ -114,15 +114,17 @@ void SpeculativeDecoder::Logits(const std::vector<float>& hidden, int64_t rows) 
   head_->Logits(hidden.data(), rows, logits_.data(), *pool_, scratch_);
 }
 
-int SpeculativeDecoder::ChooseGamma() const {
-  if (!options_.adaptive || base_ms_ < 0) return gamma_;
-  // Expected tokens per pass over its cost; gamma 0 is plain decoding.
+GammaController::GammaController(int gamma, int max_gamma, bool adaptive)
+    : gamma_(std::clamp(gamma, 0, max_gamma)), max_gamma_(max_gamma), adaptive_(adaptive) {}
+
+int GammaController::Choose() const {
+  if (!adaptive_ || base_ms_ < 0) return gamma_;
   const double a = std::clamp(accept_rate_, 0.01, 0.99);
   int best = 0;
   double best_rate = 0;
-  for (int g = 0; g <= options_.max_gamma; ++g) {
+  for (int g = 0; g <= max_gamma_; ++g) {
     const double tokens = (1 - std::pow(a, g + 1)) / (1 - a);
-    const double ms = base_ms_ + row_ms_ * (g + 1);
+    const double ms = std::max(1e-3, base_ms_ + row_ms_ * (g + 1));
     if (tokens / ms > best_rate * 1.0001) {
       best_rate = tokens / ms;
       best = g;
@@ -131,24 +133,31 @@ int SpeculativeDecoder::ChooseGamma() const {
   return best;
 }
 
-void SpeculativeDecoder::Learn(int rows, double ms, int drafted, int accepted) {
+void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
   constexpr double w = 0.25;
   if (drafted > 0) {
-    // Each draft is accepted with probability a until the first rejection: estimate a from the
-    // accepted drafts and the rejections seen.
     const double rejected = accepted < drafted ? 1 : 0;
     const double sample = accepted / std::max(1.0, accepted + rejected);
     accept_rate_ = (1 - w) * accept_rate_ + w * sample;
   }
-  if (rows <= 1) {
-    base_ms_ = base_ms_ < 0 ? ms : (1 - w) * base_ms_ + w * ms;
-  } else if (base_ms_ >= 0) {
-    const double per_row = std::max(0.0, (ms - base_ms_) / (rows - 1));
-    row_ms_ = (1 - w) * row_ms_ + w * per_row;
-  } else {
-    base_ms_ = ms / rows;
-  }
-  gamma_ = ChooseGamma();
+  constexpr double decay = 0.9;
+  fit_w_ = decay * fit_w_ + 1;
+  fit_x_ = decay * fit_x_ + rows;
+  fit_y_ = decay * fit_y_ + ms;
+  fit_xx_ = decay * fit_xx_ + static_cast<double>(rows) * rows;
+  fit_xy_ = decay * fit_xy_ + rows * ms;
+  const double mx = fit_x_ / fit_w_, my = fit_y_ / fit_w_;
+  const double var = fit_xx_ / fit_w_ - mx * mx;
+  // With one pass size only, the split is unknown: keep the last slope (none yet: all base,
+  // which lets gamma grow and so brings a second size).
+  if (var > 1e-6) row_ms_ = std::max(0.0, (fit_xy_ / fit_w_ - mx * my) / var);
+  base_ms_ = std::max(0.0, my - row_ms_ * mx);
+  gamma_ = Choose();
+}
+
+void SpeculativeDecoder::Learn(int rows, double ms, int drafted, int accepted) {
+  gamma_control_.Observe(rows, ms, drafted, accepted);
+  gamma_ = gamma_control_.gamma();
 }
 
 absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
@@ -452,7 +461,8 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateTree(
     // The accepted branch joins the committed text; the rest of the tree is dropped.
     model::SeqId leaf = 1;
     if (cur >= 0) leaf = __builtin_ctzll(nodes[cur].leaves);
-    RETURN_IF_ERROR(chain->Commit(leaf, certain + accepted));
+    // Not waited for: the next pass queues behind it on every hop.
+    chain->CommitAsync(leaf, certain + accepted);
     fed = certain + accepted;
     Learn(count, absl::ToDoubleMilliseconds(absl::Now() - sent), static_cast<int>(nodes.size()),
           accepted);

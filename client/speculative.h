@@ -65,6 +65,31 @@ int32_t VerifyDraft(const model::Sampler& sampler, std::span<const float> logits
                     int64_t position, std::span<const int32_t> history, int32_t draft,
                     float draft_prob, bool rejection_sampling, bool* accepted);
 
+// Drafts per pass for the best expected tokens per millisecond: the acceptance rate a (each draft
+// accepted with probability a until the first rejection) and a pass's cost, ms = base + per_row *
+// rows, fitted by least squares over the passes seen (recent ones weigh more). The prompt's pass
+// (many rows) and the decode passes (a few) pin the slope; on a slow link nearly all of a pass is
+// the base, which speculation pays once for many tokens. Gamma 0 is plain decoding.
+class GammaController {
+ public:
+  GammaController(int gamma, int max_gamma, bool adaptive);
+  // A pass of `rows` rows took `ms`; `accepted` of its `drafted` drafts were accepted.
+  void Observe(int rows, double ms, int drafted, int accepted);
+  int gamma() const { return gamma_; }
+  double base_ms() const { return base_ms_; }
+  double row_ms() const { return row_ms_; }
+  double accept_rate() const { return accept_rate_; }
+
+ private:
+  int Choose() const;
+
+  int gamma_, max_gamma_;
+  bool adaptive_;
+  double accept_rate_ = 0.7;
+  double base_ms_ = -1, row_ms_ = 0;
+  double fit_w_ = 0, fit_x_ = 0, fit_y_ = 0, fit_xx_ = 0, fit_xy_ = 0;  // decayed sums
+};
+
 class SpeculativeDecoder {
  public:
   // `chains`: one, or several over replicated spans (DSI). None is owned; each must start empty.
@@ -93,7 +118,6 @@ class SpeculativeDecoder {
                  bool* accepted);
   // Logits for out rows (rows x n_embd of final hidden states).
   void Logits(const std::vector<float>& hidden, int64_t rows);
-  int ChooseGamma() const;
   void Learn(int rows, double ms, int drafted, int accepted);
 
   const model::Embedder* embedder_;
@@ -107,9 +131,7 @@ class SpeculativeDecoder {
   SpeculativeStats stats_;
   model::ForwardScratch scratch_;
   std::vector<float> logits_;
-  // Adaptive gamma: acceptance rate and pass cost (ms = base + per_row * rows).
-  double accept_rate_ = 0.7;
-  double base_ms_ = -1, row_ms_ = 0;
+  GammaController gamma_control_;
   int gamma_ = 4;
 };
 

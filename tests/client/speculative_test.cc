@@ -49,6 +49,42 @@ double ChiSquareCritical(int df) {
   return k * std::pow(1 - 2 / (9 * k) + z * std::sqrt(2 / (9 * k)), 3);
 }
 
+// Passes of a simulated link: `base` ms whatever the size plus `per_row` ms per row. The prompt
+// pass comes first, as in a generation, then decode passes of the sizes the controller picks.
+GammaController Simulate(double base, double per_row, double accept, int passes) {
+  GammaController c(/*gamma=*/4, /*max_gamma=*/16, /*adaptive=*/true);
+  c.Observe(40, base + per_row * 40, 0, 0);  // the prompt
+  for (int i = 0; i < passes; ++i) {
+    const int g = c.gamma();
+    // Expected accepted drafts of g at acceptance `accept`, rounded: deterministic.
+    const int accepted = static_cast<int>(std::lround(accept * (1 - std::pow(accept, g)) /
+                                                      (1 - accept)));
+    c.Observe(g + 1, base + per_row * (g + 1), g, std::min(accepted, g));
+  }
+  return c;
+}
+
+TEST(GammaControllerTest, RecoversThePassCostFromThePromptAndDecodePasses) {
+  const GammaController c = Simulate(/*base=*/200, /*per_row=*/1.5, /*accept=*/0.7, 20);
+  EXPECT_NEAR(c.base_ms(), 200, 1);
+  EXPECT_NEAR(c.row_ms(), 1.5, 0.05);
+}
+
+TEST(GammaControllerTest, SlowLinksGetLongDraftsAndExpensiveRowsNone) {
+  // 200 ms a pass, 1.5 ms a row, 70% acceptance: a pass of g drafts yields (1 - 0.7^(g+1)) / 0.3
+  // tokens; tokens per ms peaks well above g = 4.
+  EXPECT_GE(Simulate(200, 1.5, 0.7, 20).gamma(), 6);
+  // Rows cost as much as the pass and drafts are mostly wrong: plain decoding is best.
+  EXPECT_EQ(Simulate(1, 10, 0.2, 20).gamma(), 0);
+}
+
+TEST(GammaControllerTest, FixedGammaStays) {
+  GammaController c(3, 16, /*adaptive=*/false);
+  c.Observe(40, 300, 0, 0);
+  c.Observe(4, 200, 3, 0);
+  EXPECT_EQ(c.gamma(), 3);
+}
+
 TEST(VerifyDraftTest, ExactMatchIsPlainSampling) {
   model::Sampler sampler({.temperature = 0.9f, .top_k = 0, .seed = 3});
   std::vector<float> logits = {1.0f, 2.0f, 0.5f, 1.7f, -1.0f, 0.2f};
