@@ -133,7 +133,18 @@ int GammaController::Choose() const {
   return best;
 }
 
+int GammaController::Runs(int max_runs) const {
+  if (!adaptive_ || max_runs <= 1) return std::max(1, max_runs);
+  if (gamma_ == 0) return 1;
+  if (base_ms_ < 0 || row_ms_ <= 0) return max_runs;
+  const double overlap = base_ms_ / (row_ms_ * (gamma_ + 1));
+  return std::clamp(1 + static_cast<int>(overlap), 1, max_runs);
+}
+
 void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
+  // A prompt pass (many rows, no drafts) runs at prefill speed, not at the speed of the decode
+  // passes gamma is chosen for: it would bend the line.
+  if (drafted == 0 && rows > 1) return;
   constexpr double w = 0.25;
   if (drafted > 0) {
     const double rejected = accepted < drafted ? 1 : 0;
@@ -168,9 +179,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
   Emitter emitter(*tokenizer_, options, on_token, &result);
   const int width = embedder_->n_embd();
   const size_t n_chains = chains_.size();
-  const int max_runs = options_.mode == SpeculativeOptions::Mode::kPipelined
-                           ? std::max(1, options_.max_in_flight)
-                           : 1;
+  const bool pipelined = options_.mode == SpeculativeOptions::Mode::kPipelined;
 
   // tokens[0, certain) are settled (the prompt and the generated text); the rest are drafts.
   std::vector<int32_t> tokens(prompt.begin(), prompt.end());
@@ -212,6 +221,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
   std::vector<float> hidden, out;
   while (true) {
     // Keep up to max_runs runs going, drafting ahead of the last one.
+    const int max_runs = pipelined ? gamma_control_.Runs(options_.max_in_flight) : 1;
     while (!emitter.done() && static_cast<int>(runs.size()) < max_runs) {
       size_t c = 0;
       for (size_t i = 1; i < n_chains; ++i) {

@@ -76,6 +76,10 @@ class GammaController {
   // A pass of `rows` rows took `ms`; `accepted` of its `drafted` drafts were accepted.
   void Observe(int rows, double ms, int drafted, int accepted);
   int gamma() const { return gamma_; }
+  // How many runs to keep in flight, at most `max_runs`: a pass's fixed cost (the network) can be
+  // overlapped by about base / (per_row * rows) other runs; the rows themselves compete for the
+  // same cores, so when compute dominates, or without drafts, one run at a time.
+  int Runs(int max_runs) const;
   double base_ms() const { return base_ms_; }
   double row_ms() const { return row_ms_; }
   double accept_rate() const { return accept_rate_; }

