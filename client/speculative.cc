@@ -66,6 +66,7 @@ struct SpeculativeDecoder::Run {
   int32_t out_first = 0;  // position of its first out row (out rows run to the last row)
   int drafted = 0;        // rows that were unverified drafts when it was sent
   bool cancelled = false;
+  bool alone = false;  // nothing else was in flight when it was sent: its time is its own cost
   absl::Time sent;
 };
 
@@ -136,8 +137,8 @@ int GammaController::Choose() const {
 int GammaController::Runs(int max_runs) const {
   if (!adaptive_ || max_runs <= 1) return std::max(1, max_runs);
   if (gamma_ == 0) return 1;
-  if (base_ms_ < 0 || row_ms_ <= 0) return max_runs;
-  const double overlap = base_ms_ / (row_ms_ * (gamma_ + 1));
+  if (!slope_known_) return 1;  // until the passes' sizes have varied, assume compute dominates
+  const double overlap = base_ms_ / std::max(1e-3, row_ms_ * (gamma_ + 1));
   return std::clamp(1 + static_cast<int>(overlap), 1, max_runs);
 }
 
@@ -151,6 +152,10 @@ void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
     const double sample = accepted / std::max(1.0, accepted + rejected);
     accept_rate_ = (1 - w) * accept_rate_ + w * sample;
   }
+  if (ms < 0) {  // no cost sample
+    gamma_ = Choose();
+    return;
+  }
   constexpr double decay = 0.9;
   fit_w_ = decay * fit_w_ + 1;
   fit_x_ = decay * fit_x_ + rows;
@@ -161,7 +166,10 @@ void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
   const double var = fit_xx_ / fit_w_ - mx * mx;
   // With one pass size only, the split is unknown: keep the last slope (none yet: all base,
   // which lets gamma grow and so brings a second size).
-  if (var > 1e-6) row_ms_ = std::max(0.0, (fit_xy_ / fit_w_ - mx * my) / var);
+  if (var > 1e-6) {
+    row_ms_ = std::max(0.0, (fit_xy_ / fit_w_ - mx * my) / var);
+    slope_known_ = true;
+  }
   base_ms_ = std::max(0.0, my - row_ms_ * mx);
   gamma_ = Choose();
 }
@@ -261,6 +269,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       run.count = count;
       run.out_first = out_first;
       run.drafted = std::max(0, end - std::max(first, certain));
+      run.alone = runs.empty();
       run.sent = absl::Now();
       runs.push_back(run);
       fed[c] = end;
@@ -329,7 +338,10 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       emitter.Push(t);
       if (rejected) break;
     }
-    Learn(run.count, absl::ToDoubleMilliseconds(absl::Now() - run.sent), run.drafted,
+    // A run that shared the chain with others also waited for their compute: only its
+    // acceptance is news, not its cost.
+    Learn(run.count, run.alone ? absl::ToDoubleMilliseconds(absl::Now() - run.sent) : -1,
+          run.drafted,
           accepted_here);
     if (emitter.done()) invalidate(certain);  // drop the speculation still in flight
   }

@@ -73,7 +73,8 @@ int32_t VerifyDraft(const model::Sampler& sampler, std::span<const float> logits
 class GammaController {
  public:
   GammaController(int gamma, int max_gamma, bool adaptive);
-  // A pass of `rows` rows took `ms`; `accepted` of its `drafted` drafts were accepted.
+  // A pass of `rows` rows took `ms` (negative: unknown); `accepted` of its `drafted` drafts were
+  // accepted.
   void Observe(int rows, double ms, int drafted, int accepted);
   int gamma() const { return gamma_; }
   // How many runs to keep in flight, at most `max_runs`: a pass's fixed cost (the network) can be
@@ -91,6 +92,7 @@ class GammaController {
   bool adaptive_;
   double accept_rate_ = 0.7;
   double base_ms_ = -1, row_ms_ = 0;
+  bool slope_known_ = false;
   double fit_w_ = 0, fit_x_ = 0, fit_y_ = 0, fit_xx_ = 0, fit_xy_ = 0;  // decayed sums
 };
 
