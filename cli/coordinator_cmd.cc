@@ -24,6 +24,7 @@ struct CoordinatorFlags {
   std::string model_id;
   int64_t ttl_ms = 6000;
   int64_t heartbeat_ms = 1000;
+  bool rebalance = true;
 };
 
 int RunCoordinator(const CoordinatorFlags& f) {
@@ -38,6 +39,7 @@ int RunCoordinator(const CoordinatorFlags& f) {
   options.registry.model_id = f.model_id;
   options.registry.ttl = absl::Milliseconds(f.ttl_ms);
   options.registry.heartbeat_interval = absl::Milliseconds(f.heartbeat_ms);
+  if (!f.rebalance) options.registry.balance_quality = 0;
 
   // Before any server thread starts, so that every thread inherits the blocked mask.
   InstallStopSignals();
@@ -87,6 +89,8 @@ void RegisterCoordinator(CLI::App& app, int* exit_code) {
   cmd->add_option("--heartbeat-ms", flags->heartbeat_ms, "Heartbeat interval told to nodes")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{10}, int64_t{600'000}));
+  cmd->add_flag("!--no-rebalance", flags->rebalance,
+               "Move nodes only to fill uncovered layers, never to even out throughput");
   cmd->callback([flags, exit_code] { *exit_code = RunCoordinator(*flags); });
 }
 

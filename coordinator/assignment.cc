@@ -150,7 +150,7 @@ std::optional<LayerRange> PlanMove(const v1::SwarmSnapshot& swarm, const std::st
   for (int b = target.first_layer; b < target.last_layer; ++b) t_after[b] += mine_after;
   const double before = *std::min_element(t_now.begin(), t_now.end());
   const double after = *std::min_element(t_after.begin(), t_after.end());
-  if (after > before / options.balance_quality) return target;
+  if (options.balance_quality > 0 && after > before / options.balance_quality) return target;
   return std::nullopt;
 }
 

@@ -58,7 +58,8 @@ absl::StatusOr<LayerRange> ChooseSpan(const v1::SwarmSnapshot& swarm,
 // Moves of running nodes (their spans change without a restart).
 struct MoveOptions {
   // Petals' balance quality: a node moves to rebalance only when that raises the weakest layer's
-  // throughput by more than 1 / balance_quality (here: more than a third).
+  // throughput by more than 1 / balance_quality (here: more than a third); 0: never (moves only
+  // fill uncovered layers).
   double balance_quality = 0.75;
 };
 

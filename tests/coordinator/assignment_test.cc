@@ -95,5 +95,40 @@ TEST(AssignmentTest, FixedSpanIsValidated) {
   EXPECT_THAT(ChooseSpan(swarm, too_long).status().message(), HasSubstr("max_layers 10"));
 }
 
+// Moves of running nodes. Three movable nodes of 15 layers on 30: two serve [0,15), one [15,30).
+v1::SwarmSnapshot TwoToOne(double lone_layer_ms) {
+  v1::SwarmSnapshot s = testing::EmptySwarm(30);
+  for (auto [id, first, ms] : {std::tuple{"a", 0, 1.0}, {"b", 0, 1.0}, {"c", 15, lone_layer_ms}}) {
+    v1::NodeStatus* n = testing::AddNode(s, {id, first, first + 15, ms});
+    n->mutable_node()->set_movable(true);
+    n->mutable_node()->set_max_layers(15);
+  }
+  return s;
+}
+
+TEST(PlanMoveTest, RebalancesOnlyWhenTheWeakestLayersGainEnough) {
+  // c is four times slower than a and b: [15,30) serves a quarter of what [0,15) serves twice
+  // over. Moving a there lifts the weakest layers from 0.25 to 1 (in a's units).
+  const v1::SwarmSnapshot slow_c = TwoToOne(4.0);
+  std::optional<LayerRange> to = PlanMove(slow_c, "a", {});
+  ASSERT_TRUE(to.has_value());
+  EXPECT_EQ(to->first_layer, 15);
+  // All equal: moving a would leave [0,15) as weak as [15,30) is now.
+  EXPECT_FALSE(PlanMove(TwoToOne(1.0), "a", {}).has_value());
+  // Balance quality 0: never for throughput.
+  EXPECT_FALSE(PlanMove(slow_c, "a", {}, MoveOptions{.balance_quality = 0}).has_value());
+}
+
+TEST(PlanMoveTest, RepairsAGapEvenWithoutRebalancing) {
+  v1::SwarmSnapshot s = TwoToOne(1.0);
+  s.mutable_nodes()->RemoveLast();  // c is gone: [15,30) is served by nobody
+  std::optional<LayerRange> to = PlanMove(s, "a", {}, MoveOptions{.balance_quality = 0});
+  ASSERT_TRUE(to.has_value());
+  EXPECT_EQ(to->first_layer, 15);
+  // b alone would still serve [0,15); a move already ordered counts as done.
+  EXPECT_FALSE(PlanMove(s, "b", {{"a", LayerRange{15, 30}}}, MoveOptions{.balance_quality = 0})
+                   .has_value());
+}
+
 }  // namespace
 }  // namespace strata::coordinator
