@@ -326,8 +326,9 @@ STRATA_DEVICE float Dot8(const float* w, const FloatX& x) {
   return __fmaf_rn(w[7], x.b.w, s);
 }
 
-template <>
-struct Traits<DType::kF16> {
+// F16 and BF16: 8 16-bit values a chunk, widened to float by `Widen`.
+template <float (*Widen)(uint32_t)>
+struct HalfWidthTraits {
   static constexpr int kChunk = 8;
   using W = uint4;
   using X = FloatX;
@@ -342,35 +343,20 @@ struct Traits<DType::kF16> {
     float f[8];
     STRATA_UNROLL
     for (int i = 0; i < 4; ++i) {
-      f[2 * i] = Half(u[i] & 0xFFFF);
-      f[2 * i + 1] = Half(u[i] >> 16);
+      f[2 * i] = Widen(u[i] & 0xFFFF);
+      f[2 * i + 1] = Widen(u[i] >> 16);
     }
     return Dot8(f, x);
   }
 };
 
+STRATA_DEVICE float WidenF16(uint32_t bits16) { return Half(static_cast<uint16_t>(bits16)); }
+
 template <>
-struct Traits<DType::kBF16> {
-  static constexpr int kChunk = 8;
-  using W = uint4;
-  using X = FloatX;
-  STRATA_DEVICE static W Load(const DeviceWeightView& w, int64_t row, int64_t c) {
-    return Ld<uint4>(w.q + (row * w.k + c * 8) * 2);
-  }
-  STRATA_DEVICE static X LoadX(const DeviceActView& x, int64_t row, int64_t c) {
-    return LoadFloatX(x, row, c);
-  }
-  STRATA_DEVICE static float Dot(const W& w, const X& x) {
-    const uint32_t u[4] = {w.x, w.y, w.z, w.w};
-    float f[8];
-    STRATA_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      f[2 * i] = Bf16(u[i] & 0xFFFF);
-      f[2 * i + 1] = Bf16(u[i] >> 16);
-    }
-    return Dot8(f, x);
-  }
-};
+struct Traits<DType::kF16> : HalfWidthTraits<WidenF16> {};
+
+template <>
+struct Traits<DType::kBF16> : HalfWidthTraits<Bf16> {};
 
 template <>
 struct Traits<DType::kF32> {
