@@ -81,8 +81,7 @@ SpeculativeDecoder::SpeculativeDecoder(const model::Embedder* embedder, const mo
       tokenizer_(tokenizer),
       drafter_(drafter),
       options_(options),
-      gamma_control_(options.gamma, options.max_gamma, options.adaptive),
-      gamma_(gamma_control_.gamma()) {}
+      gamma_control_(options.gamma, options.max_gamma, options.adaptive) {}
 
 absl::StatusOr<Generation> SpeculativeDecoder::Generate(std::span<const int32_t> prompt,
                                                         const GenerateOptions& options,
@@ -176,7 +175,6 @@ void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
 
 void SpeculativeDecoder::Learn(int rows, double ms, int drafted, int accepted) {
   gamma_control_.Observe(rows, ms, drafted, accepted);
-  gamma_ = gamma_control_.gamma();
 }
 
 absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
@@ -237,8 +235,9 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       }
       // New drafts go beyond everything already drafted, so that runs on different chains
       // verify different positions; a chain that is behind catches up inside its run.
-      const int depth_limit = max_runs * (gamma_ + 1);
-      const int32_t want = std::min<int32_t>(static_cast<int32_t>(tokens.size()) + gamma_,
+      const int gamma = gamma_control_.gamma();
+      const int depth_limit = max_runs * (gamma + 1);
+      const int32_t want = std::min<int32_t>(static_cast<int32_t>(tokens.size()) + gamma,
                                              certain + depth_limit);
       if (static_cast<int32_t>(tokens.size()) < want) {
         std::vector<DraftToken> drafts =
@@ -374,8 +373,9 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateTree(
     const int32_t certain = static_cast<int32_t>(tokens.size());
     // Grow the tree best first by the drafter's cumulative probability.
     std::vector<Node> nodes;
-    const int budget = options_.adaptive ? std::min(options_.tree_budget, 2 * gamma_)
-                                         : options_.tree_budget;
+    const int budget = options_.adaptive
+                           ? std::min(options_.tree_budget, 2 * gamma_control_.gamma())
+                           : options_.tree_budget;
     struct Candidate {
       double score;
       int parent;

@@ -138,7 +138,6 @@ class SpeculativeDecoder {
   model::ForwardScratch scratch_;
   std::vector<float> logits_;
   GammaController gamma_control_;
-  int gamma_ = 4;
 };
 
 }  // namespace strata::client
