@@ -13,26 +13,15 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/weights.h"
+#include "model/cuda_span_internal.h"
 
 namespace strata::model {
 namespace {
 
 namespace cu = kernels::cuda;
+using cuda_internal::DeviceGuard;
 using kernels::DType;
 using kernels::Tensor;
-
-// Restores the calling thread's current device when it goes out of scope.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    cudaGetDevice(&saved_);
-    cudaSetDevice(device);
-  }
-  ~DeviceGuard() { cudaSetDevice(saved_); }
-
- private:
-  int saved_ = 0;
-};
 
 class CudaKvPool final : public KvPool {
  public:
@@ -402,9 +391,8 @@ KvLayout CudaSpanBackend::kv_layout() const {
 int CudaSpanBackend::device() const { return impl_->device; }
 size_t CudaSpanBackend::weight_bytes() const { return impl_->weights.used(); }
 
-namespace {
+namespace cuda_internal {
 
-// For each row, its visible slots in (position, sequence set, slot) order (as LayerSpan does).
 void AppendVisible(const KvCache& kv,
                    std::span<const Row> rows,
                    std::vector<int32_t>& visible,
@@ -431,7 +419,7 @@ void AppendVisible(const KvCache& kv,
   }
 }
 
-}  // namespace
+}  // namespace cuda_internal
 
 absl::Status CudaSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> parts,
                                            float* hidden,
@@ -490,7 +478,7 @@ absl::Status CudaSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> part
       m.table.push_back(reinterpret_cast<uint64_t>(kv.K(static_cast<int32_t>(pg * pc), 0)));
     }
     ranges.clear();
-    AppendVisible(kv, p.rows, m.visible, ranges);
+    cuda_internal::AppendVisible(kv, p.rows, m.visible, ranges);
     for (size_t i = 0; i < p.rows.size(); ++i) {
       cu::KvRowInfo info;
       info.slot = added[pi].second[i];
