@@ -1,0 +1,876 @@
+#include "model/cuda_tp_span.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/strings.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/nccl_link.h"
+#include "kernels/cuda/ops.h"
+#include "kernels/cuda/weights.h"
+#include "model/cuda_span_internal.h"
+
+namespace strata::model {
+
+absl::StatusOr<std::vector<TpShardPlan>> PlanTensorParallel(const HParams& hp,
+                                                            int shards,
+                                                            int64_t column_multiple) {
+  if (shards < 1) return absl::InvalidArgumentError("tensor parallelism needs at least one device");
+  if (hp.n_head_kv <= 0 || hp.n_head % hp.n_head_kv != 0) {
+    return absl::InvalidArgumentError(
+        StrCat(hp.n_head, " query heads do not group over ", hp.n_head_kv, " KV heads"));
+  }
+  if (hp.n_head_kv % shards != 0) {
+    return absl::InvalidArgumentError(StrCat("cannot split ",
+                                             hp.n_head_kv,
+                                             " KV heads over ",
+                                             shards,
+                                             " devices (each device needs whole KV heads)"));
+  }
+  if (hp.n_ff % shards != 0) {
+    return absl::InvalidArgumentError(
+        StrCat("cannot split the FFN width ", hp.n_ff, " over ", shards, " devices"));
+  }
+  const int n_head = hp.n_head / shards, n_head_kv = hp.n_head_kv / shards;
+  const int64_t q = static_cast<int64_t>(n_head) * hp.head_dim;
+  const int64_t kv = static_cast<int64_t>(n_head_kv) * hp.head_dim;
+  const int64_t ff = hp.n_ff / shards;
+  if (column_multiple > 0 && q % column_multiple != 0) {
+    return absl::InvalidArgumentError(StrCat("cannot split the attention output's ",
+                                             hp.q_dim(),
+                                             " input columns over ",
+                                             shards,
+                                             " devices at quant-block boundaries (",
+                                             q,
+                                             " each, not a multiple of ",
+                                             column_multiple,
+                                             ")"));
+  }
+  if (column_multiple > 0 && ff % column_multiple != 0) {
+    return absl::InvalidArgumentError(StrCat("cannot split ffn_down's ",
+                                             hp.n_ff,
+                                             " input columns over ",
+                                             shards,
+                                             " devices at quant-block boundaries (",
+                                             ff,
+                                             " each, not a multiple of ",
+                                             column_multiple,
+                                             ")"));
+  }
+  std::vector<TpShardPlan> plans(shards);
+  for (int s = 0; s < shards; ++s) {
+    TpShardPlan& p = plans[s];
+    p.n_head = n_head;
+    p.n_head_kv = n_head_kv;
+    p.q = {s * q, q};
+    p.kv = {s * kv, kv};
+    p.ff = {s * ff, ff};
+  }
+  return plans;
+}
+
+namespace {
+
+namespace cu = kernels::cuda;
+using cuda_internal::DeviceGuard;
+using kernels::DType;
+using kernels::Tensor;
+
+// --- KV pages split across shards ---
+
+// What a KvCache page handle of a tensor-parallel pool stands for: one device page per shard.
+// The handle is the record's address; KvCache only does address arithmetic on it, never reads it.
+struct TpPage {
+  std::vector<int> devices;
+  std::vector<uint16_t*> pages;
+};
+
+// Live records of every tensor-parallel pool, so a backend can tell its handles from others.
+class TpPageRegistry {
+ public:
+  static TpPageRegistry& Get() {
+    static TpPageRegistry* r = new TpPageRegistry();
+    return *r;
+  }
+  void Add(const TpPage* p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    live_.insert(p);
+  }
+  void Remove(const TpPage* p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    live_.erase(p);
+  }
+  const TpPage* Find(const void* handle) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = live_.find(static_cast<const TpPage*>(handle));
+    return it == live_.end() ? nullptr : *it;
+  }
+
+ private:
+  std::mutex mu_;
+  absl::flat_hash_set<const TpPage*> live_;
+};
+
+// A shard's part of a page of `bytes` (KvPageBytes of the full layout): its kv_dim / n of every
+// cell, rounded up when the full page was rounded to 64 bytes.
+size_t ShardBytes(size_t bytes, size_t n) { return (bytes + n - 1) / n; }
+
+class CudaTpKvPool final : public KvPool {
+ public:
+  CudaTpKvPool(std::vector<int> devices, size_t max_bytes)
+      : KvPool(max_bytes), devices_(std::move(devices)) {}
+  ~CudaTpKvPool() override { ReleaseSpare(); }
+
+ protected:
+  uint16_t* AllocatePage(size_t bytes) override {
+    if (devices_.empty()) return nullptr;
+    auto page = std::make_unique<TpPage>();
+    page->devices = devices_;
+    for (int d : devices_) {
+      DeviceGuard guard(d);
+      void* p = nullptr;
+      if (cudaMalloc(&p, ShardBytes(bytes, devices_.size())) != cudaSuccess) {
+        cudaGetLastError();
+        FreeShards(*page);
+        return nullptr;
+      }
+      page->pages.push_back(static_cast<uint16_t*>(p));
+    }
+    TpPageRegistry::Get().Add(page.get());
+    return reinterpret_cast<uint16_t*>(page.release());
+  }
+  // On each device's legacy default stream, as CudaKvPool: ordered after the work already queued
+  // on the backends' (blocking) streams.
+  void ZeroPage(uint16_t* handle, size_t bytes) override {
+    const TpPage& page = *reinterpret_cast<const TpPage*>(handle);
+    for (size_t s = 0; s < page.pages.size(); ++s) {
+      DeviceGuard guard(page.devices[s]);
+      cudaMemsetAsync(page.pages[s], 0, ShardBytes(bytes, page.pages.size()), nullptr);
+    }
+  }
+  void FreePage(uint16_t* handle) override {
+    TpPage* page = reinterpret_cast<TpPage*>(handle);
+    TpPageRegistry::Get().Remove(page);
+    FreeShards(*page);
+    delete page;
+  }
+
+ private:
+  static void FreeShards(const TpPage& page) {
+    for (size_t s = 0; s < page.pages.size(); ++s) {
+      DeviceGuard guard(page.devices[s]);
+      cudaFree(page.pages[s]);
+    }
+  }
+  std::vector<int> devices_;
+};
+
+template <typename T>
+T* AlignUp(T* p, size_t align) {
+  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+  return reinterpret_cast<T*>((v + align - 1) / align * align);
+}
+size_t AlignUp(size_t v, size_t align) { return (v + align - 1) / align * align; }
+
+// The column granularity the CUDA products need for `dtype`: 32, or 256 for K-quants.
+int64_t ColumnMultiple(DType dtype) { return cu::CheckWeightShape(dtype, 32).ok() ? 32 : 256; }
+
+}  // namespace
+
+std::unique_ptr<KvPool> NewCudaTpKvPool(std::vector<int> devices, size_t max_bytes) {
+  return std::make_unique<CudaTpKvPool>(std::move(devices), max_bytes);
+}
+
+struct CudaTpSpanBackend::Impl {
+  // One product: a device weight writing columns [col, col + w.n) of its output rows.
+  struct Proj {
+    cu::DeviceWeightView w;
+    int64_t col = 0;
+    cu::ActFormat format = cu::ActFormat::kF32;
+    const float* bias = nullptr;
+  };
+  struct Layer {
+    const float* attn_norm = nullptr;
+    const float* ffn_norm = nullptr;
+    std::vector<Proj> qkv, wo, gate_up, down;
+  };
+  // Everything one device holds for its slice, and its per-forward scratch.
+  struct Shard {
+    int device = 0;
+    TpShardPlan plan;
+    cu::DeviceArena weights;
+    std::vector<Layer> layers;
+    cu::Stream stream;
+    cu::Event partial_ready, reduced;
+    int64_t rows_capacity = 0;
+    // norm | q|k|v | attention | gate|up | swiglu | this shard's partial sums | every shard's.
+    cu::DeviceBuffer upload, norm, qkv, attn, gate_up, ffn_act, partial, gather;
+    std::array<cu::DeviceBuffer, cu::kNumActFormats> act_codes, act_meta;
+    cu::PinnedBuffer staging;
+    std::vector<uint64_t> table;  // this shard's device pages, per forward
+    float* hidden_dev = nullptr;  // this forward's hidden rows on the device
+    cu::KvArgs kv_base;
+    const int32_t* positions_dev = nullptr;
+
+    int64_t qkv_ld() const { return plan.q.size + 2 * plan.kv.size; }
+  };
+
+  std::vector<int> devices;
+  std::string device_name;
+  std::shared_ptr<const Model> model;
+  HParams hp;
+  int first = 0, last = 0;
+  CudaTpSpanOptions options;
+  std::deque<Shard> shards;  // (Shard is not movable)
+  std::unique_ptr<cu::TensorParallelGroup> group;  // null: the copy reducer
+  std::string reducer;
+  std::array<cu::Event, 2> layer_done;  // on shard 0's stream
+  // Host-side per-forward state shared by the shards.
+  std::vector<cu::KvRowInfo> row_info;
+  std::vector<int32_t> positions, visible;
+  absl::flat_hash_set<const void*> known_pages;  // handles checked to be ours
+
+  int n() const { return static_cast<int>(shards.size()); }
+  absl::Status Upload();
+  absl::Status UploadShard(Shard& sh);
+  absl::Status Reserve(Shard& sh, int64_t rows);
+  absl::Status CheckPages(const KvCache& kv);
+  absl::Status Project(Shard& sh,
+                       const std::vector<Proj>& projs,
+                       const float* x,
+                       int64_t k,
+                       int64_t rows,
+                       float* y,
+                       int64_t ldy);
+  absl::Status Attention(Shard& sh, int l, int64_t rows);
+  absl::Status Ffn(Shard& sh, int l, int64_t rows);
+  // hidden (on every shard) += sum over shards of their partials, in rank order.
+  absl::Status Reduce(int64_t rows);
+  absl::Status SyncAll();
+};
+
+namespace {
+
+struct HostLayer {
+  Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down, bq, bk, bv;
+};
+
+absl::StatusOr<HostLayer> ReadLayer(const Model& model, int l) {
+  const HParams& hp = model.hparams();
+  const int64_t e = hp.n_embd, q = hp.q_dim(), kv = hp.kv_dim(), ff = hp.n_ff;
+  const std::string p = StrCat("blk.", l, ".");
+  HostLayer L;
+  ASSIGN_OR_RETURN(L.attn_norm, model.Weight(p + "attn_norm.weight", {e}));
+  ASSIGN_OR_RETURN(L.wq, model.Weight(p + "attn_q.weight", {q, e}));
+  ASSIGN_OR_RETURN(L.wk, model.Weight(p + "attn_k.weight", {kv, e}));
+  ASSIGN_OR_RETURN(L.wv, model.Weight(p + "attn_v.weight", {kv, e}));
+  ASSIGN_OR_RETURN(L.wo, model.Weight(p + "attn_output.weight", {e, q}));
+  ASSIGN_OR_RETURN(L.ffn_norm, model.Weight(p + "ffn_norm.weight", {e}));
+  ASSIGN_OR_RETURN(L.w_gate, model.Weight(p + "ffn_gate.weight", {ff, e}));
+  ASSIGN_OR_RETURN(L.w_up, model.Weight(p + "ffn_up.weight", {ff, e}));
+  ASSIGN_OR_RETURN(L.w_down, model.Weight(p + "ffn_down.weight", {e, ff}));
+  if (hp.qkv_bias) {
+    ASSIGN_OR_RETURN(L.bq, model.Weight(p + "attn_q.bias", {q}));
+    ASSIGN_OR_RETURN(L.bk, model.Weight(p + "attn_k.bias", {kv}));
+    ASSIGN_OR_RETURN(L.bv, model.Weight(p + "attn_v.bias", {kv}));
+  }
+  for (const Tensor* t : {&L.wq, &L.wk, &L.wv, &L.w_gate, &L.w_up}) {
+    absl::Status st = cu::CheckWeightShape(t->dtype, t->cols());
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(
+          StrCat(model.path(), ": layer ", l, " cannot run on CUDA: ", st.message()));
+    }
+  }
+  return L;
+}
+
+// f32 values [r.begin, r.begin + r.size) of a vector, as a view.
+Tensor SliceVector(const Tensor& t, TpRange r) {
+  return Tensor(static_cast<float*>(t.data) + r.begin, DType::kF32, {r.size});
+}
+
+// A product to upload: slices of matrices sharing one input, stacked when their dtypes match and
+// fusing is on; `biases` (optional) are the slices' biases, one per slice.
+struct SliceGroup {
+  std::vector<cu::WeightSlice> slices;
+  std::vector<Tensor> biases;
+};
+
+std::vector<SliceGroup> Groups(const std::vector<cu::WeightSlice>& slices,
+                               const std::vector<Tensor>& biases,
+                               bool fuse) {
+  bool same = fuse;
+  for (const cu::WeightSlice& s : slices) same = same && s.tensor->dtype == slices[0].tensor->dtype;
+  std::vector<SliceGroup> out;
+  for (size_t i = 0; i < slices.size(); ++i) {
+    if (!same || out.empty()) out.emplace_back();
+    out.back().slices.push_back(slices[i]);
+    if (!biases.empty()) out.back().biases.push_back(biases[i]);
+  }
+  return out;
+}
+
+size_t GroupBytes(const SliceGroup& g) {
+  int64_t n = 0;
+  for (const cu::WeightSlice& s : g.slices) n += s.rows < 0 ? s.tensor->rows() : s.rows;
+  const cu::WeightSlice& s0 = g.slices[0];
+  const int64_t k = s0.cols < 0 ? s0.tensor->cols() : s0.cols;
+  size_t bytes = cu::UploadBytes(s0.tensor->dtype, n, k);
+  if (!g.biases.empty()) bytes += cu::DeviceArena::Round(n * sizeof(float));
+  return bytes;
+}
+
+// The products of one layer for one shard.
+struct ShardLayerGroups {
+  std::vector<SliceGroup> qkv, wo, gate_up, down;
+};
+
+ShardLayerGroups LayerGroups(const HostLayer& L, const TpShardPlan& p, bool qkv_bias, bool fuse) {
+  ShardLayerGroups g;
+  std::vector<Tensor> biases;
+  if (qkv_bias) {
+    biases = {SliceVector(L.bq, p.q), SliceVector(L.bk, p.kv), SliceVector(L.bv, p.kv)};
+  }
+  g.qkv = Groups({{&L.wq, p.q.begin, p.q.size}, {&L.wk, p.kv.begin, p.kv.size},
+                  {&L.wv, p.kv.begin, p.kv.size}},
+                 biases,
+                 fuse);
+  g.wo = Groups({{&L.wo, 0, -1, p.q.begin, p.q.size}}, {}, fuse);
+  g.gate_up = Groups({{&L.w_gate, p.ff.begin, p.ff.size}, {&L.w_up, p.ff.begin, p.ff.size}},
+                     {},
+                     fuse);
+  g.down = Groups({{&L.w_down, 0, -1, p.ff.begin, p.ff.size}}, {}, fuse);
+  return g;
+}
+
+}  // namespace
+
+absl::Status CudaTpSpanBackend::Impl::UploadShard(Shard& sh) {
+  std::vector<HostLayer> host;
+  for (int l = first; l < last; ++l) {
+    ASSIGN_OR_RETURN(HostLayer L, ReadLayer(*model, l));
+    host.push_back(L);
+  }
+  const bool fuse = options.fuse_projections;
+  const size_t e_bytes = cu::DeviceArena::Round(hp.n_embd * sizeof(float));
+  size_t total = 0;
+  for (const HostLayer& L : host) {
+    total += 2 * e_bytes;
+    const ShardLayerGroups g = LayerGroups(L, sh.plan, hp.qkv_bias, fuse);
+    for (const auto* gs : {&g.qkv, &g.wo, &g.gate_up, &g.down}) {
+      for (const SliceGroup& x : *gs) total += GroupBytes(x);
+    }
+  }
+  ASSIGN_OR_RETURN(sh.weights, cu::DeviceArena::Create(sh.device, total));
+
+  auto upload = [&](const std::vector<SliceGroup>& groups,
+                    std::vector<Proj>& out) -> absl::Status {
+    int64_t col = 0;
+    for (const SliceGroup& g : groups) {
+      Proj p;
+      ASSIGN_OR_RETURN(p.w, cu::UploadWeight(g.slices, sh.weights));
+      p.col = col;
+      p.format = cu::ActFormatFor(p.w.dtype);
+      if (!g.biases.empty()) {
+        std::vector<const Tensor*> bias_ptrs;
+        for (const Tensor& b : g.biases) bias_ptrs.push_back(&b);
+        ASSIGN_OR_RETURN(p.bias, cu::UploadFloats(bias_ptrs, sh.weights));
+      }
+      col += p.w.n;
+      out.push_back(p);
+    }
+    return absl::OkStatus();
+  };
+  for (const HostLayer& L : host) {
+    Layer D;
+    const Tensor* an[] = {&L.attn_norm};
+    const Tensor* fn[] = {&L.ffn_norm};
+    ASSIGN_OR_RETURN(D.attn_norm, cu::UploadFloats(an, sh.weights));
+    ASSIGN_OR_RETURN(D.ffn_norm, cu::UploadFloats(fn, sh.weights));
+    const ShardLayerGroups g = LayerGroups(L, sh.plan, hp.qkv_bias, fuse);
+    RETURN_IF_ERROR(upload(g.qkv, D.qkv));
+    RETURN_IF_ERROR(upload(g.wo, D.wo));
+    RETURN_IF_ERROR(upload(g.gate_up, D.gate_up));
+    RETURN_IF_ERROR(upload(g.down, D.down));
+    sh.layers.push_back(std::move(D));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaTpSpanBackend::Impl::Upload() {
+  // The column multiple every layer's wo and ffn_down need.
+  int64_t multiple = 32;
+  for (int l = first; l < last; ++l) {
+    ASSIGN_OR_RETURN(HostLayer L, ReadLayer(*model, l));
+    multiple = std::max({multiple, ColumnMultiple(L.wo.dtype), ColumnMultiple(L.w_down.dtype)});
+  }
+  ASSIGN_OR_RETURN(std::vector<TpShardPlan> plans, PlanTensorParallel(hp, n(), multiple));
+  for (int s = 0; s < n(); ++s) {
+    Shard& sh = shards[s];
+    sh.plan = plans[s];
+    DeviceGuard guard(sh.device);
+    RETURN_IF_ERROR(UploadShard(sh));
+    ASSIGN_OR_RETURN(sh.stream, cu::Stream::Create(sh.device));
+    ASSIGN_OR_RETURN(sh.partial_ready, cu::Event::Create(sh.device));
+    ASSIGN_OR_RETURN(sh.reduced, cu::Event::Create(sh.device));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaTpSpanBackend::Impl::Reserve(Shard& sh, int64_t n_rows) {
+  if (n_rows <= sh.rows_capacity) return absl::OkStatus();
+  const int64_t rows =
+      std::max<int64_t>(n_rows, std::min<int64_t>(2 * sh.rows_capacity, n_rows + 256));
+  const int64_t e = hp.n_embd, ff = sh.plan.ff.size;
+  auto f32 = [&](cu::DeviceBuffer& b, int64_t count) {
+    return b.Reserve(sh.device, static_cast<size_t>(count) * sizeof(float));
+  };
+  RETURN_IF_ERROR(f32(sh.norm, rows * e));
+  RETURN_IF_ERROR(f32(sh.qkv, rows * sh.qkv_ld()));
+  RETURN_IF_ERROR(f32(sh.attn, rows * sh.plan.q.size));
+  RETURN_IF_ERROR(f32(sh.gate_up, rows * 2 * ff));
+  RETURN_IF_ERROR(f32(sh.ffn_act, rows * ff));
+  RETURN_IF_ERROR(f32(sh.partial, rows * e));
+  RETURN_IF_ERROR(f32(sh.gather, static_cast<int64_t>(n()) * rows * e));
+  const int64_t max_k = std::max<int64_t>({e, sh.plan.q.size, ff});
+  std::array<bool, cu::kNumActFormats> used{};
+  for (const Layer& L : sh.layers) {
+    for (const auto* ps : {&L.qkv, &L.wo, &L.gate_up, &L.down}) {
+      for (const Proj& p : *ps) used[static_cast<int>(p.format)] = true;
+    }
+  }
+  for (int f = 1; f < cu::kNumActFormats; ++f) {
+    if (!used[f]) continue;
+    RETURN_IF_ERROR(sh.act_codes[f].Reserve(sh.device, cu::ActCodeBytes(rows, max_k)));
+    RETURN_IF_ERROR(sh.act_meta[f].Reserve(sh.device, cu::ActMetaBytes(rows, max_k)));
+  }
+  sh.rows_capacity = rows;
+  return absl::OkStatus();
+}
+
+absl::Status CudaTpSpanBackend::Impl::CheckPages(const KvCache& kv) {
+  const int pc = kv.page_cells();
+  for (size_t p = 0; p < kv.pages(); ++p) {
+    const void* handle = kv.K(static_cast<int32_t>(p * pc), 0);
+    if (known_pages.contains(handle)) continue;
+    const TpPage* page = TpPageRegistry::Get().Find(handle);
+    if (page == nullptr || page->devices != devices) {
+      return absl::FailedPreconditionError(
+          "a KV cache page is not from a tensor-parallel pool over this span's devices (caches "
+          "of a tensor-parallel span must come from NewCudaTpKvPool with the same device list)");
+    }
+    if (known_pages.size() > (1u << 20)) known_pages.clear();
+    known_pages.insert(handle);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaTpSpanBackend::Impl::Project(Shard& sh,
+                                              const std::vector<Proj>& projs,
+                                              const float* x,
+                                              int64_t k,
+                                              int64_t rows,
+                                              float* y,
+                                              int64_t ldy) {
+  std::array<bool, cu::kNumActFormats> done{};
+  for (const Proj& p : projs) {
+    const int f = static_cast<int>(p.format);
+    cu::DeviceActView view;
+    view.format = p.format;
+    view.k = k;
+    if (p.format == cu::ActFormat::kF32) {
+      view.f = x;
+      view.ldf = k;
+    } else {
+      int8_t* codes = sh.act_codes[f].as<int8_t>();
+      float* meta = sh.act_meta[f].as<float>();
+      if (!done[f]) {
+        RETURN_IF_ERROR(
+            cu::QuantizeActivations(p.format, x, k, rows, k, codes, meta, sh.stream.get()));
+        done[f] = true;
+      }
+      view.q = codes;
+      view.meta = meta;
+    }
+    RETURN_IF_ERROR(
+        cu::MatMul(p.w, view, rows, y + p.col, ldy, {p.bias, false}, sh.stream.get()));
+  }
+  return absl::OkStatus();
+}
+
+// Attention of the shard's heads; leaves the shard's part of wo's output in sh.partial.
+absl::Status CudaTpSpanBackend::Impl::Attention(Shard& sh, int l, int64_t rows) {
+  const Layer& L = sh.layers[l];
+  const TpShardPlan& p = sh.plan;
+  const int64_t e = hp.n_embd, q_dim = p.q.size, kv_dim = p.kv.size, ld = sh.qkv_ld();
+  cudaStream_t s = sh.stream.get();
+  float* nrm = sh.norm.as<float>();
+  float* q = sh.qkv.as<float>();
+  cu::KvArgs kv = sh.kv_base;
+  kv.layer = l;
+  RETURN_IF_ERROR(cu::RmsNorm(sh.hidden_dev, L.attn_norm, rows, e, hp.rms_eps, nrm, s));
+  RETURN_IF_ERROR(Project(sh, L.qkv, nrm, e, rows, q, ld));
+  const cu::RopeArgs rope{hp.head_dim, hp.rot_dim, hp.rope_base, hp.rope_freq_scale, hp.rope_neox};
+  RETURN_IF_ERROR(cu::Rope(q, ld, sh.positions_dev, rows, p.n_head + p.n_head_kv, rope, s));
+  RETURN_IF_ERROR(cu::StoreKv(q + q_dim, q + q_dim + kv_dim, ld, rows, kv, s));
+  const cu::AttentionArgs aa{
+      p.n_head, p.n_head_kv, hp.head_dim, 1.0f / std::sqrt(static_cast<float>(hp.head_dim))};
+  RETURN_IF_ERROR(cu::Attention(q, ld, rows, aa, kv, sh.attn.as<float>(), q_dim, s));
+  return Project(sh, L.wo, sh.attn.as<float>(), q_dim, rows, sh.partial.as<float>(), e);
+}
+
+// The shard's FFN columns; leaves its part of ffn_down's output in sh.partial.
+absl::Status CudaTpSpanBackend::Impl::Ffn(Shard& sh, int l, int64_t rows) {
+  const Layer& L = sh.layers[l];
+  const int64_t e = hp.n_embd, ff = sh.plan.ff.size;
+  cudaStream_t s = sh.stream.get();
+  float* nrm = sh.norm.as<float>();
+  float* gu = sh.gate_up.as<float>();
+  RETURN_IF_ERROR(cu::RmsNorm(sh.hidden_dev, L.ffn_norm, rows, e, hp.rms_eps, nrm, s));
+  RETURN_IF_ERROR(Project(sh, L.gate_up, nrm, e, rows, gu, 2 * ff));
+  RETURN_IF_ERROR(cu::SwiGlu(gu, gu + ff, 2 * ff, rows, ff, sh.ffn_act.as<float>(), ff, s));
+  return Project(sh, L.down, sh.ffn_act.as<float>(), ff, rows, sh.partial.as<float>(), e);
+}
+
+absl::Status CudaTpSpanBackend::Impl::Reduce(int64_t rows) {
+  const size_t count = static_cast<size_t>(rows * hp.n_embd);
+  if (group != nullptr) {
+    std::vector<const float*> partial;
+    std::vector<float*> gather, out;
+    std::vector<cudaStream_t> streams;
+    for (Shard& sh : shards) {
+      partial.push_back(sh.partial.as<float>());
+      gather.push_back(sh.gather.as<float>());
+      out.push_back(sh.hidden_dev);
+      streams.push_back(sh.stream.get());
+    }
+    return group->AllGatherSum(partial, gather, out, count, /*accumulate=*/true, streams);
+  }
+  // The copy reducer: every shard gathers every partial (in rank order) once it is ready, then
+  // runs the same sum as AllGatherSum.
+  for (Shard& sh : shards) {
+    DeviceGuard guard(sh.device);
+    STRATA_CUDA_RETURN_IF_ERROR(cudaEventRecord(sh.partial_ready.get(), sh.stream.get()),
+                                "cudaEventRecord");
+  }
+  for (Shard& dst : shards) {
+    DeviceGuard guard(dst.device);
+    cudaStream_t s = dst.stream.get();
+    for (int r = 0; r < n(); ++r) {
+      const Shard& src = shards[r];
+      STRATA_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s, src.partial_ready.get(), 0),
+                                  "cudaStreamWaitEvent");
+      STRATA_CUDA_RETURN_IF_ERROR(cudaMemcpyPeerAsync(dst.gather.as<float>() + r * count,
+                                                      dst.device,
+                                                      src.partial.as<float>(),
+                                                      src.device,
+                                                      count * sizeof(float),
+                                                      s),
+                                  "gather partial sums");
+    }
+    RETURN_IF_ERROR(cu::SumParts(dst.gather.as<float>(),
+                                 n(),
+                                 static_cast<int64_t>(count),
+                                 dst.hidden_dev,
+                                 /*accumulate=*/true,
+                                 s));
+    STRATA_CUDA_RETURN_IF_ERROR(cudaEventRecord(dst.reduced.get(), s), "cudaEventRecord");
+  }
+  // No shard writes its partial again before every shard has copied it.
+  for (Shard& sh : shards) {
+    DeviceGuard guard(sh.device);
+    for (const Shard& other : shards) {
+      if (&other == &sh) continue;
+      STRATA_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(sh.stream.get(), other.reduced.get(), 0),
+                                  "cudaStreamWaitEvent");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaTpSpanBackend::Impl::SyncAll() {
+  absl::Status first_error;
+  for (Shard& sh : shards) {
+    DeviceGuard guard(sh.device);
+    absl::Status st = sh.stream.Synchronize();
+    if (first_error.ok()) first_error = st;
+  }
+  return first_error;
+}
+
+CudaTpSpanBackend::CudaTpSpanBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+CudaTpSpanBackend::~CudaTpSpanBackend() {
+  if (impl_) (void)impl_->SyncAll();
+}
+
+absl::StatusOr<std::unique_ptr<CudaTpSpanBackend>> CudaTpSpanBackend::Load(
+    std::shared_ptr<const Model> model, int first, int last, const CudaTpSpanOptions& options) {
+  const HParams& hp = model->hparams();
+  if (first < 0 || last > hp.n_layer || first >= last) {
+    return absl::InvalidArgumentError(StrCat(
+        "layer span [", first, ", ", last, ") is not inside the model's [0, ", hp.n_layer, ")"));
+  }
+  if (options.devices.empty()) {
+    return absl::InvalidArgumentError("a tensor-parallel span needs at least one device");
+  }
+  if (hp.head_dim > 256 || hp.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(
+        StrCat("head size ", hp.head_dim, " is not supported by the CUDA attention (<= 256)"));
+  }
+  auto impl = std::make_unique<Impl>();
+  for (int d : options.devices) {
+    ASSIGN_OR_RETURN(cu::DeviceInfo info, cu::GetDeviceInfo(d));
+    if (impl->device_name.empty()) impl->device_name = info.name;
+  }
+  impl->devices = options.devices;
+  impl->model = model;
+  impl->hp = hp;
+  impl->first = first;
+  impl->last = last;
+  impl->options = options;
+  for (int d : options.devices) impl->shards.emplace_back().device = d;
+  const absl::flat_hash_set<int> distinct(options.devices.begin(), options.devices.end());
+  const bool repeats = distinct.size() != options.devices.size();
+  if (options.reducer == TpReducer::kNccl && repeats) {
+    return absl::InvalidArgumentError("NCCL cannot run two ranks on one device: the device list "
+                                      "repeats a device");
+  }
+  // Plans the split (INVALID_ARGUMENT when it cannot be made) before NCCL is started.
+  RETURN_IF_ERROR(impl->Upload());
+
+  if (options.reducer == TpReducer::kCopy) {
+    impl->reducer = "device copies";
+  } else if (repeats) {
+    impl->reducer = "device copies (the device list repeats a device, which NCCL refuses)";
+  } else {
+    auto group = cu::TensorParallelGroup::Create(options.devices);
+    if (group.ok()) {
+      impl->group = std::move(*group);
+      auto version = cu::NcclVersion();
+      impl->reducer = StrCat("NCCL ", version.ok() ? *version : "", " all-gather sum");
+    } else if (options.reducer == TpReducer::kNccl) {
+      return group.status();
+    } else {
+      impl->reducer = StrCat("device copies (NCCL unavailable: ", group.status().message(), ")");
+    }
+  }
+  {
+    DeviceGuard guard(options.devices[0]);
+    for (cu::Event& e : impl->layer_done) {
+      ASSIGN_OR_RETURN(e, cu::Event::Create(options.devices[0]));
+    }
+  }
+  auto backend = std::unique_ptr<CudaTpSpanBackend>(new CudaTpSpanBackend(std::move(impl)));
+  STRATA_LOG(Info) << backend->name() << ": layers " << first << ".." << last - 1
+                   << ", partial sums combined by " << backend->reducer_description();
+  return backend;
+}
+
+std::string CudaTpSpanBackend::name() const {
+  std::string devices;
+  for (int d : impl_->devices) devices += StrCat(devices.empty() ? "" : "+", "cuda:", d);
+  return StrCat(devices, " tensor-parallel (", impl_->device_name, ")");
+}
+int CudaTpSpanBackend::first_layer() const { return impl_->first; }
+int CudaTpSpanBackend::last_layer() const { return impl_->last; }
+KvLayout CudaTpSpanBackend::kv_layout() const {
+  return {impl_->last - impl_->first, impl_->hp.kv_dim()};
+}
+const std::vector<int>& CudaTpSpanBackend::devices() const { return impl_->devices; }
+bool CudaTpSpanBackend::uses_nccl() const { return impl_->group != nullptr; }
+const std::string& CudaTpSpanBackend::reducer_description() const { return impl_->reducer; }
+size_t CudaTpSpanBackend::weight_bytes() const {
+  size_t total = 0;
+  for (const Impl::Shard& sh : impl_->shards) total += sh.weights.used();
+  return total;
+}
+
+absl::Status CudaTpSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> parts,
+                                             float* hidden,
+                                             const std::atomic<bool>* cancel) {
+  Impl& m = *impl_;
+  const KvLayout want = kv_layout();
+  int64_t n = 0;
+  for (const LayerSpan::Part& p : parts) {
+    if (p.kv == nullptr || p.kv->layout().n_layers != want.n_layers ||
+        p.kv->layout().kv_dim != want.kv_dim) {
+      return absl::FailedPreconditionError("KV cache layout does not match the layer span");
+    }
+    n += static_cast<int64_t>(p.rows.size());
+  }
+  if (n == 0) return absl::OkStatus();
+  DeviceGuard guard(m.devices[0]);
+  for (const LayerSpan::Part& p : parts) RETURN_IF_ERROR(m.CheckPages(*p.kv));
+
+  // Add every part's cells; undo the earlier parts if a later one fails.
+  std::vector<std::pair<KvCache*, std::vector<int32_t>>> added;
+  auto free_added = [&] {
+    for (auto& [kv, sl] : added) kv->FreeSlots(sl);
+  };
+  std::vector<KvCache::Cell> cells;
+  for (const LayerSpan::Part& p : parts) {
+    cells.resize(p.rows.size());
+    for (size_t i = 0; i < p.rows.size(); ++i) cells[i] = {p.rows[i].pos, p.rows[i].seqs};
+    auto slots = p.kv->AddCells(cells);
+    if (!slots.ok()) {
+      free_added();
+      return slots.status();
+    }
+    added.emplace_back(p.kv, std::move(*slots));
+  }
+  for (const LayerSpan::Part& p : parts) {
+    absl::Status st = m.CheckPages(*p.kv);
+    if (!st.ok()) {
+      free_added();
+      return st;
+    }
+  }
+
+  // Row metadata and visible lists (shared), page tables (one per shard).
+  m.row_info.clear();
+  m.positions.clear();
+  m.visible.clear();
+  for (Impl::Shard& sh : m.shards) sh.table.clear();
+  std::vector<std::pair<int32_t, int32_t>> ranges;
+  for (size_t pi = 0; pi < parts.size(); ++pi) {
+    const LayerSpan::Part& p = parts[pi];
+    const KvCache& kv = *p.kv;
+    const int32_t table_offset = static_cast<int32_t>(m.shards[0].table.size());
+    const int pc = kv.page_cells();
+    for (size_t pg = 0; pg < kv.pages(); ++pg) {
+      const TpPage* page = reinterpret_cast<const TpPage*>(kv.K(static_cast<int32_t>(pg * pc), 0));
+      for (int s = 0; s < m.n(); ++s) {
+        m.shards[s].table.push_back(reinterpret_cast<uint64_t>(page->pages[s]));
+      }
+    }
+    ranges.clear();
+    cuda_internal::AppendVisible(kv, p.rows, m.visible, ranges);
+    for (size_t i = 0; i < p.rows.size(); ++i) {
+      cu::KvRowInfo info;
+      info.slot = added[pi].second[i];
+      info.vis_offset = ranges[i].first;
+      info.vis_count = ranges[i].second;
+      info.table_offset = table_offset;
+      info.page_cells = pc;
+      m.row_info.push_back(info);
+      m.positions.push_back(p.rows[i].pos);
+    }
+  }
+
+  // Per shard, one pinned staging area and one device upload region with the same layout:
+  // hidden | rows | positions | visible | page table.
+  const int64_t e = m.hp.n_embd;
+  const size_t hidden_bytes = static_cast<size_t>(n * e) * sizeof(float);
+  const size_t off_rows = AlignUp(hidden_bytes, 256);
+  const size_t off_pos = AlignUp(off_rows + m.row_info.size() * sizeof(cu::KvRowInfo), 256);
+  const size_t off_vis = AlignUp(off_pos + m.positions.size() * sizeof(int32_t), 256);
+  const size_t off_table = AlignUp(off_vis + m.visible.size() * sizeof(int32_t), 256);
+  const size_t total = off_table + m.shards[0].table.size() * sizeof(uint64_t);
+  auto fail = [&](absl::Status st) {
+    (void)m.SyncAll();
+    cudaGetLastError();
+    free_added();
+    return st;
+  };
+  for (Impl::Shard& sh : m.shards) {
+    DeviceGuard shard_guard(sh.device);
+    if (absl::Status st = m.Reserve(sh, n); !st.ok()) return fail(st);
+    if (absl::Status st = sh.upload.Reserve(sh.device, total); !st.ok()) return fail(st);
+    if (absl::Status st = sh.staging.Reserve(std::max(total, hidden_bytes)); !st.ok()) {
+      return fail(st);
+    }
+    uint8_t* host = sh.staging.as<uint8_t>();
+    std::memcpy(host, hidden, hidden_bytes);
+    std::memcpy(host + off_rows, m.row_info.data(), m.row_info.size() * sizeof(cu::KvRowInfo));
+    std::memcpy(host + off_pos, m.positions.data(), m.positions.size() * sizeof(int32_t));
+    std::memcpy(host + off_vis, m.visible.data(), m.visible.size() * sizeof(int32_t));
+    std::memcpy(host + off_table, sh.table.data(), sh.table.size() * sizeof(uint64_t));
+    uint8_t* dev = sh.upload.as<uint8_t>();
+    if (absl::Status st = cu::CudaStatus(
+            cudaMemcpyAsync(dev, host, total, cudaMemcpyHostToDevice, sh.stream.get()),
+            "copy rows to the GPU");
+        !st.ok()) {
+      return fail(st);
+    }
+    sh.hidden_dev = reinterpret_cast<float*>(dev);
+    sh.kv_base = cu::KvArgs{};
+    sh.kv_base.rows = reinterpret_cast<const cu::KvRowInfo*>(dev + off_rows);
+    sh.kv_base.visible = reinterpret_cast<const int32_t*>(dev + off_vis);
+    sh.kv_base.pages = reinterpret_cast<uint16_t* const*>(dev + off_table);
+    sh.kv_base.kv_dim = static_cast<int>(sh.plan.kv.size);
+    sh.positions_dev = reinterpret_cast<const int32_t*>(dev + off_pos);
+  }
+
+  auto part_cancelled = [](const LayerSpan::Part& p) {
+    return p.cancel != nullptr && p.cancel->load(std::memory_order_acquire);
+  };
+  Impl::Shard& lead = m.shards[0];
+  const int n_layers = static_cast<int>(lead.layers.size());
+  for (int l = 0; l < n_layers; ++l) {
+    bool all_cancelled = true;
+    for (const LayerSpan::Part& p : parts) all_cancelled = all_cancelled && part_cancelled(p);
+    if ((cancel != nullptr && cancel->load(std::memory_order_acquire)) || all_cancelled) {
+      (void)fail(absl::OkStatus());
+      for (const LayerSpan::Part& p : parts) {
+        if (p.cancelled) *p.cancelled = true;
+      }
+      return absl::CancelledError("forward cancelled");
+    }
+    // Stay at most two layers ahead of the GPUs (every shard waits on every other at each
+    // reduction, so shard 0's progress stands for all).
+    cu::Event& done = m.layer_done[l % 2];
+    if (l >= 2) {
+      if (absl::Status st = cu::CudaStatus(cudaEventSynchronize(done.get()), "layer wait");
+          !st.ok()) {
+        return fail(st);
+      }
+    }
+    for (Impl::Shard& sh : m.shards) {
+      DeviceGuard shard_guard(sh.device);
+      if (absl::Status st = m.Attention(sh, l, n); !st.ok()) return fail(st);
+    }
+    if (absl::Status st = m.Reduce(n); !st.ok()) return fail(st);
+    for (Impl::Shard& sh : m.shards) {
+      DeviceGuard shard_guard(sh.device);
+      if (absl::Status st = m.Ffn(sh, l, n); !st.ok()) return fail(st);
+    }
+    if (absl::Status st = m.Reduce(n); !st.ok()) return fail(st);
+    cudaSetDevice(lead.device);
+    if (absl::Status st =
+            cu::CudaStatus(cudaEventRecord(done.get(), lead.stream.get()), "cudaEventRecord");
+        !st.ok()) {
+      return fail(st);
+    }
+  }
+  cudaSetDevice(lead.device);
+  uint8_t* host = lead.staging.as<uint8_t>();
+  if (absl::Status st = cu::CudaStatus(cudaMemcpyAsync(host,
+                                                       lead.hidden_dev,
+                                                       hidden_bytes,
+                                                       cudaMemcpyDeviceToHost,
+                                                       lead.stream.get()),
+                                       "copy rows from the GPU");
+      !st.ok()) {
+    return fail(st);
+  }
+  if (absl::Status st = m.SyncAll(); !st.ok()) return fail(st);
+  std::memcpy(hidden, host, hidden_bytes);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (part_cancelled(parts[i])) {
+      added[i].first->FreeSlots(added[i].second);
+      if (parts[i].cancelled) *parts[i].cancelled = true;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace strata::model
