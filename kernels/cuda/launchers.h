@@ -104,6 +104,26 @@ void invokeMatMul(const DeviceWeightView& w,
                   bool accumulate,
                   cudaStream_t stream);
 
+// Decode-product variants for Q4_0 and Q4_1 weights (benchmarking and tests; production uses
+// variant kDefaultGemvVariant for m = 1). They differ only in how work is mapped to threads (rows
+// per warp, chunks loaded per lane before computing, warps per block, activations from global or
+// shared memory, a grid covering every row or persistent warps, programmatic dependent launch);
+// every variant adds the same per-element terms in the same order as invokeMatMul, so all of
+// them, at any m, are bit-identical to it. Ids 0 .. GemvVariantCount() - 1.
+int GemvVariantCount();
+const char* GemvVariantName(int variant);
+extern const int kDefaultGemvVariant;
+// As invokeMatMul for Q4_0/Q4_1 weights, with the decode kernel of `variant` run once per row.
+void invokeMatMulGemvVariant(const DeviceWeightView& w,
+                             const DeviceActView& x,
+                             int64_t m,
+                             float* y,
+                             int64_t ldy,
+                             const float* bias,
+                             bool accumulate,
+                             int variant,
+                             cudaStream_t stream);
+
 // --- ops.cu ---
 
 void invokeRmsNorm(const float* x,

@@ -7,8 +7,16 @@
 // scaled by float block scales in a fixed expression. None of that depends on how many weight rows
 // a warp holds (RPW), how many activation rows a block sweeps (NR) or how many chunks are loaded
 // ahead (U), so y[i, j] is bit-identical for m = 1 and for any batch.
+//
+// The decode kernels for Q4_0/Q4_1 (GemvKernel, below) keep that order exactly: lane l of the
+// warp owning a row still adds chunks l, l + 32, ... in increasing order, starting from 0, and
+// the same butterfly and epilogue follow. They only map rows to warps and schedule the loads
+// differently, so they too agree bit for bit with the batched path, and with the CPU within the
+// tolerance the tests already hold it to.
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "kernels/cuda/launchers.h"
@@ -104,10 +112,281 @@ void Launch(const MatMulParams& p, cudaStream_t stream) {
   MatMulKernel<T, RPW, NR, U><<<grid, kThreads, 0, stream>>>(p);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Decode GEMV (one activation row) for Q4_0 / Q4_1 weights.
+//
+// Warp w of the grid owns row groups g = w, w + (warps in the grid), ... (RPW rows each); a
+// row group is swept in chunk groups of 32 * U chunks, and the codes and scale bits of the next
+// (row group, chunk group) are loaded before the current one is computed, so each lane keeps
+// U * RPW 16-byte loads in flight at all times, across row boundaries too. The activation row is
+// read from global memory (L1), or staged once per block in shared memory as three arrays
+// (codes 0-15 of every chunk, codes 16-31, meta) so each lane's 16-byte reads are conflict-free.
+// Weights are read with L1::no_allocate: they are used once and would evict the activations.
+
+struct GemvRaw {
+  int4 q;      // the chunk's 32 codes
+  uint32_t s;  // its scale bits (Traits<T>::kScaleBytes of them)
+};
+
+__device__ __forceinline__ int4 LdStream16(const uint8_t* ptr) {
+  int4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(ptr));
+  return v;
+}
+template <int kBytes>
+__device__ __forceinline__ uint32_t LdStreamScale(const uint8_t* ptr) {
+  if constexpr (kBytes == 2) {
+    unsigned short v;
+    asm volatile("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(v) : "l"(ptr));
+    return v;
+  } else {
+    uint32_t v;
+    asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(ptr));
+    return v;
+  }
+}
+
+// Programmatic dependent launch (sm_90): let the next launch in the stream start early, and wait
+// for the previous one to finish (and its writes to be visible) before touching x, bias or y.
+// Both are no-ops when the launch did not ask for it.
+__device__ __forceinline__ void AllowDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void WaitForPrerequisites() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+template <DType T, int RPW, int U>
+__device__ __forceinline__ void GemvLoad(
+    const DeviceWeightView& w, int64_t g, int64_t cg, int lane, GemvRaw (&r)[U][RPW]) {
+  constexpr int kSb = Traits<T>::kScaleBytes;
+  const int64_t chunks = w.k / 32;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t c = cg * 32 * U + 32 * u + lane;
+    if (c < chunks) {
+#pragma unroll
+      for (int a = 0; a < RPW; ++a) {
+        const int64_t row = min(g * RPW + a, w.n - 1);
+        r[u][a].q = LdStream16(w.q + row * (w.k / 2) + c * 16);
+        r[u][a].s = LdStreamScale<kSb>(w.d + (row * chunks + c) * kSb);
+      }
+    }
+  }
+}
+
+// The butterfly and epilogue of MatMulKernel (NR = 1), for the RPW rows of group g.
+template <int RPW>
+__device__ __forceinline__ void GemvStore(const MatMulParams& p,
+                                          int64_t g,
+                                          const float (&acc)[RPW],
+                                          int lane) {
+#pragma unroll
+  for (int a = 0; a < RPW; ++a) {
+    float v = acc[a];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = __fadd_rn(v, __shfl_xor_sync(kFull, v, off));
+    const int64_t j = g * RPW + a;
+    if (lane == (a & 31) && j < p.w.n) {
+      float out = v;
+      if (p.bias != nullptr) out = __fadd_rn(out, p.bias[j]);
+      float* dst = p.y + j;
+      if (p.accumulate) out = __fadd_rn(*dst, out);
+      *dst = out;
+    }
+  }
+}
+
+template <DType T, int RPW, int U, int WPB, bool kSmemX>
+__global__ void __launch_bounds__(32 * WPB) GemvKernel(const MatMulParams p, const bool pdl) {
+  using Tr = Traits<T>;
+  extern __shared__ int4 xs[];  // kSmemX: lo[chunks], hi[chunks], then float2 meta[chunks]
+  const int lane = threadIdx.x & 31;
+  const int64_t chunks = p.w.k / 32;
+  const int64_t groups = (p.w.n + RPW - 1) / RPW;
+  const int64_t cgroups = (chunks + 32 * U - 1) / (32 * U);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * WPB;
+  int64_t g = static_cast<int64_t>(blockIdx.x) * WPB + (threadIdx.x >> 5);
+  int64_t cg = 0;
+  GemvRaw cur[U][RPW], nxt[U][RPW];
+  if (pdl) AllowDependents();
+  // The weights do not depend on earlier launches: start reading them before waiting.
+  if (g < groups) GemvLoad<T, RPW, U>(p.w, g, cg, lane, cur);
+  if (pdl) WaitForPrerequisites();
+  const int4* lo = xs;
+  const int4* hi = xs + chunks;
+  const float2* meta = reinterpret_cast<const float2*>(xs + 2 * chunks);
+  if constexpr (kSmemX) {
+    const int4* src = reinterpret_cast<const int4*>(p.x.q);
+    for (int64_t i = threadIdx.x; i < 2 * chunks; i += blockDim.x) {
+      xs[(i & 1) * chunks + (i >> 1)] = src[i];
+    }
+    const float2* msrc = reinterpret_cast<const float2*>(p.x.meta);
+    float2* mdst = reinterpret_cast<float2*>(xs + 2 * chunks);
+    for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) mdst[i] = msrc[i];
+    __syncthreads();
+  }
+  float acc[RPW];
+#pragma unroll
+  for (int a = 0; a < RPW; ++a) acc[a] = 0.0f;
+  while (g < groups) {
+    int64_t g2 = g, cg2 = cg + 1;
+    if (cg2 == cgroups) {
+      cg2 = 0;
+      g2 += step;
+    }
+    if (g2 < groups) GemvLoad<T, RPW, U>(p.w, g2, cg2, lane, nxt);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = cg * 32 * U + 32 * u + lane;
+      if (c < chunks) {
+        typename Tr::X xd;
+        if constexpr (kSmemX) {
+          const float2 m = meta[c];
+          xd = typename Tr::X{lo[c], hi[c], m.x, m.y};
+        } else {
+          xd = Tr::LoadX(p.x, 0, c);
+        }
+#pragma unroll
+        for (int a = 0; a < RPW; ++a) {
+          acc[a] = __fadd_rn(acc[a], Tr::Dot(Tr::Make(cur[u][a].q, cur[u][a].s), xd));
+        }
+      }
+    }
+    if (cg2 == 0) {  // the group's last chunks were just added
+      GemvStore<RPW>(p, g, acc, lane);
+#pragma unroll
+      for (int a = 0; a < RPW; ++a) acc[a] = 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int a = 0; a < RPW; ++a) cur[u][a] = nxt[u][a];
+    }
+    g = g2;
+    cg = cg2;
+  }
+}
+
+// Per device (cached): SM count and whether programmatic dependent launch is available.
+struct GemvDevice {
+  int sms = 0;
+  bool pdl = false;
+};
+GemvDevice CurrentGemvDevice() {
+  static GemvDevice cache[16];
+  int dev = 0;
+  cudaGetDevice(&dev);
+  GemvDevice& d = cache[dev & 15];
+  if (d.sms == 0) {
+    int sms = 0, major = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    d.pdl = major >= 9;
+    d.sms = std::max(sms, 1);
+  }
+  return d;
+}
+
+// blocks_per_sm = 0: one row group per warp (the grid covers the matrix); otherwise persistent
+// warps, at most blocks_per_sm blocks per SM (and no more than fit).
+template <DType T, int RPW, int U, int WPB, bool kSmemX>
+void LaunchGemv(const MatMulParams& p, int blocks_per_sm, bool pdl, cudaStream_t stream) {
+  const auto kernel = GemvKernel<T, RPW, U, WPB, kSmemX>;
+  const size_t smem = kSmemX ? static_cast<size_t>(p.w.k / 32) * 40 : 0;
+  if (smem > 48 * 1024) return Launch<T, 1, 1, 4>(p, stream);  // same sums, no staging
+  const int64_t groups = (p.w.n + RPW - 1) / RPW;
+  int64_t blocks = (groups + WPB - 1) / WPB;
+  const GemvDevice dev = CurrentGemvDevice();
+  if (blocks_per_sm > 0) {
+    // Blocks that fit on one SM, cached per 4 KiB step of staging (measured at the step's top).
+    static std::atomic<int> fit[13];
+    const size_t bucket = (smem + 4095) / 4096;
+    int occ = fit[bucket].load(std::memory_order_relaxed);
+    if (occ == 0) {
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, 32 * WPB, bucket * 4096);
+      occ = std::max(occ, 1);
+      fit[bucket].store(occ, std::memory_order_relaxed);
+    }
+    blocks = std::min<int64_t>(blocks, int64_t{dev.sms} * std::min(occ, blocks_per_sm));
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+  cfg.blockDim = dim3(32 * WPB);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  // Only on an explicit stream: the legacy default stream keeps plain serialization.
+  const bool use_pdl = pdl && dev.pdl && stream != nullptr;
+  cfg.attrs = attr;
+  cfg.numAttrs = use_pdl ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, kernel, p, use_pdl);
+}
+
+using GemvLauncher = void (*)(const MatMulParams&, cudaStream_t);
+struct GemvVariant {
+  const char* name;
+  GemvLauncher q4_0, q4_1;
+};
+
+template <DType T, int RPW, int U, int WPB, bool kSmemX, int kBlocksPerSm, bool kPdl>
+void RunGemv(const MatMulParams& p, cudaStream_t stream) {
+  LaunchGemv<T, RPW, U, WPB, kSmemX>(p, kBlocksPerSm, kPdl, stream);
+}
+template <DType T>
+void RunBase(const MatMulParams& p, cudaStream_t stream) {
+  Launch<T, 1, 1, 4>(p, stream);
+}
+template <int RPW, int U, int WPB, bool kSmemX, int kBlocksPerSm, bool kPdl>
+constexpr GemvVariant V(const char* name) {
+  return {name,
+          RunGemv<DType::kQ4_0, RPW, U, WPB, kSmemX, kBlocksPerSm, kPdl>,
+          RunGemv<DType::kQ4_1, RPW, U, WPB, kSmemX, kBlocksPerSm, kPdl>};
+}
+constexpr int kOcc = 64;  // persistent, as many blocks per SM as fit
+
+// Names: r<rows per warp> u<chunks per lane per load round> w<warps per block>, gx / sx
+// (activations from global memory / staged in shared memory), grid (one row group per warp) /
+// p<N> (persistent, at most N blocks per SM) / pocc (persistent, as many as fit), pdl.
+constexpr GemvVariant kGemvVariants[] = {
+    {"base", RunBase<DType::kQ4_0>, RunBase<DType::kQ4_1>},  // MatMulKernel<T, 1, 1, 4>
+    V<1, 4, 4, false, 0, false>("r1u4w4-gx-grid"),
+    V<2, 4, 4, false, 0, false>("r2u4w4-gx-grid"),
+    V<4, 2, 4, false, 0, false>("r4u2w4-gx-grid"),
+    V<2, 4, 8, true, 0, false>("r2u4w8-sx-grid"),
+    V<1, 4, 8, true, kOcc, false>("r1u4w8-sx-pocc"),
+    V<2, 4, 8, true, kOcc, false>("r2u4w8-sx-pocc"),
+    V<2, 2, 8, true, kOcc, false>("r2u2w8-sx-pocc"),
+    V<4, 2, 8, true, kOcc, false>("r4u2w8-sx-pocc"),
+    V<2, 4, 8, true, 2, false>("r2u4w8-sx-p2"),
+    V<1, 4, 4, false, 0, true>("r1u4w4-gx-grid-pdl"),
+    V<2, 4, 8, true, kOcc, true>("r2u4w8-sx-pocc-pdl"),
+    V<4, 2, 8, true, kOcc, true>("r4u2w8-sx-pocc-pdl"),
+};
+constexpr int kNumGemvVariants = static_cast<int>(sizeof(kGemvVariants) / sizeof(kGemvVariants[0]));
+
+// The production decode variant for Q4_0/Q4_1 (an index into kGemvVariants; see GemvVariantName).
+constexpr int kDefaultGemv = 6;  // r2u4w8-sx-pocc
+static_assert(kDefaultGemv >= 0 && kDefaultGemv < kNumGemvVariants);
+
 // Tile shapes by batch size: decode reads every weight once with deep prefetch; larger batches
 // keep more weight rows and activation rows in registers for reuse.
 template <DType T>
 void LaunchFor(const MatMulParams& p, cudaStream_t stream) {
+  if constexpr (T == DType::kQ4_0 || T == DType::kQ4_1) {
+    if (p.m == 1) {
+      const GemvVariant& v = kGemvVariants[kDefaultGemv];
+      return (T == DType::kQ4_0 ? v.q4_0 : v.q4_1)(p, stream);
+    }
+  }
   if (p.m == 1) {
     Launch<T, 1, 1, 4>(p, stream);
   } else if (p.m <= 4) {
@@ -247,6 +526,34 @@ void invokeMatMul(const DeviceWeightView& w,
       return LaunchFor<DType::kF32>(p, stream);
     default:
       return;  // the facade rejects other dtypes
+  }
+}
+
+const int kDefaultGemvVariant = kDefaultGemv;
+
+int GemvVariantCount() { return kNumGemvVariants; }
+
+const char* GemvVariantName(int variant) {
+  return variant >= 0 && variant < kNumGemvVariants ? kGemvVariants[variant].name : "";
+}
+
+void invokeMatMulGemvVariant(const DeviceWeightView& w,
+                             const DeviceActView& x,
+                             int64_t m,
+                             float* y,
+                             int64_t ldy,
+                             const float* bias,
+                             bool accumulate,
+                             int variant,
+                             cudaStream_t stream) {
+  if (variant < 0 || variant >= kNumGemvVariants) return;
+  const GemvVariant& v = kGemvVariants[variant];
+  const GemvLauncher run = w.dtype == DType::kQ4_0 ? v.q4_0 : v.q4_1;
+  for (int64_t i = 0; i < m; ++i) {
+    DeviceActView xi = x;
+    xi.q = x.q + i * x.k;
+    xi.meta = x.meta + i * (x.k / 16);
+    run({w, xi, 1, y + i * ldy, ldy, bias, accumulate}, stream);
   }
 }
 

@@ -107,9 +107,15 @@ struct Traits<DType::kQ4_0> {
     int4 lo, hi;
     float d, sum;
   };
+  // Raw scale bits per block (the decode kernels load codes and scale bits themselves, then
+  // build W with Make, so both paths see identical values).
+  static constexpr int kScaleBytes = 2;
+  STRATA_DEVICE static W Make(int4 q, uint32_t scale) {
+    return {q, Half(static_cast<uint16_t>(scale & 0xFFFF))};
+  }
   STRATA_DEVICE static W Load(const DeviceWeightView& w, int64_t row, int64_t c) {
-    return {Ld<int4>(w.q + row * (w.k / 2) + c * 16),
-            Half(Ld<uint16_t>(w.d + (row * (w.k / 32) + c) * 2))};
+    return Make(Ld<int4>(w.q + row * (w.k / 2) + c * 16),
+                Ld<uint16_t>(w.d + (row * (w.k / 32) + c) * 2));
   }
   STRATA_DEVICE static X LoadX(const DeviceActView& x, int64_t row, int64_t c) {
     const int8_t* q = x.q + row * x.k + c * 32;
@@ -135,9 +141,13 @@ struct Traits<DType::kQ4_1> {
     int4 lo, hi;
     float d, s;
   };
+  static constexpr int kScaleBytes = 4;  // (fp16 d, fp16 m)
+  STRATA_DEVICE static W Make(int4 q, uint32_t dm) {
+    return {q, Half(static_cast<uint16_t>(dm & 0xFFFF)), Half(static_cast<uint16_t>(dm >> 16))};
+  }
   STRATA_DEVICE static W Load(const DeviceWeightView& w, int64_t row, int64_t c) {
-    const uint32_t dm = Ld<uint32_t>(w.d + (row * (w.k / 32) + c) * 4);
-    return {Ld<int4>(w.q + row * (w.k / 2) + c * 16), Half(dm & 0xFFFF), Half(dm >> 16)};
+    return Make(Ld<int4>(w.q + row * (w.k / 2) + c * 16),
+                Ld<uint32_t>(w.d + (row * (w.k / 32) + c) * 4));
   }
   STRATA_DEVICE static X LoadX(const DeviceActView& x, int64_t row, int64_t c) {
     const int8_t* q = x.q + row * x.k + c * 32;

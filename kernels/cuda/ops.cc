@@ -135,6 +135,30 @@ absl::Status MatMul(const DeviceWeightView& w,
   return Launched("MatMul");
 }
 
+absl::Status MatMulGemvVariant(const DeviceWeightView& w,
+                               const DeviceActView& x,
+                               int64_t m,
+                               float* y,
+                               int64_t ldy,
+                               const MatMulEpilogue& epilogue,
+                               int variant,
+                               cudaStream_t stream) {
+  if (w.dtype != DType::kQ4_0 && w.dtype != DType::kQ4_1) {
+    return Bad("MatMulGemvVariant", StrCat(Info(w.dtype).name, " weights have no variants"));
+  }
+  if (variant < 0 || variant >= GemvVariantCount()) {
+    return Bad("MatMulGemvVariant", StrCat("no variant ", variant));
+  }
+  // MatMul with no rows checks the weights and activations and launches nothing.
+  RETURN_IF_ERROR(MatMul(w, x, 0, y, ldy, epilogue, stream));
+  if (m < 0 || (m > 0 && (y == nullptr || ldy < w.n))) {
+    return Bad("MatMulGemvVariant", StrCat("bad output: m=", m, " ldy=", ldy, " n=", w.n));
+  }
+  if (m == 0) return absl::OkStatus();
+  invokeMatMulGemvVariant(w, x, m, y, ldy, epilogue.bias, epilogue.accumulate, variant, stream);
+  return Launched("MatMulGemvVariant");
+}
+
 absl::Status RmsNorm(const float* x,
                      const float* weight,
                      int64_t m,

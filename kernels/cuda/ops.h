@@ -54,6 +54,19 @@ absl::Status MatMul(const DeviceWeightView& w,
                     const MatMulEpilogue& epilogue,
                     cudaStream_t stream);
 
+// Benchmarking and tests only: MatMul for Q4_0/Q4_1 weights through decode-product variant
+// `variant` (0 .. GemvVariantCount() - 1, named by GemvVariantName; launchers.h), launched once
+// per activation row. Every variant gives MatMul's results bit for bit, at any m; MatMul itself
+// uses kDefaultGemvVariant for m = 1. INVALID_ARGUMENT as MatMul, or for another dtype or id.
+absl::Status MatMulGemvVariant(const DeviceWeightView& w,
+                               const DeviceActView& x,
+                               int64_t m,
+                               float* y,
+                               int64_t ldy,
+                               const MatMulEpilogue& epilogue,
+                               int variant,
+                               cudaStream_t stream);
+
 // out = x / sqrt(mean(x^2) + eps) * weight, m rows of n (contiguous).
 absl::Status RmsNorm(const float* x,
                      const float* weight,
