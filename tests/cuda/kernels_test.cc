@@ -181,12 +181,14 @@ struct GpuProduct {
   cu::ActFormat format = cu::ActFormat::kF32;
 };
 
-// y (m x ldy) = x (m x k) w^T on the GPU, through the facades.
+// y (m x ldy) = x (m x k) w^T on the GPU, through the facades: MatMul, or MatMulGemvVariant
+// when `variant` >= 0.
 std::vector<float> RunProduct(const GpuProduct& p,
                               const std::vector<float>& x,
                               int64_t m,
                               const cu::MatMulEpilogue& epi = {},
-                              const std::vector<float>* y0 = nullptr) {
+                              const std::vector<float>* y0 = nullptr,
+                              int variant = -1) {
   DeviceVec<float> dx(x);
   DeviceVec<float> dy(static_cast<size_t>(m * p.n));
   if (y0 != nullptr) dy.Upload(*y0);
@@ -195,17 +197,28 @@ std::vector<float> RunProduct(const GpuProduct& p,
   view.k = p.k;
   DeviceVec<int8_t> q(std::max<int64_t>(1, m * p.k));
   DeviceVec<float> meta(std::max<int64_t>(1, m * p.k / 16));
+  // Variants run on a stream of their own (blocking, so ordered with the copies), where the PDL
+  // ones chain their per-row launches; Download synchronizes the device.
+  cu::Stream own;
+  if (variant >= 0) {
+    auto s = cu::Stream::Create(0);
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (s.ok()) own = std::move(*s);
+  }
+  cudaStream_t stream = own.get();
   if (p.format == cu::ActFormat::kF32) {
     view.f = dx.data();
     view.ldf = p.k;
   } else {
     EXPECT_TRUE(
-        cu::QuantizeActivations(p.format, dx.data(), p.k, m, p.k, q.data(), meta.data(), nullptr)
+        cu::QuantizeActivations(p.format, dx.data(), p.k, m, p.k, q.data(), meta.data(), stream)
             .ok());
     view.q = q.data();
     view.meta = meta.data();
   }
-  const absl::Status st = cu::MatMul(p.w, view, m, dy.data(), p.n, epi, nullptr);
+  const absl::Status st =
+      variant < 0 ? cu::MatMul(p.w, view, m, dy.data(), p.n, epi, nullptr)
+                  : cu::MatMulGemvVariant(p.w, view, m, dy.data(), p.n, epi, variant, stream);
   EXPECT_TRUE(st.ok()) << st;
   return dy.Download();
 }
@@ -309,6 +322,86 @@ TEST(CudaMatMulStacked, EqualsSeparateProducts) {
   for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(0, std::memcmp(ys.data() + i * 64 + 40, yb.data() + i * 24, 24 * sizeof(float)));
   }
+}
+
+// The Q4_0/Q4_1 decode variants (rows per warp, loads in flight, persistent warps, shared-memory
+// activations, PDL) only remap work to threads: each, running every row alone, equals the default
+// product at m = 1, 3 and 16 bit for bit (so the batched path too), with and without the
+// epilogue; and the default decode product still matches the CPU within the products' tolerance.
+// The shapes cover fewer chunks than lanes (k = 512), ragged chunk groups (k = 1056, 4128,
+// 11008) and persistent warps that sweep several row groups (n = 4500).
+TEST(CudaGemvVariants, BitIdenticalToDefaultAndMatchCpu) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const std::pair<int64_t, int64_t> shapes[] = {
+      {67, 512}, {131, 1056}, {300, 4096}, {97, 11008}, {4500, 4128}};
+  for (DType t : {DType::kQ4_0, DType::kQ4_1}) {
+    for (auto [n, k] : shapes) {
+      SCOPED_TRACE(::testing::Message() << kernels::Info(t).name << " " << n << "x" << k);
+      HostWeight hw = MakeWeight(t, n, k, 11 + n);
+      GpuProduct p;
+      p.n = n;
+      p.k = k;
+      auto arena = cu::DeviceArena::Create(0, cu::UploadBytes(t, n, k));
+      ASSERT_TRUE(arena.ok()) << arena.status();
+      p.arena = std::move(*arena);
+      const cu::WeightSlice slice{&hw.tensor};
+      auto w = cu::UploadWeight({&slice, 1}, p.arena);
+      ASSERT_TRUE(w.ok()) << w.status();
+      p.w = *w;
+      p.format = cu::ActFormatFor(t);
+      const std::vector<float> x = Normal(static_cast<size_t>(16 * k), 12 + k);
+
+      for (int64_t m : {1, 3, 16}) {
+        const std::vector<float> xs(x.begin(), x.begin() + m * k);
+        const std::vector<float> want = RunProduct(p, xs, m);
+        for (int v = 0; v < cu::GemvVariantCount(); ++v) {
+          const std::vector<float> got = RunProduct(p, xs, m, {}, nullptr, v);
+          ASSERT_EQ(0, std::memcmp(got.data(), want.data(), m * n * sizeof(float)))
+              << "variant " << v << " " << cu::GemvVariantName(v) << ", m=" << m;
+        }
+      }
+      const std::vector<float> bias = Normal(n, 9);
+      const std::vector<float> y0 = Normal(3 * n, 10);
+      DeviceVec<float> dbias(bias);
+      const std::vector<float> x3(x.begin(), x.begin() + 3 * k);
+      const std::vector<float> want = RunProduct(p, x3, 3, {dbias.data(), true}, &y0);
+      for (int v = 0; v < cu::GemvVariantCount(); ++v) {
+        const std::vector<float> got = RunProduct(p, x3, 3, {dbias.data(), true}, &y0, v);
+        ASSERT_EQ(0, std::memcmp(got.data(), want.data(), 3 * n * sizeof(float)))
+            << "variant " << v << " " << cu::GemvVariantName(v) << " with the epilogue";
+      }
+
+      // The default decode product (m = 1) against the CPU's.
+      const std::vector<float> x1(x.begin(), x.begin() + k);
+      const std::vector<float> y1 = RunProduct(p, x1, 1);
+      ThreadPool pool(1);
+      kernels::MatMulScratch scratch;
+      std::vector<float> cpu(n), deq(k);
+      kernels::MatMul(hw.tensor, x1.data(), 1, cpu.data(), pool, scratch);
+      for (int64_t j = 0; j < n; ++j) {
+        kernels::DequantizeRowRef(t, hw.tensor.row(j), deq.data(), k);
+        double scale = 0;
+        for (int64_t c = 0; c < k; ++c) scale += std::fabs(deq[c] * x1[c]);
+        ASSERT_NEAR(y1[j], cpu[j], 1e-5 * scale + 1e-6) << "col " << j;
+      }
+    }
+  }
+}
+
+TEST(CudaGemvVariants, RejectOtherDtypesAndIds) {
+  EXPECT_GT(cu::GemvVariantCount(), 1);
+  EXPECT_GE(cu::kDefaultGemvVariant, 0);
+  EXPECT_LT(cu::kDefaultGemvVariant, cu::GemvVariantCount());
+  for (int v = 0; v < cu::GemvVariantCount(); ++v) EXPECT_STRNE("", cu::GemvVariantName(v));
+  cu::DeviceWeightView w;
+  w.dtype = DType::kQ8_0;
+  w.n = 4;
+  w.k = 32;
+  EXPECT_EQ(cu::MatMulGemvVariant(w, {}, 1, nullptr, 4, {}, 0, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  w.dtype = DType::kQ4_0;
+  EXPECT_EQ(cu::MatMulGemvVariant(w, {}, 1, nullptr, 4, {}, cu::GemvVariantCount(), nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // ---------------------------------------------------------------------------------------------
