@@ -370,11 +370,16 @@ constexpr GemvVariant kGemvVariants[] = {
     V<1, 4, 4, false, 0, true>("r1u4w4-gx-grid-pdl"),
     V<2, 4, 8, true, kOcc, true>("r2u4w8-sx-pocc-pdl"),
     V<4, 2, 8, true, kOcc, true>("r4u2w8-sx-pocc-pdl"),
+    V<1, 4, 8, true, 0, false>("r1u4w8-sx-grid"),
+    V<1, 4, 8, true, kOcc, true>("r1u4w8-sx-pocc-pdl"),
 };
 constexpr int kNumGemvVariants = static_cast<int>(sizeof(kGemvVariants) / sizeof(kGemvVariants[0]));
 
-// The production decode variant for Q4_0/Q4_1 (an index into kGemvVariants; see GemvVariantName).
-constexpr int kDefaultGemv = 6;  // r2u4w8-sx-pocc
+// The production decode variant for Q4_0/Q4_1 (an index into kGemvVariants; see GemvVariantName;
+// 0 restores the previous kernel). Until measured, the guess: persistent warps with prefetch
+// across row groups, activations read once per block, one row per warp (68 registers: 24 warps
+// per SM, and small units, so 22016 rows spread over the warps with little rounding loss).
+constexpr int kDefaultGemv = 5;  // r1u4w8-sx-pocc
 static_assert(kDefaultGemv >= 0 && kDefaultGemv < kNumGemvVariants);
 
 // Tile shapes by batch size: decode reads every weight once with deep prefetch; larger batches
