@@ -347,6 +347,26 @@ nlohmann::json BenchGemvVariants(DType dtype,
       best_mean = mean;
     }
   }
+  // Per shape too, in case no single variant wins everywhere.
+  nlohmann::json per_shape = nlohmann::json::array();
+  for (size_t si = 0; si < shapes.size(); ++si) {
+    int b = 0;
+    for (int v = 1; v < nv; ++v) {
+      if (gbps[v][si] > gbps[b][si]) b = v;
+    }
+    std::fprintf(stderr,
+                 "best for %ldx%ld: %d %s (%.1f)\n",
+                 static_cast<long>(shapes[si].first),
+                 static_cast<long>(shapes[si].second),
+                 b,
+                 cu::GemvVariantName(b),
+                 gbps[b][si] / unit);
+    per_shape.push_back({{"n", shapes[si].first},
+                         {"k", shapes[si].second},
+                         {"variant", b},
+                         {"name", cu::GemvVariantName(b)},
+                         {"gbps", gbps[b][si]}});
+  }
   std::fprintf(stderr,
                "best %s variant: %d %s (worst shape %.1f, mean %.1f); default: %d %s\n\n",
                tname.c_str(),
@@ -359,6 +379,7 @@ nlohmann::json BenchGemvVariants(DType dtype,
   return {{"dtype", tname},
           {"runs", runs},
           {"best", {{"variant", best}, {"name", cu::GemvVariantName(best)}}},
+          {"best_per_shape", per_shape},
           {"default",
            {{"variant", cu::kDefaultGemvVariant},
             {"name", cu::GemvVariantName(cu::kDefaultGemvVariant)}}}};
