@@ -236,7 +236,6 @@ struct CudaTpSpanBackend::Impl {
   // Host-side per-forward state shared by the shards.
   std::vector<cu::KvRowInfo> row_info;
   std::vector<int32_t> positions, visible;
-  absl::flat_hash_set<const void*> known_pages;  // handles checked to be ours
 
   int n() const { return static_cast<int>(shards.size()); }
   absl::Status Upload();
@@ -459,16 +458,14 @@ absl::Status CudaTpSpanBackend::Impl::Reserve(Shard& sh, int64_t n_rows) {
 absl::Status CudaTpSpanBackend::Impl::CheckPages(const KvCache& kv) {
   const int pc = kv.page_cells();
   for (size_t p = 0; p < kv.pages(); ++p) {
-    const void* handle = kv.K(static_cast<int32_t>(p * pc), 0);
-    if (known_pages.contains(handle)) continue;
-    const TpPage* page = TpPageRegistry::Get().Find(handle);
+    // Looked up every time (no cache of known handles): a freed record's address may come back
+    // as a page of another pool.
+    const TpPage* page = TpPageRegistry::Get().Find(kv.K(static_cast<int32_t>(p * pc), 0));
     if (page == nullptr || page->devices != devices) {
       return absl::FailedPreconditionError(
           "a KV cache page is not from a tensor-parallel pool over this span's devices (caches "
           "of a tensor-parallel span must come from NewCudaTpKvPool with the same device list)");
     }
-    if (known_pages.size() > (1u << 20)) known_pages.clear();
-    known_pages.insert(handle);
   }
   return absl::OkStatus();
 }
