@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "cli/commands.h"
 #include "cli/signals.h"
 #include "node/node_server.h"
@@ -36,6 +37,8 @@ struct NodeFlags {
   int max_layers = 0;
   int threads = 0;
   std::string device = "cpu";
+  bool device_given = false;  // --device appeared on the command line
+  std::string devices;        // --devices: cuda:N,cuda:M,... (tensor-parallel)
   int kv_memory_mib = 1024;
   int max_sessions = 64;
   int idle_timeout_s = 600;
@@ -137,6 +140,26 @@ class StatusLine {
   }
 };
 
+// The device string NodeOptions takes from --device and --devices: "cpu", "cuda:N" or a
+// comma-separated list of cuda:N (a tensor-parallel span); "" with *error set when they are bad.
+std::string ResolveDevice(const NodeFlags& f, std::string* error) {
+  if (f.devices.empty()) return f.device;
+  for (absl::string_view item : absl::StrSplit(f.devices, ',')) {
+    int index = -1;
+    if (!absl::ConsumePrefix(&item, "cuda:") || !absl::SimpleAtoi(item, &index) || index < 0) {
+      *error = "--devices must be a comma-separated list of cuda:N (e.g. cuda:0,cuda:1), got '" +
+               f.devices + "'";
+      return "";
+    }
+  }
+  if (f.device_given && f.device != f.devices) {
+    *error = "--device " + f.device + " and --devices " + f.devices +
+             " disagree (give one of them)";
+    return "";
+  }
+  return f.devices;
+}
+
 int RunNode(const NodeFlags& f) {
   node::NodeOptions o;
   o.model_path = f.model.empty() ? DefaultModelPath() : f.model;
@@ -161,7 +184,9 @@ int RunNode(const NodeFlags& f) {
   o.node_id = f.id;
   o.max_layers = f.max_layers;
   o.threads = f.threads;
-  o.device = f.device;
+  std::string device_error;
+  o.device = ResolveDevice(f, &device_error);
+  if (!device_error.empty()) return Fail(device_error);
   o.worker.kv_bytes = static_cast<size_t>(f.kv_memory_mib) << 20;
   o.worker.max_sessions = f.max_sessions;
   o.worker.idle_timeout = absl::Seconds(f.idle_timeout_s);
@@ -215,8 +240,13 @@ void RegisterNode(CLI::App& app, int* exit_code) {
                   flags->max_layers,
                   "Most layers to hold when the coordinator chooses (0: all)");
   cmd->add_option("--threads", flags->threads, "CPU threads (default: all)");
-  cmd->add_option("--device", flags->device, "Where to run the span: cpu or cuda:N")
-      ->capture_default_str();
+  CLI::Option* device =
+      cmd->add_option("--device", flags->device, "Where to run the span: cpu or cuda:N")
+          ->capture_default_str();
+  cmd->add_option("--devices",
+                  flags->devices,
+                  "Split the span's heads and FFN columns over several GPUs of this machine "
+                  "(tensor-parallel): cuda:N,cuda:M,...");
   cmd->add_option("--kv-memory", flags->kv_memory_mib, "KV cache memory cap, MiB")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
@@ -237,7 +267,10 @@ void RegisterNode(CLI::App& app, int* exit_code) {
   cmd->add_flag("--no-status",
                 flags->no_status,
                 "No live status line on stderr (it is shown only when stderr is a terminal)");
-  cmd->callback([flags, exit_code] { *exit_code = RunNode(*flags); });
+  cmd->callback([flags, exit_code, device] {
+    flags->device_given = device->count() > 0;
+    *exit_code = RunNode(*flags);
+  });
 }
 
 }  // namespace strata::cli

@@ -60,7 +60,9 @@ Throughput MeasureThroughput(model::SpanBackend& backend, model::KvPool& pool, i
 }
 
 #if defined(STRATA_CUDA)
-absl::StatusOr<Backends> MakeCudaBackends(int device, std::shared_ptr<const model::Model> model);
+// `device_list`: "cuda:N" or several, comma-separated (a tensor-parallel span).
+absl::StatusOr<Backends> MakeCudaBackends(const std::string& device_list,
+                                          std::shared_ptr<const model::Model> model);
 #endif
 
 absl::StatusOr<Backends> MakeBackends(const std::string& device,
@@ -81,11 +83,7 @@ absl::StatusOr<Backends> MakeBackends(const std::string& device,
   }
   if (device.rfind("cuda:", 0) == 0) {
 #if defined(STRATA_CUDA)
-    int index = 0;
-    if (!absl::SimpleAtoi(device.substr(5), &index) || index < 0) {
-      return absl::InvalidArgumentError(StrCat("bad device '", device, "' (cpu or cuda:N)"));
-    }
-    return MakeCudaBackends(index, std::move(model));
+    return MakeCudaBackends(device, std::move(model));
 #else
     return absl::FailedPreconditionError(
         StrCat("--device ", device, ": this build has no CUDA support (configure with "
