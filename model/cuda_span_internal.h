@@ -1,5 +1,5 @@
-// Pieces shared by the CUDA span backends (model/cuda_span.cc, model/cuda_tp_span.cc); not part
-// of their interfaces.
+// Pieces shared by the CUDA span backends (model/cuda_span.cc, model/cuda_tp_span.cc,
+// model/cuda_tp_kv.cc); not part of their interfaces.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -35,5 +35,9 @@ void AppendVisible(const KvCache& kv,
                    std::span<const Row> rows,
                    std::vector<int32_t>& visible,
                    std::vector<std::pair<int32_t, int32_t>>& ranges);
+
+// The per-shard device pages behind a page handle of a NewCudaTpKvPool over `devices` (in
+// shard order); null when `handle` is not a live page of such a pool.
+const std::vector<uint16_t*>* TpShardPages(const void* handle, const std::vector<int>& devices);
 
 }  // namespace strata::model::cuda_internal

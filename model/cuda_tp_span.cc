@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstring>
 #include <deque>
-#include <mutex>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -19,64 +18,6 @@
 #include "model/cuda_span_internal.h"
 
 namespace strata::model {
-
-absl::StatusOr<std::vector<TpShardPlan>> PlanTensorParallel(const HParams& hp,
-                                                            int shards,
-                                                            int64_t column_multiple) {
-  if (shards < 1) return absl::InvalidArgumentError("tensor parallelism needs at least one device");
-  if (hp.n_head_kv <= 0 || hp.n_head % hp.n_head_kv != 0) {
-    return absl::InvalidArgumentError(
-        StrCat(hp.n_head, " query heads do not group over ", hp.n_head_kv, " KV heads"));
-  }
-  if (hp.n_head_kv % shards != 0) {
-    return absl::InvalidArgumentError(StrCat("cannot split ",
-                                             hp.n_head_kv,
-                                             " KV heads over ",
-                                             shards,
-                                             " devices (each device needs whole KV heads)"));
-  }
-  if (hp.n_ff % shards != 0) {
-    return absl::InvalidArgumentError(
-        StrCat("cannot split the FFN width ", hp.n_ff, " over ", shards, " devices"));
-  }
-  const int n_head = hp.n_head / shards, n_head_kv = hp.n_head_kv / shards;
-  const int64_t q = static_cast<int64_t>(n_head) * hp.head_dim;
-  const int64_t kv = static_cast<int64_t>(n_head_kv) * hp.head_dim;
-  const int64_t ff = hp.n_ff / shards;
-  if (column_multiple > 0 && q % column_multiple != 0) {
-    return absl::InvalidArgumentError(StrCat("cannot split the attention output's ",
-                                             hp.q_dim(),
-                                             " input columns over ",
-                                             shards,
-                                             " devices at quant-block boundaries (",
-                                             q,
-                                             " each, not a multiple of ",
-                                             column_multiple,
-                                             ")"));
-  }
-  if (column_multiple > 0 && ff % column_multiple != 0) {
-    return absl::InvalidArgumentError(StrCat("cannot split ffn_down's ",
-                                             hp.n_ff,
-                                             " input columns over ",
-                                             shards,
-                                             " devices at quant-block boundaries (",
-                                             ff,
-                                             " each, not a multiple of ",
-                                             column_multiple,
-                                             ")"));
-  }
-  std::vector<TpShardPlan> plans(shards);
-  for (int s = 0; s < shards; ++s) {
-    TpShardPlan& p = plans[s];
-    p.n_head = n_head;
-    p.n_head_kv = n_head_kv;
-    p.q = {s * q, q};
-    p.kv = {s * kv, kv};
-    p.ff = {s * ff, ff};
-  }
-  return plans;
-}
-
 namespace {
 
 namespace cu = kernels::cuda;
@@ -84,110 +25,12 @@ using cuda_internal::DeviceGuard;
 using kernels::DType;
 using kernels::Tensor;
 
-// --- KV pages split across shards ---
-
-// What a KvCache page handle of a tensor-parallel pool stands for: one device page per shard.
-// The handle is the record's address; KvCache only does address arithmetic on it, never reads it.
-struct TpPage {
-  std::vector<int> devices;
-  std::vector<uint16_t*> pages;
-};
-
-// Live records of every tensor-parallel pool, so a backend can tell its handles from others.
-class TpPageRegistry {
- public:
-  static TpPageRegistry& Get() {
-    static TpPageRegistry* r = new TpPageRegistry();
-    return *r;
-  }
-  void Add(const TpPage* p) {
-    std::lock_guard<std::mutex> lock(mu_);
-    live_.insert(p);
-  }
-  void Remove(const TpPage* p) {
-    std::lock_guard<std::mutex> lock(mu_);
-    live_.erase(p);
-  }
-  const TpPage* Find(const void* handle) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = live_.find(static_cast<const TpPage*>(handle));
-    return it == live_.end() ? nullptr : *it;
-  }
-
- private:
-  std::mutex mu_;
-  absl::flat_hash_set<const TpPage*> live_;
-};
-
-// A shard's part of a page of `bytes` (KvPageBytes of the full layout): its kv_dim / n of every
-// cell, rounded up when the full page was rounded to 64 bytes.
-size_t ShardBytes(size_t bytes, size_t n) { return (bytes + n - 1) / n; }
-
-class CudaTpKvPool final : public KvPool {
- public:
-  CudaTpKvPool(std::vector<int> devices, size_t max_bytes)
-      : KvPool(max_bytes), devices_(std::move(devices)) {}
-  ~CudaTpKvPool() override { ReleaseSpare(); }
-
- protected:
-  uint16_t* AllocatePage(size_t bytes) override {
-    if (devices_.empty()) return nullptr;
-    auto page = std::make_unique<TpPage>();
-    page->devices = devices_;
-    for (int d : devices_) {
-      DeviceGuard guard(d);
-      void* p = nullptr;
-      if (cudaMalloc(&p, ShardBytes(bytes, devices_.size())) != cudaSuccess) {
-        cudaGetLastError();
-        FreeShards(*page);
-        return nullptr;
-      }
-      page->pages.push_back(static_cast<uint16_t*>(p));
-    }
-    TpPageRegistry::Get().Add(page.get());
-    return reinterpret_cast<uint16_t*>(page.release());
-  }
-  // On each device's legacy default stream, as CudaKvPool: ordered after the work already queued
-  // on the backends' (blocking) streams.
-  void ZeroPage(uint16_t* handle, size_t bytes) override {
-    const TpPage& page = *reinterpret_cast<const TpPage*>(handle);
-    for (size_t s = 0; s < page.pages.size(); ++s) {
-      DeviceGuard guard(page.devices[s]);
-      cudaMemsetAsync(page.pages[s], 0, ShardBytes(bytes, page.pages.size()), nullptr);
-    }
-  }
-  void FreePage(uint16_t* handle) override {
-    TpPage* page = reinterpret_cast<TpPage*>(handle);
-    TpPageRegistry::Get().Remove(page);
-    FreeShards(*page);
-    delete page;
-  }
-
- private:
-  static void FreeShards(const TpPage& page) {
-    for (size_t s = 0; s < page.pages.size(); ++s) {
-      DeviceGuard guard(page.devices[s]);
-      cudaFree(page.pages[s]);
-    }
-  }
-  std::vector<int> devices_;
-};
-
-template <typename T>
-T* AlignUp(T* p, size_t align) {
-  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
-  return reinterpret_cast<T*>((v + align - 1) / align * align);
-}
 size_t AlignUp(size_t v, size_t align) { return (v + align - 1) / align * align; }
 
 // The column granularity the CUDA products need for `dtype`: 32, or 256 for K-quants.
 int64_t ColumnMultiple(DType dtype) { return cu::CheckWeightShape(dtype, 32).ok() ? 32 : 256; }
 
 }  // namespace
-
-std::unique_ptr<KvPool> NewCudaTpKvPool(std::vector<int> devices, size_t max_bytes) {
-  return std::make_unique<CudaTpKvPool>(std::move(devices), max_bytes);
-}
 
 struct CudaTpSpanBackend::Impl {
   // One product: a device weight writing columns [col, col + w.n) of its output rows.
@@ -460,8 +303,7 @@ absl::Status CudaTpSpanBackend::Impl::CheckPages(const KvCache& kv) {
   for (size_t p = 0; p < kv.pages(); ++p) {
     // Looked up every time (no cache of known handles): a freed record's address may come back
     // as a page of another pool.
-    const TpPage* page = TpPageRegistry::Get().Find(kv.K(static_cast<int32_t>(p * pc), 0));
-    if (page == nullptr || page->devices != devices) {
+    if (cuda_internal::TpShardPages(kv.K(static_cast<int32_t>(p * pc), 0), devices) == nullptr) {
       return absl::FailedPreconditionError(
           "a KV cache page is not from a tensor-parallel pool over this span's devices (caches "
           "of a tensor-parallel span must come from NewCudaTpKvPool with the same device list)");
@@ -744,9 +586,10 @@ absl::Status CudaTpSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> pa
     const int32_t table_offset = static_cast<int32_t>(m.shards[0].table.size());
     const int pc = kv.page_cells();
     for (size_t pg = 0; pg < kv.pages(); ++pg) {
-      const TpPage* page = reinterpret_cast<const TpPage*>(kv.K(static_cast<int32_t>(pg * pc), 0));
+      const std::vector<uint16_t*>& pages =
+          *cuda_internal::TpShardPages(kv.K(static_cast<int32_t>(pg * pc), 0), m.devices);
       for (int s = 0; s < m.n(); ++s) {
-        m.shards[s].table.push_back(reinterpret_cast<uint64_t>(page->pages[s]));
+        m.shards[s].table.push_back(reinterpret_cast<uint64_t>(pages[s]));
       }
     }
     ranges.clear();
