@@ -292,11 +292,56 @@ absl::Status NcclLink::Wait(const char* what) {
   }
 }
 
+absl::Status NcclLink::Synchronize(cudaStream_t stream,
+                                  absl::Duration timeout,
+                                  const std::atomic<bool>* cancel) {
+  if (comm_ == nullptr) return absl::UnavailableError("the NCCL link was aborted");
+  ASSIGN_OR_RETURN(const Nccl* n, LoadNccl());
+  cudaSetDevice(device_);
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    const cudaError_t q = cudaStreamQuery(stream);
+    if (q == cudaSuccess) return absl::OkStatus();
+    if (q != cudaErrorNotReady) {
+      Abort();
+      return CudaStatus(q, "NCCL link stream");
+    }
+    ncclResult_t state = ncclSuccess;
+    const ncclResult_t e = n->CommGetAsyncError(Comm(comm_), &state);
+    const ncclResult_t r = e != ncclSuccess ? e : state;
+    if (r != ncclSuccess && r != ncclInProgress) {
+      absl::Status st = NcclStatus(*n, r, "link transfer", Comm(comm_));
+      Abort();
+      return absl::UnavailableError(st.message());
+    }
+    if (cancel != nullptr && cancel->load(std::memory_order_acquire)) {
+      Abort();
+      return absl::CancelledError("the NCCL link was closed");
+    }
+    if (absl::Now() > deadline) {
+      Abort();
+      return absl::DeadlineExceededError(
+          StrCat("NCCL transfer not done after ", absl::FormatDuration(timeout)));
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+void NcclLink::Abort() {
+  if (comm_ == nullptr) return;
+  auto n = LoadNccl();
+  if (!n.ok()) return;
+  cudaSetDevice(device_);
+  (*n)->CommAbort(Comm(comm_));
+  comm_ = nullptr;
+}
+
 absl::Status NcclLink::Send(
     const float* data, int64_t rows, int64_t n_embd, int peer, cudaStream_t stream) {
   if (rows < 0 || n_embd <= 0 || peer < 0 || peer >= nranks_) {
     return absl::InvalidArgumentError(StrCat("NCCL send of ", rows, "x", n_embd, " to ", peer));
   }
+  if (comm_ == nullptr) return absl::UnavailableError("the NCCL link was aborted");
   ASSIGN_OR_RETURN(const Nccl* n, LoadNccl());
   cudaSetDevice(device_);
   const ncclResult_t r =
@@ -310,6 +355,7 @@ absl::Status NcclLink::Recv(
   if (rows < 0 || n_embd <= 0 || peer < 0 || peer >= nranks_) {
     return absl::InvalidArgumentError(StrCat("NCCL recv of ", rows, "x", n_embd, " from ", peer));
   }
+  if (comm_ == nullptr) return absl::UnavailableError("the NCCL link was aborted");
   ASSIGN_OR_RETURN(const Nccl* n, LoadNccl());
   cudaSetDevice(device_);
   const ncclResult_t r =

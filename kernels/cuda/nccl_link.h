@@ -11,6 +11,7 @@
 #include <cuda_runtime_api.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -99,6 +100,16 @@ class NcclLink {
   absl::Status Send(const float* data, int64_t rows, int64_t n_embd, int peer, cudaStream_t stream);
   // Queues a receive of rows x n_embd floats into `data` from `peer`.
   absl::Status Recv(float* data, int64_t rows, int64_t n_embd, int peer, cudaStream_t stream);
+  // Waits for the work queued on `stream` (e.g. a Send or Recv), watching the communicator for
+  // errors. After `timeout`, or once `*cancel` is set (any thread), the communicator is aborted
+  // (the link is unusable afterwards) and DEADLINE_EXCEEDED / CANCELLED is returned; an NCCL or
+  // CUDA error aborts it too.
+  absl::Status Synchronize(cudaStream_t stream,
+                           absl::Duration timeout,
+                           const std::atomic<bool>* cancel = nullptr);
+  // Aborts the communicator: queued and later operations fail. Idempotent.
+  void Abort();
+  bool aborted() const { return comm_ == nullptr; }
   // Both in one NCCL group (needed when a rank sends to itself, or to avoid ordering deadlocks).
   absl::Status SendRecv(const float* send,
                         int send_peer,
