@@ -63,7 +63,37 @@ Throughput MeasureThroughput(model::SpanBackend& backend, model::KvPool& pool, i
 // `device_list`: "cuda:N" or several, comma-separated (a tensor-parallel span).
 absl::StatusOr<Backends> MakeCudaBackends(const std::string& device_list,
                                           std::shared_ptr<const model::Model> model);
+std::shared_ptr<HandoffProvider> MakeNcclHandoff(int device, std::string node_id);
 #endif
+
+HandoffOptions MakeHandoff(const NodeOptions& options) {
+  HandoffOptions h;
+  if (options.handoff) {
+    h.provider = options.handoff;
+    return h;
+  }
+  if (!options.nccl) {
+    h.off_reason = "NCCL is off on this node (--no-nccl)";
+    return h;
+  }
+  if (options.device.rfind("cuda:", 0) != 0) {
+    h.off_reason = "this node runs on the CPU";
+    return h;
+  }
+#if defined(STRATA_CUDA)
+  // A tensor-parallel node ("cuda:N,cuda:M") hands off from its first device.
+  int index = 0;
+  const std::string first = options.device.substr(5, options.device.find(',') - 5);
+  if (absl::SimpleAtoi(first, &index) && index >= 0) {
+    h.provider = MakeNcclHandoff(index, options.node_id);
+  } else {
+    h.off_reason = StrCat("bad device '", options.device, "'");
+  }
+#else
+  h.off_reason = "this build has no CUDA support";
+#endif
+  return h;
+}
 
 absl::StatusOr<Backends> MakeBackends(const std::string& device,
                                       std::shared_ptr<const model::Model> model, int threads) {
@@ -119,7 +149,10 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
       if (n->metrics_) n->metrics_->ObserveBatch(compute);
     };
   }
-  node->worker_ = std::make_unique<Worker>(node->model_, options.worker, GrpcDownstreamFactory(),
+  HandoffOptions handoff = MakeHandoff(options);
+  handoff.board = node->links_;
+  node->worker_ = std::make_unique<Worker>(node->model_, options.worker,
+                                           GrpcDownstreamFactory(handoff),
                                            node->backends_.make,
                                            node->backends_.kv_pool(options.worker.kv_bytes));
   if (!options.http.empty()) {
@@ -141,7 +174,8 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
     });
   }
   node->service_ = std::make_unique<NodeService>(
-      node->worker_.get(), [n = node.get()](v1::NodeInfo* info) { n->FillInfo(info); });
+      node->worker_.get(), [n = node.get()](v1::NodeInfo* info) { n->FillInfo(info); },
+      handoff);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -381,6 +415,7 @@ void NodeServer::FillInfo(v1::NodeInfo* info) const {
   info->set_active_sessions(s.active_sessions.load());
   info->set_kv_used_bytes(s.kv_used_bytes.load());
   info->set_kv_capacity_bytes(s.kv_capacity_bytes.load());
+  for (v1::DownstreamLinkInfo& link : links_->Snapshot()) *info->add_links() = std::move(link);
 }
 
 void NodeServer::Shutdown() {

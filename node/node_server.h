@@ -34,6 +34,11 @@ struct NodeOptions {
   std::string device = "cpu";  // "cpu" or "cuda:N" (builds with STRATA_CUDA)
   int threads = 0;          // CPU compute threads (0: all CPUs)
   WorkerOptions worker;
+  // Hidden states to and from co-located CUDA nodes over NCCL (negotiated per push stream,
+  // gRPC otherwise). False: gRPC only (`strata node --no-nccl`).
+  bool nccl = true;
+  // Replaces the NCCL hand-off (tests inject a fake transport here).
+  std::shared_ptr<HandoffProvider> handoff;
   // HOST:PORT of an HTTP listener for /metrics (Prometheus) and /healthz; empty: none.
   std::string http;
   // Progress and status messages for the operator (stderr by default in the CLI).
@@ -54,6 +59,10 @@ struct Backends {
 };
 absl::StatusOr<Backends> MakeBackends(const std::string& device,
                                       std::shared_ptr<const model::Model> model, int threads);
+
+// The hand-off a node with `options` offers and accepts: NCCL on a CUDA device (builds with
+// STRATA_CUDA, unless options.nccl is false), the injected provider, or none with the reason.
+HandoffOptions MakeHandoff(const NodeOptions& options);
 
 class NodeServer {
  public:
@@ -77,6 +86,10 @@ class NodeServer {
   const WorkerStats& stats() const { return worker_->stats(); }
   const Throughput& throughput() const { return throughput_; }
   const model::Model& model() const { return *model_; }
+  // The push streams this node has open to next hops and the transport each uses.
+  std::vector<v1::DownstreamLinkInfo> links() const { return links_->Snapshot(); }
+  // "links nccl 1, grpc 2", or "" when none is open.
+  std::string links_summary() const { return links_->Summary(); }
   // The bound HTTP address (HOST:PORT) when NodeOptions::http was set, else "".
   std::string http_address() const { return http_ ? http_->address() : std::string(); }
 
@@ -92,6 +105,7 @@ class NodeServer {
   NodeOptions options_;
   std::shared_ptr<const model::Model> model_;
   Backends backends_;
+  std::shared_ptr<LinkBoard> links_ = std::make_shared<LinkBoard>();
   std::unique_ptr<Worker> worker_;
   std::unique_ptr<NodeMetrics> metrics_;  // with NodeOptions::http; outlives server_
   std::unique_ptr<NodeService> service_;

@@ -88,7 +88,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
 // The server side of a Push stream from the previous hop.
 class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::PushResponse> {
  public:
-  explicit PushReactor(Worker* worker) : worker_(worker) {
+  PushReactor(Worker* worker, const HandoffOptions* handoff) : worker_(worker), handoff_(handoff) {
     link_ = std::make_shared<Link>(this);
     StartRead(&request_);
   }
@@ -116,8 +116,12 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
         return;
       }
     }
-    if (request_.has_op() && !worker_->PostPushOp(session_id_, link_.get(),
-                                                  std::move(*request_.mutable_op()))) {
+    if (request_.has_handoff_offer()) TakeOffer(std::move(*request_.mutable_handoff_offer()));
+    if (inbound_) {
+      // Once a link was accepted, every message goes through it in arrival order.
+      inbound_->Push(std::move(request_));
+    } else if (request_.has_op() && !worker_->PostPushOp(session_id_, link_.get(),
+                                                         std::move(*request_.mutable_op()))) {
       link_->Close(kOverloaded);
       return;
     }
@@ -128,11 +132,38 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
   void OnWriteDone(bool ok) override { link_->outbox.WriteDone(ok); }
 
   void OnDone() override {
+    if (inbound_) inbound_->Stop();
     link_->outbox.Gone();
     delete this;
   }
 
  private:
+  void TakeOffer(v1::HandoffOffer offer) {
+    auto answer = [&](v1::HandoffAnswer::State state, const std::string& reason) {
+      v1::PushResponse r;
+      r.mutable_handoff()->set_state(state);
+      r.mutable_handoff()->set_reason(reason);
+      link_->outbox.Send(std::move(r));
+    };
+    if (inbound_) return answer(v1::HandoffAnswer::DECLINED, "this stream has a link already");
+    if (!handoff_->provider) return answer(v1::HandoffAnswer::DECLINED, handoff_->off_reason);
+    const absl::Status can = handoff_->provider->CanAccept(offer);
+    if (!can.ok()) {
+      STRATA_LOG(Info) << "push stream from " << offer.node_id() << " (session " << session_id_
+                       << "): declined a " << offer.transport() << " link: " << can.message();
+      return answer(v1::HandoffAnswer::DECLINED, std::string(can.message()));
+    }
+    answer(v1::HandoffAnswer::ACCEPTED, "");
+    HandoffInbound::Hooks hooks;
+    hooks.deliver = [worker = worker_, id = session_id_, link = link_](v1::Op op) {
+      return worker->PostPushOp(id, link.get(), std::move(op));
+    };
+    hooks.reply = [link = link_](v1::PushResponse r) { link->outbox.Send(std::move(r)); };
+    hooks.close = [link = link_](grpc::Status status) { link->Close(std::move(status)); };
+    inbound_ = HandoffInbound::Start(*handoff_, std::move(offer), worker_->hidden_size(),
+                                     worker_->options().max_rows_per_op, std::move(hooks));
+  }
+
   struct Link : UpstreamLink {
     explicit Link(PushReactor* r)
         : outbox([r](const v1::PushResponse* m) { r->StartWrite(m); },
@@ -142,7 +173,9 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
   };
 
   Worker* worker_;
+  const HandoffOptions* handoff_;
   std::shared_ptr<Link> link_;
+  std::shared_ptr<HandoffInbound> inbound_;  // after an accepted offer
   v1::PushRequest request_;
   bool started_ = false;
   std::string session_id_;
@@ -154,8 +187,10 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
                                public DownstreamLink,
                                public std::enable_shared_from_this<DownstreamStream> {
  public:
-  DownstreamStream(std::function<void(grpc::Status)> on_failed)
-      : on_failed_(std::move(on_failed)),
+  DownstreamStream(std::function<void(const v1::PushResponse&)> on_response,
+                   std::function<void(grpc::Status)> on_failed)
+      : on_response_(std::move(on_response)),
+        on_failed_(std::move(on_failed)),
         outbox_([this](const v1::PushRequest* m) { StartWrite(m); },
                 [this](grpc::Status) { StartWritesDone(); }) {}
 
@@ -178,7 +213,9 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
   void OnWriteDone(bool ok) override { outbox_.WriteDone(ok); }
   void OnWritesDoneDone(bool) override {}
   void OnReadDone(bool ok) override {
-    if (ok) StartRead(&response_);
+    if (!ok) return;
+    if (on_response_) on_response_(response_);
+    StartRead(&response_);
   }
   void OnDone(const grpc::Status& status) override {
     outbox_.Gone();
@@ -191,6 +228,7 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
   }
 
  private:
+  std::function<void(const v1::PushResponse&)> on_response_;
   std::function<void(grpc::Status)> on_failed_;
   Outbox<v1::PushRequest> outbox_;
   std::unique_ptr<v1::Node::Stub> stub_;
@@ -202,8 +240,10 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
 
 }  // namespace
 
-NodeService::NodeService(Worker* worker, std::function<void(v1::NodeInfo*)> info)
-    : worker_(worker), info_(std::move(info)) {}
+NodeService::NodeService(Worker* worker,
+                         std::function<void(v1::NodeInfo*)> info,
+                         HandoffOptions handoff)
+    : worker_(worker), info_(std::move(info)), handoff_(std::move(handoff)) {}
 
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* NodeService::Session(
     grpc::CallbackServerContext*) {
@@ -212,7 +252,7 @@ grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* NodeService::S
 
 grpc::ServerBidiReactor<v1::PushRequest, v1::PushResponse>* NodeService::Push(
     grpc::CallbackServerContext*) {
-  return new PushReactor(worker_);
+  return new PushReactor(worker_, &handoff_);
 }
 
 grpc::ServerUnaryReactor* NodeService::Info(grpc::CallbackServerContext* context,
@@ -223,12 +263,17 @@ grpc::ServerUnaryReactor* NodeService::Info(grpc::CallbackServerContext* context
   return reactor;
 }
 
-DownstreamFactory GrpcDownstreamFactory() {
-  return [](const std::string& address, std::function<void(grpc::Status)> on_failed) {
-    auto stream = std::make_shared<DownstreamStream>(std::move(on_failed));
-    stream->Start(transport::ChannelCache::Default().Get(address));
-    return std::shared_ptr<DownstreamLink>(stream);
-  };
+DownstreamFactory GrpcDownstreamFactory(HandoffOptions handoff) {
+  return HandoffDownstreamFactory(
+      std::move(handoff),
+      [](const std::string& address,
+         std::function<void(const v1::PushResponse&)> on_response,
+         std::function<void(grpc::Status)> on_failed) {
+        auto stream =
+            std::make_shared<DownstreamStream>(std::move(on_response), std::move(on_failed));
+        stream->Start(transport::ChannelCache::Default().Get(address));
+        return std::shared_ptr<DownstreamLink>(stream);
+      });
 }
 
 }  // namespace strata::node

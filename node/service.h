@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "node/handoff.h"
 #include "node/links.h"
 #include "node/worker.h"
 #include "strata/v1/node.grpc.pb.h"
@@ -14,8 +15,10 @@ namespace strata::node {
 
 class NodeService final : public v1::Node::CallbackService {
  public:
-  // `info` fills the live NodeInfo for the Info RPC.
-  NodeService(Worker* worker, std::function<void(v1::NodeInfo*)> info);
+  // `info` fills the live NodeInfo for the Info RPC; `handoff` decides which offers of a direct
+  // link from previous hops this node takes.
+  NodeService(Worker* worker, std::function<void(v1::NodeInfo*)> info,
+              HandoffOptions handoff = {});
 
   grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
       grpc::CallbackServerContext* context) override;
@@ -27,9 +30,11 @@ class NodeService final : public v1::Node::CallbackService {
  private:
   Worker* worker_;
   std::function<void(v1::NodeInfo*)> info_;
+  HandoffOptions handoff_;
 };
 
-// Opens Push streams to next hops over cached channels.
-DownstreamFactory GrpcDownstreamFactory();
+// Opens Push streams to next hops over cached channels, each offering `handoff`'s direct link
+// (none without a provider) and reporting on its board.
+DownstreamFactory GrpcDownstreamFactory(HandoffOptions handoff = {});
 
 }  // namespace strata::node

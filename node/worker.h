@@ -113,6 +113,8 @@ class Worker {
   int last_layer() const { return last_layer_.load(); }
   const WorkerStats& stats() const { return stats_; }
   const WorkerOptions& options() const { return options_; }
+  // Floats per hidden-state row of the model.
+  int hidden_size() const { return model_->hparams().n_embd; }
   // Next-hop addresses used recently (for RTT probes). Thread-safe.
   std::vector<std::string> RecentPeers() const;
 
