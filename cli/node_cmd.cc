@@ -46,6 +46,7 @@ struct NodeFlags {
   std::string http;
   bool quiet = false;
   bool no_status = false;
+  bool no_nccl = false;
 };
 
 // Writes operator messages to stderr, and redraws a one-line live status under them when stderr
@@ -100,7 +101,8 @@ class StatusLine {
         s.kv_used_bytes.load() / 1048576.0,
         s.kv_capacity_bytes.load() / 1048576.0,
         static_cast<long long>(s.total_rows.load()),
-        static_cast<long long>(s.errors.load()));
+        static_cast<long long>(s.errors.load())) +
+        (node.links_summary().empty() ? "" : "  " + node.links_summary());
   }
 
   void Loop(const node::NodeServer* node) {
@@ -191,6 +193,7 @@ int RunNode(const NodeFlags& f) {
   o.worker.max_sessions = f.max_sessions;
   o.worker.idle_timeout = absl::Seconds(f.idle_timeout_s);
   o.http = f.http;
+  o.nccl = !f.no_nccl;
   const bool quiet = f.quiet;
   StatusLine status(!quiet && !f.no_status && isatty(STDERR_FILENO));
   o.log = [quiet, &status](const std::string& line) {
@@ -263,6 +266,10 @@ void RegisterNode(CLI::App& app, int* exit_code) {
                   flags->http,
                   "Also serve /metrics (Prometheus) and /healthz over HTTP on HOST:PORT "
                   "(port 0: any free port)");
+  cmd->add_flag("--no-nccl",
+                flags->no_nccl,
+                "Send hidden states to co-located CUDA nodes over gRPC only (by default they go "
+                "over NCCL when both hops run on GPUs of this host)");
   cmd->add_flag("--quiet", flags->quiet, "Print only the listening line");
   cmd->add_flag("--no-status",
                 flags->no_status,
