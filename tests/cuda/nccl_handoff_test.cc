@@ -1,0 +1,118 @@
+// The NCCL hand-off between two CUDA nodes (NodeServers in this process) on a two-hop route of
+// the default model. With two GPUs the hops link over NCCL and every payload after the first
+// token goes over it; with one GPU NCCL refuses two ranks on the same device, so the link falls
+// back to gRPC and says why. Either way the tokens equal a gRPC-only CUDA route exactly, and a
+// CPU route's (the same backend kind is not required there: CUDA and CPU agree within a
+// tolerance only, so that comparison reports rather than fails beyond the first tokens).
+#include <gtest/gtest.h>
+
+#include <iostream>
+
+#include "kernels/cuda/nccl_link.h"
+#include "tests/cuda/gpu_testing.h"
+#include "tests/node/handoff_testing.h"
+
+namespace strata {
+namespace {
+
+namespace cu = kernels::cuda;
+
+constexpr int kSteps = 12;
+
+struct TwoHops {
+  std::unique_ptr<node::NodeServer> a, b;
+  std::vector<node::NodeServer*> nodes() const { return {a.get(), b.get()}; }
+};
+
+TwoHops Start(const std::string& device_a, const std::string& device_b, bool nccl) {
+  TwoHops h;
+  node::NodeOptions o;
+  o.nccl = nccl;
+  o.device = device_a;
+  o.node_id = "hop-a-" + device_a;
+  h.a = testing::StartSpanNode(o, 0, 15);
+  o.device = device_b;
+  o.node_id = "hop-b-" + device_b;
+  h.b = testing::StartSpanNode(o, 15, 30);
+  return h;
+}
+
+TEST(NcclHandoff, CudaNodesLinkOrFallBackWithTheSameTokens) {
+  STRATA_SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(testing::DefaultModelPresent());
+  ASSERT_NE(testing::SharedClientModel(), nullptr);
+  const int gpus = *cu::DeviceCount();
+  const std::string dev_b = gpus >= 2 ? "cuda:1" : "cuda:0";
+  const absl::StatusOr<std::string> nccl = cu::NcclVersion();
+  std::cout << gpus << " GPU(s); NCCL " << (nccl.ok() ? *nccl : nccl.status().ToString())
+            << "\n";
+  const std::vector<int32_t> prompt = testing::TestPrompt();
+
+  std::vector<int32_t> grpc_tokens;
+  {
+    TwoHops plain = Start("cuda:0", dev_b, /*nccl=*/false);
+    ASSERT_TRUE(plain.a && plain.b);
+    auto t = testing::GreedyOverRoute(plain.nodes(), prompt, kSteps);
+    ASSERT_TRUE(t.ok()) << t.status();
+    grpc_tokens = *t;
+  }
+
+  TwoHops linked = Start("cuda:0", dev_b, /*nccl=*/true);
+  ASSERT_TRUE(linked.a && linked.b);
+  v1::DownstreamLinkInfo after_first, at_end;
+  int failovers = -1;
+  auto t = testing::GreedyOverRoute(
+      linked.nodes(), prompt, kSteps,
+      [&] { after_first = testing::SettledLink(*linked.a); },
+      [&] { at_end = testing::SettledLink(*linked.a); }, &failovers);
+  ASSERT_TRUE(t.ok()) << t.status();
+  std::cout << "link cuda:0 -> " << dev_b << ": " << at_end.transport() << " ("
+            << (at_end.reason().empty() ? "no fallback" : at_end.reason()) << "), "
+            << at_end.link_payloads() << " payloads over the link\n";
+  EXPECT_EQ(*t, grpc_tokens);
+  EXPECT_EQ(failovers, 0);
+  if (gpus >= 2 && nccl.ok()) {
+    EXPECT_EQ(after_first.transport(), "nccl") << after_first.reason();
+    EXPECT_EQ(at_end.transport(), "nccl") << at_end.reason();
+    // The rest of the prompt and every decode step.
+    EXPECT_EQ(at_end.link_payloads(), kSteps + 1);
+  } else {
+    EXPECT_EQ(at_end.transport(), "grpc");
+    EXPECT_FALSE(at_end.reason().empty());
+    EXPECT_EQ(at_end.link_payloads(), 0);
+  }
+
+  // The session above is closed: its link leaves the Info RPC's list.
+  auto stub = v1::Node::NewStub(
+      grpc::CreateChannel(linked.a->address(), grpc::InsecureChannelCredentials()));
+  v1::NodeInfo info;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  do {
+    info.Clear();
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    ASSERT_TRUE(stub->Info(&ctx, v1::InfoRequest(), &info).ok());
+    if (info.links_size() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } while (absl::Now() < deadline);
+  EXPECT_EQ(info.links_size(), 0);
+
+  TwoHops cpu;
+  {
+    node::NodeOptions o;
+    o.threads = 2;
+    cpu.a = testing::StartSpanNode(o, 0, 15);
+    cpu.b = testing::StartSpanNode(o, 15, 30);
+  }
+  ASSERT_TRUE(cpu.a && cpu.b);
+  auto c = testing::GreedyOverRoute(cpu.nodes(), prompt, kSteps);
+  ASSERT_TRUE(c.ok()) << c.status();
+  int same = 0;
+  while (same < kSteps && (*c)[same] == (*t)[same]) ++same;
+  std::cout << "CUDA and CPU routes agree on the first " << same << " of " << kSteps
+            << " tokens\n";
+  EXPECT_GE(same, 4);
+}
+
+}  // namespace
+}  // namespace strata
