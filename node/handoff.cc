@@ -476,11 +476,13 @@ void HandoffInbound::Run(v1::HandoffOffer offer) {
       return;
     }
     if (!t.ok()) {
-      failed_ = true;
-      STRATA_LOG(Info) << "push stream from " << offer.node_id() << ": gRPC only: connect: "
-                       << t.status().message();
-      replies_.push_back(
-          Answer(v1::HandoffAnswer::FAILED, StrCat("connect: ", t.status().message())));
+      if (!failed_) {
+        failed_ = true;
+        STRATA_LOG(Info) << "push stream from " << offer.node_id() << ": gRPC only: connect: "
+                         << t.status().message();
+        replies_.push_back(
+            Answer(v1::HandoffAnswer::FAILED, StrCat("connect: ", t.status().message())));
+      }
     } else {
       transport = transport_ = std::move(*t);
       if (failed_) {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 
+#include "strata/v1/node.grpc.pb.h"
 #include "tests/node/fake_handoff.h"
 #include "tests/node/handoff_testing.h"
 
@@ -190,6 +191,119 @@ TEST_F(HandoffTest, ReceiveFailureMidSessionLosesNothing) {
                                                   HasSubstr("the fake link is broken")));
     EXPECT_EQ(r.fakes[i + 1]->recvs(), 2);
   }
+}
+
+// A previous hop that breaks the protocol gets refusals, its ops fail alone, and the node keeps
+// serving.
+TEST(HandoffInputTest, BadHandoffMessagesAreRefusedAndTheNodeKeepsServing) {
+  auto hub = std::make_shared<FakeHub>();
+  node::NodeOptions o;
+  o.node_id = "target";
+  o.handoff = std::make_shared<FakeHandoff>(hub, FakeFaults{});
+  auto node = testing::StartSpanNode(o, 0, 30);
+  ASSERT_NE(node, nullptr);
+  auto stub = v1::Node::NewStub(
+      grpc::CreateChannel(node->address(), grpc::InsecureChannelCredentials()));
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
+
+  // A session whose ops come from a previous hop (this is hop 1, the last).
+  grpc::ClientContext sctx;
+  sctx.set_deadline(deadline);
+  auto session = stub->Session(&sctx);
+  v1::SessionRequest open;
+  v1::OpenSession* os = open.mutable_open();
+  os->set_protocol_version(v1::PROTOCOL_VERSION_1);
+  os->set_session_id("bad-handoff");
+  os->set_token("t");
+  os->set_model_id(node->model().id());
+  os->set_first_layer(0);
+  os->set_last_layer(30);
+  os->set_hop_index(1);
+  os->set_max_length(64);
+  ASSERT_TRUE(session->Write(open));
+  v1::SessionResponse sr;
+  ASSERT_TRUE(session->Read(&sr));
+  ASSERT_TRUE(sr.has_opened()) << sr.DebugString();
+
+  grpc::ClientContext pctx;
+  pctx.set_deadline(deadline);
+  auto push = stub->Push(&pctx);
+  v1::PushRequest first;
+  first.set_session_id("bad-handoff");
+  first.set_token("t");
+  ASSERT_TRUE(push->Write(first));
+  auto answer = [&]() {
+    v1::PushResponse r;
+    EXPECT_TRUE(push->Read(&r));
+    return r.handoff();
+  };
+  auto linked_forward = [](uint64_t seq, int rows) {
+    v1::PushRequest m;
+    m.mutable_op()->set_op_seq(seq);
+    for (int i = 0; i < rows; ++i) {
+      v1::RowMeta* row = m.mutable_op()->mutable_forward()->add_rows();
+      row->set_pos(i);
+      row->set_seqs(1);
+    }
+    m.set_hidden_on_link(true);
+    return m;
+  };
+
+  // An offer of an unknown transport is declined.
+  v1::PushRequest bogus;
+  bogus.mutable_handoff_offer()->set_transport("bogus");
+  bogus.mutable_handoff_offer()->set_rendezvous(std::string(100000, 'x'));
+  ASSERT_TRUE(push->Write(bogus));
+  v1::HandoffAnswer a = answer();
+  EXPECT_EQ(a.state(), v1::HandoffAnswer::DECLINED);
+  EXPECT_THAT(a.reason(), HasSubstr("not a fake offer"));
+
+  // Payloads for nothing are ignored; a forward flagged as on a link that does not exist
+  // reaches the worker without its rows and fails alone.
+  v1::PushRequest stray;
+  stray.mutable_late_payload()->set_op_seq(7);
+  stray.set_handoff_closed("no link");
+  ASSERT_TRUE(push->Write(stray));
+  ASSERT_TRUE(push->Write(linked_forward(1, 1)));
+  ASSERT_TRUE(session->Read(&sr));
+  ASSERT_TRUE(sr.has_error()) << sr.DebugString();
+  EXPECT_EQ(sr.error().op_seq(), 1u);
+  EXPECT_EQ(sr.error().code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+
+  // An accepted offer whose peer never joins; a linked forward before READY, with more rows
+  // than a forward may have, ends the link and fails alone too.
+  v1::PushRequest offer;
+  offer.mutable_handoff_offer()->set_transport("fake");
+  offer.mutable_handoff_offer()->set_host_id("host-a");
+  offer.mutable_handoff_offer()->set_rendezvous(hub->NewRendezvous());
+  ASSERT_TRUE(push->Write(offer));
+  EXPECT_EQ(answer().state(), v1::HandoffAnswer::ACCEPTED);
+  ASSERT_TRUE(push->Write(linked_forward(2, 9000)));
+  a = answer();
+  EXPECT_EQ(a.state(), v1::HandoffAnswer::FAILED);
+  EXPECT_THAT(a.reason(), HasSubstr("rows"));
+  ASSERT_TRUE(session->Read(&sr));
+  ASSERT_TRUE(sr.has_error()) << sr.DebugString();
+  EXPECT_EQ(sr.error().op_seq(), 2u);
+  // A second offer on the stream is declined.
+  offer.mutable_handoff_offer()->set_rendezvous(hub->NewRendezvous());
+  ASSERT_TRUE(push->Write(offer));
+  a = answer();
+  EXPECT_EQ(a.state(), v1::HandoffAnswer::DECLINED);
+
+  push->WritesDone();
+  session->WritesDone();
+  v1::PushResponse pr;
+  while (push->Read(&pr)) {
+  }
+  while (session->Read(&sr)) {
+  }
+  push->Finish();
+  session->Finish();
+
+  // The node still serves a whole route.
+  auto tokens = testing::GreedyOverRoute({node.get()}, testing::TestPrompt(), 3);
+  EXPECT_TRUE(tokens.ok()) << tokens.status();
 }
 
 }  // namespace
