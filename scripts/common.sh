@@ -78,8 +78,9 @@ fetch_model() {
 # The CUDA configuration (-DSTRATA_CUDA=ON): compiled and linked wherever the CUDA toolkit is
 # installed (nvcc, cuBLAS and NCCL in /usr/local/cuda); its GPU tests skip without a device.
 CUDA_BUILD_DIR="${CUDA_BUILD_DIR:-$ROOT/build-cuda}"
-CUDA_TARGETS=(strata cuda_kernels_test cuda_span_test cuda_nccl_test cuda_traits_test
-              strata-gpu-bench strata-random-model)
+CUDA_TARGETS=(strata cuda_kernels_test cuda_span_test cuda_nccl_test cuda_nccl_handoff_test
+              cuda_tp_span_test cuda_traits_test cuda_tp_plan_test strata-gpu-bench
+              strata-random-model)
 have_cuda() { [ -x /usr/local/cuda/bin/nvcc ]; }
 build_cuda() {
   step "Building the CUDA configuration ($CUDA_BUILD_DIR)"

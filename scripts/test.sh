@@ -12,7 +12,7 @@ if have_cuda; then
   build_cuda
   step "Running the CUDA configuration's tests (the GPU ones skip without a device)"
   (cd "$CUDA_BUILD_DIR" && ctest --output-on-failure -j "$(nproc)" -L gpu --timeout 900)
-  (cd "$CUDA_BUILD_DIR" && ctest --output-on-failure -R CudaTraits --timeout 300)
+  (cd "$CUDA_BUILD_DIR" && ctest --output-on-failure -R 'CudaTraits|PlanTensorParallel' --timeout 300)
 else
   step "No CUDA toolkit in /usr/local/cuda: the CUDA configuration is not built here"
 fi

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build-cuda}
-TARGETS="strata cuda_kernels_test cuda_span_test cuda_nccl_test cuda_traits_test strata-random-model strata-gpu-bench"
+TARGETS="strata cuda_kernels_test cuda_span_test cuda_nccl_test cuda_nccl_handoff_test cuda_tp_span_test cuda_traits_test cuda_tp_plan_test strata-random-model strata-gpu-bench"
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTRATA_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES="80;90"

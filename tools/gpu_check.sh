@@ -9,10 +9,13 @@
 #      (Q4_1, 30 layers) standing in for the default model when models/ did not travel
 #   5. the GPU benchmark (JSON)
 #   6. the NCCL smoke test, verbose
+#   6b. the Q4 decode GEMV variants on the 7B shapes (gemv_variants.json)
 #   7. a mixed route: a coordinator, a CUDA node (layers 0-14) and a CPU node (15-29) serving the
-#      SmolLM2-shaped model, and `strata generate` through them (bundle mode only)
+#      SmolLM2-shaped model, and `strata generate` through them; then the CPU node is replaced by
+#      a tensor-parallel node (--devices cuda:0,cuda:0) and generation goes through it (bundle
+#      mode only)
 # Everything lands in $OUT (default ./gpu-check-out): gpu_check.log (all of the above), build.log,
-# tests.log, nccl.log, models.log, bench.log, gpu_bench.json, summary.txt (8 files at most).
+# tests.log, nccl.log, models.log, bench.log, gpu_bench.json, gemv_variants.json, summary.txt.
 # Budget: a few minutes; every step has a timeout. Exit status: 0 when the tests passed.
 #
 #   OUT=/some/dir tools/gpu_check.sh
@@ -47,6 +50,8 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libnccl.so.2'; then
   fi
 fi
 
+GPU_BINARIES="strata cuda_kernels_test cuda_span_test cuda_tp_span_test cuda_nccl_test \
+  cuda_nccl_handoff_test cuda_traits_test cuda_tp_plan_test strata-random-model strata-gpu-bench"
 BUNDLE=$ROOT/build-cuda/gpu-bundle
 MODE=${STRATA_GPU_CHECK_MODE:-auto}
 if [ "$MODE" = auto ]; then
@@ -57,8 +62,7 @@ if [ "$MODE" = bundle ]; then
   step "using the carried bundle $BUNDLE"
   export LD_LIBRARY_PATH="$BUNDLE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   BIN=$BUNDLE/bin
-  for t in strata cuda_kernels_test cuda_span_test cuda_nccl_test cuda_traits_test \
-           strata-random-model strata-gpu-bench; do
+  for t in $GPU_BINARIES; do
     declare "BIN_${t//-/_}=$BIN/$t"
   done
   echo "build: skipped (bundle mode)" > "$OUT/build.log"
@@ -69,7 +73,7 @@ else
     BUILD=$ROOT/build-cuda-gpu
   fi
   step "configure + build in $BUILD (sm_90, ninja -j16)"
-  TARGETS="cuda_kernels_test cuda_span_test cuda_nccl_test cuda_traits_test strata-random-model strata-gpu-bench"
+  TARGETS="$GPU_BINARIES"
   if ! timeout "$(left 60)" bash -c "cmake -S '$ROOT' -B '$BUILD' -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DSTRATA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DSTRATA_BUILD_BENCH=OFF && \
         ninja -C '$BUILD' -j16 $TARGETS" > "$OUT/build.log" 2>&1; then
@@ -81,8 +85,7 @@ else
     return 2
   fi
   tail -3 "$OUT/build.log"
-  for t in cuda_kernels_test cuda_span_test cuda_nccl_test cuda_traits_test strata-random-model \
-           strata-gpu-bench; do
+  for t in $GPU_BINARIES; do
     declare "BIN_${t//-/_}=$(find "$BUILD" -type f -name "$t" -perm -u+x | head -1)"
   done
 fi
@@ -98,9 +101,11 @@ if [ "$MODE" = build ]; then
     > "$OUT/tests.log" 2>&1
   TESTS_RC=$?
   timeout 60 "$BIN_cuda_traits_test" >> "$OUT/tests.log" 2>&1 || TESTS_RC=1
+  timeout 60 "$BIN_cuda_tp_plan_test" >> "$OUT/tests.log" 2>&1 || TESTS_RC=1
 else
   : > "$OUT/tests.log"
-  for t in "$BIN_cuda_traits_test" "$BIN_cuda_kernels_test" "$BIN_cuda_span_test"; do
+  for t in "$BIN_cuda_traits_test" "$BIN_cuda_tp_plan_test" "$BIN_cuda_kernels_test" \
+           "$BIN_cuda_span_test" "$BIN_cuda_tp_span_test" "$BIN_cuda_nccl_handoff_test"; do
     echo "--- $(basename "$t")" >> "$OUT/tests.log"
     timeout "$(left 30)" "$t" >> "$OUT/tests.log" 2>&1 || TESTS_RC=1
   done
@@ -128,6 +133,11 @@ timeout "$(left 60)" "$BIN_strata_gpu_bench" --all-types --model "$MSM" --model 
 BENCH_RC=$?
 grep -v '^[ {}\[\]]' "$OUT/bench.log" | head -60
 echo "benchmark exit status: $BENCH_RC"
+
+step "Q4 decode GEMV variants (7B shapes)"
+timeout "$(left 60)" "$BIN_strata_gpu_bench" --gemv-variants --json "$OUT/gemv_variants.json" \
+  >> "$OUT/bench.log" 2>&1
+grep -E "^best|default|^ *[0-9]+ " "$OUT/bench.log" | tail -45
 
 step "NCCL smoke test"
 NCCL_DEBUG=${NCCL_DEBUG:-WARN} timeout "$(left 30)" "$BIN_cuda_nccl_test" > "$OUT/nccl.log" 2>&1
@@ -158,12 +168,33 @@ if [ "$MODE" = bundle ] && [ -f "$MSM" ]; then
     kill -0 "${PIDS[1]}" 2>/dev/null || break  # the CUDA node exited
     sleep 1
   done
-  kill "${PIDS[@]}" 2>/dev/null
-  wait 2>/dev/null
   cat "$RUN/generate.json" "$RUN/generate.err" | tail -5
   tail -n 3 "$RUN/node-cuda.log" "$RUN/node-cpu.log"
   echo "mixed route exit status: $MIXED_RC"
   [ "$MIXED_RC" = 0 ] || TESTS_RC=1
+
+  step "tensor-parallel route: --devices cuda:0,cuda:0 for layers 15-29 beside the CUDA node"
+  kill "${PIDS[2]}" 2>/dev/null
+  "$BIN_strata" node --coordinator "$CO" --model "$MSM" --layers 15:30 --devices cuda:0,cuda:0 \
+    --listen 127.0.0.1:0 > "$RUN/node-tp.log" 2>&1 &
+  PIDS+=($!)
+  TP_RC=1
+  for _ in $(seq 30); do
+    if timeout 60 "$BIN_strata" generate --coordinator "$CO" --model "$MSM" --threads 4 \
+         --prompt "hello" --max-tokens 16 --json > "$RUN/generate-tp.json" 2> "$RUN/generate-tp.err" &&
+       grep -q '"completion_tokens"' "$RUN/generate-tp.json"; then
+      TP_RC=0
+      break
+    fi
+    kill -0 "${PIDS[-1]}" 2>/dev/null || break
+    sleep 1
+  done
+  kill "${PIDS[@]}" 2>/dev/null
+  wait 2>/dev/null
+  cat "$RUN/generate-tp.json" "$RUN/generate-tp.err" | tail -5
+  grep -i "tensor-parallel\|nccl\|hand" "$RUN/node-tp.log" "$RUN/node-cuda.log" | head -8
+  echo "tensor-parallel route exit status: $TP_RC"
+  [ "$TP_RC" = 0 ] || TESTS_RC=1
 fi
 
 step "summary"
@@ -175,6 +206,8 @@ step "summary"
   echo "benchmark: exit $BENCH_RC"
   grep -E "^gemv|^model|^  prefill" "$OUT/bench.log"
   echo "mixed route: exit ${MIXED_RC:-not run}"
+  echo "tensor-parallel route: exit ${TP_RC:-not run}"
+  grep -E "^best" "$OUT/bench.log"
   echo "elapsed: $(( $(date +%s) - START )) s"
 } > "$OUT/summary.txt"
 cat "$OUT/summary.txt"
