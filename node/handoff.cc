@@ -166,12 +166,20 @@ class HandoffLink final : public DownstreamLink, public std::enable_shared_from_
   void Run() {
     Negotiate();
     Serve();
+    if (holds_budget_) options_.budget->Give();
+    holds_budget_ = false;
     // Exits after Close (or a failed stream); the link object lives while the session holds it.
     std::lock_guard<std::mutex> lock(mu_);
     thread_done_ = true;
   }
 
   void Negotiate() {
+    if (!options_.budget->TryTake()) {
+      return Fallback(
+          StrCat("no offer: ", options_.budget->limit(), " hand-off links are open already"),
+          false);
+    }
+    holds_budget_ = true;
     absl::StatusOr<v1::HandoffOffer> offer = options_.provider->Offer();
     if (!offer.ok()) return Fallback(StrCat("no offer: ", offer.status().message()), false);
     {
@@ -333,6 +341,8 @@ class HandoffLink final : public DownstreamLink, public std::enable_shared_from_
       transport_->Abort();
       transport_.reset();
     }
+    if (holds_budget_) options_.budget->Give();
+    holds_budget_ = false;
     Report("grpc", reason);
     if (was_linked) {
       STRATA_LOG(Warning) << "push stream to " << address_ << " (session " << board_session_
@@ -370,6 +380,7 @@ class HandoffLink final : public DownstreamLink, public std::enable_shared_from_
   std::string transport_name_;
   std::map<uint64_t, std::vector<float>> unacked_;
   int64_t payloads_ = 0;
+  bool holds_budget_ = false;
 };
 
 }  // namespace
@@ -466,6 +477,11 @@ std::shared_ptr<HandoffInbound> HandoffInbound::Start(const HandoffOptions& opti
 }
 
 void HandoffInbound::Run(v1::HandoffOffer offer) {
+  // The stream's accept took a share of the budget; this thread gives it back however it ends.
+  struct GiveBack {
+    LinkBudget* budget;
+    ~GiveBack() { budget->Give(); }
+  } give_back{options_.budget.get()};
   absl::StatusOr<std::unique_ptr<HandoffTransport>> t =
       options_.provider->Connect(offer, /*offering=*/false, options_.connect_timeout);
   std::shared_ptr<HandoffTransport> transport;

@@ -89,6 +89,28 @@ class LinkBoard {
   std::map<uint64_t, v1::DownstreamLinkInfo> links_;  // guarded by mu_
 };
 
+// Caps the hand-off links of one node (each holds a communicator and device buffers), shared by
+// its outgoing and incoming streams. Thread-safe.
+class LinkBudget {
+ public:
+  explicit LinkBudget(int limit) : limit_(limit) {}
+  // False when `limit` links are open already.
+  bool TryTake() {
+    int n = open_.load();
+    while (n < limit_) {
+      if (open_.compare_exchange_weak(n, n + 1)) return true;
+    }
+    return false;
+  }
+  void Give() { open_.fetch_sub(1); }
+  int limit() const { return limit_; }
+  int open() const { return open_.load(); }
+
+ private:
+  const int limit_;
+  std::atomic<int> open_{0};
+};
+
 struct HandoffOptions {
   // Null: every link is plain gRPC, for `off_reason`.
   std::shared_ptr<HandoffProvider> provider;
@@ -99,6 +121,8 @@ struct HandoffOptions {
   // Payloads sent but not yet acknowledged (kept for a resend); the sender waits beyond this.
   size_t max_unacked = 64;
   std::shared_ptr<LinkBoard> board;  // may be null
+  // Links set up or being set up, node-wide; streams beyond it stay on gRPC.
+  std::shared_ptr<LinkBudget> budget = std::make_shared<LinkBudget>(8);
 };
 
 // Opens the gRPC push stream under a hand-off link: `on_response` gets every PushResponse,

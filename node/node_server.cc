@@ -68,6 +68,7 @@ std::shared_ptr<HandoffProvider> MakeNcclHandoff(int device, std::string node_id
 
 HandoffOptions MakeHandoff(const NodeOptions& options) {
   HandoffOptions h;
+  h.budget = std::make_shared<LinkBudget>(options.max_handoff_links);
   if (options.handoff) {
     h.provider = options.handoff;
     return h;
@@ -151,6 +152,7 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
   }
   HandoffOptions handoff = MakeHandoff(options);
   handoff.board = node->links_;
+  node->handoff_budget_ = handoff.budget;
   node->worker_ = std::make_unique<Worker>(node->model_, options.worker,
                                            GrpcDownstreamFactory(handoff),
                                            node->backends_.make,

@@ -37,6 +37,8 @@ struct NodeOptions {
   // Hidden states to and from co-located CUDA nodes over NCCL (negotiated per push stream,
   // gRPC otherwise). False: gRPC only (`strata node --no-nccl`).
   bool nccl = true;
+  // Most hand-off links (NCCL communicators) open at once, in and out; more stay on gRPC.
+  int max_handoff_links = 8;
   // Replaces the NCCL hand-off (tests inject a fake transport here).
   std::shared_ptr<HandoffProvider> handoff;
   // HOST:PORT of an HTTP listener for /metrics (Prometheus) and /healthz; empty: none.
@@ -88,6 +90,8 @@ class NodeServer {
   const model::Model& model() const { return *model_; }
   // The push streams this node has open to next hops and the transport each uses.
   std::vector<v1::DownstreamLinkInfo> links() const { return links_->Snapshot(); }
+  // Hand-off links (NCCL communicators) open or being set up, in and out.
+  int handoff_links_open() const { return handoff_budget_ ? handoff_budget_->open() : 0; }
   // "links nccl 1, grpc 2", or "" when none is open.
   std::string links_summary() const { return links_->Summary(); }
   // The bound HTTP address (HOST:PORT) when NodeOptions::http was set, else "".
@@ -106,6 +110,7 @@ class NodeServer {
   std::shared_ptr<const model::Model> model_;
   Backends backends_;
   std::shared_ptr<LinkBoard> links_ = std::make_shared<LinkBoard>();
+  std::shared_ptr<LinkBudget> handoff_budget_;
   std::unique_ptr<Worker> worker_;
   std::unique_ptr<NodeMetrics> metrics_;  // with NodeOptions::http; outlives server_
   std::unique_ptr<NodeService> service_;

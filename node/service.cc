@@ -2,6 +2,7 @@
 
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "common/strings.h"
 #include "node/streams.h"
 #include "transport/channels.h"
 
@@ -152,6 +153,10 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
       STRATA_LOG(Info) << "push stream from " << offer.node_id() << " (session " << session_id_
                        << "): declined a " << offer.transport() << " link: " << can.message();
       return answer(v1::HandoffAnswer::DECLINED, std::string(can.message()));
+    }
+    if (!handoff_->budget->TryTake()) {
+      return answer(v1::HandoffAnswer::DECLINED,
+                    StrCat(handoff_->budget->limit(), " hand-off links are open already"));
     }
     answer(v1::HandoffAnswer::ACCEPTED, "");
     HandoffInbound::Hooks hooks;

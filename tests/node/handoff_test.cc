@@ -30,13 +30,15 @@ struct Route {
 // Three hops over layers 0-9, 10-19, 20-29; node i uses faults[i] (nullopt: no provider, NCCL
 // off).
 Route StartRoute(const std::shared_ptr<FakeHub>& hub,
-                 const std::vector<std::optional<FakeFaults>>& faults) {
+                 const std::vector<std::optional<FakeFaults>>& faults,
+                 std::vector<int> max_links = {8, 8, 8}) {
   Route r;
   const int spans[3][2] = {{0, 10}, {10, 20}, {20, 30}};
   for (int i = 0; i < 3; ++i) {
     node::NodeOptions o;
     o.node_id = StrCat("hop-", i);
     o.nccl = false;
+    o.max_handoff_links = max_links[i];
     std::shared_ptr<FakeHandoff> fake;
     if (faults[i]) {
       fake = std::make_shared<FakeHandoff>(hub, *faults[i]);
@@ -191,6 +193,59 @@ TEST_F(HandoffTest, ReceiveFailureMidSessionLosesNothing) {
                                                   HasSubstr("the fake link is broken")));
     EXPECT_EQ(r.fakes[i + 1]->recvs(), 2);
   }
+}
+
+TEST_F(HandoffTest, LinksBeyondTheNodesBudgetStayOnGrpc) {
+  auto hub = std::make_shared<FakeHub>();
+  // Hop 0 may hold one link; hop 1 two (one in, one out); hop 2 one.
+  Route r = StartRoute(hub, {FakeFaults{}, FakeFaults{}, FakeFaults{}}, {1, 2, 1});
+  std::vector<v1::DownstreamLinkInfo> prompt, end;
+  // While the first session holds hop 0's only link, a second session's stream gets none.
+  std::vector<int32_t> second;
+  v1::DownstreamLinkInfo second_link;
+  int failovers = -1;
+  auto first = testing::GreedyOverRoute(
+      r.nodes, testing::TestPrompt(), kSteps,
+      [&] {
+        prompt = {testing::SettledLink(*r.nodes[0])};
+      },
+      [&] {
+        end = r.nodes[0]->links();
+        auto t = testing::GreedyOverRoute(r.nodes, testing::TestPrompt(), kSteps, [&] {
+          const absl::Time deadline = absl::Now() + absl::Seconds(10);
+          while (second_link.reason().empty() && absl::Now() < deadline) {
+            for (const v1::DownstreamLinkInfo& l : r.nodes[0]->links()) {
+              if (l.reason().find("open already") != std::string::npos) second_link = l;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          }
+        });
+        ASSERT_TRUE(t.ok()) << t.status();
+        second = *t;
+      },
+      &failovers);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, *reference_);
+  EXPECT_EQ(second, *reference_);
+  EXPECT_EQ(failovers, 0);
+  ASSERT_EQ(prompt.size(), 1u);
+  EXPECT_EQ(prompt[0].transport(), "fake") << prompt[0].reason();
+  EXPECT_THAT(second_link.reason(), HasSubstr("links are open already"));
+  ASSERT_EQ(end.size(), 1u);
+  EXPECT_EQ(end[0].transport(), "fake");
+  // Both sessions are closed: every link's share of the budget comes back, and a new session
+  // links every hop again.
+  for (node::NodeServer* n : r.nodes) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (n->handoff_links_open() > 0 && absl::Now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    EXPECT_EQ(n->handoff_links_open(), 0) << n->node_id();
+  }
+  std::vector<v1::DownstreamLinkInfo> again, again_end;
+  EXPECT_EQ(Run(r, &again, &again_end), *reference_);
+  EXPECT_EQ(again_end[0].transport(), "fake") << again_end[0].reason();
+  EXPECT_EQ(again_end[1].transport(), "fake") << again_end[1].reason();
 }
 
 // A previous hop that breaks the protocol gets refusals, its ops fail alone, and the node keeps
