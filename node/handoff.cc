@@ -219,13 +219,19 @@ class HandoffLink final : public DownstreamLink, public std::enable_shared_from_
                      << "): forward payloads go over " << transport_name_;
   }
 
-  // Sends queued items in order until Close or a failed stream.
+  // Sends queued items in order until Close, a failed stream, or a fallback with nothing left to
+  // send.
   void Serve() {
     while (true) {
       Item item;
       std::string failure;
       {
         std::unique_lock<std::mutex> lock(mu_);
+        if (state_ == State::kGrpc && queue_.empty()) {
+          // On gRPC for good with nothing queued: the worker sends (and closes) directly now.
+          thread_done_ = true;
+          return;
+        }
         cv_.wait(lock, [&] { return !queue_.empty() || !responses_.empty() || stream_failed_; });
         if (stream_failed_) return;
         failure = TakeResponsesLocked();

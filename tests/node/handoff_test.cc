@@ -248,6 +248,72 @@ TEST_F(HandoffTest, LinksBeyondTheNodesBudgetStayOnGrpc) {
   EXPECT_EQ(again_end[1].transport(), "fake") << again_end[1].reason();
 }
 
+// Runs `runs` one-row forwards at positions 1..runs, all in flight at once, after a first row at
+// position 0 (then `after_first`); returns every run's output row (`at_end` runs before the
+// chain closes).
+std::vector<float> PipelinedRuns(const std::vector<node::NodeServer*>& nodes, int runs,
+                                 const std::function<void()>& after_first,
+                                 const std::function<void()>& at_end, int* failovers) {
+  const int width = testing::SharedClientModel()->model().hparams().n_embd;
+  auto chain = testing::OpenRouteChain(nodes);
+  EXPECT_TRUE(chain.ok()) << chain.status();
+  if (!chain.ok()) return {};
+  std::vector<float> in(static_cast<size_t>(width) * (runs + 1));
+  for (size_t i = 0; i < in.size(); ++i) in[i] = 0.01f * static_cast<float>((i * 37) % 101) - 0.5f;
+  const int32_t out_row[1] = {0};
+  std::vector<float> out(static_cast<size_t>(width) * (runs + 1));
+  const model::Row first[1] = {{0, 1, 0}};
+  auto run0 = (*chain)->SubmitRun(first, in.data(), out_row);
+  EXPECT_TRUE(run0.ok() && (*chain)->WaitRun(*run0, out.data()).ok());
+  after_first();
+  std::vector<uint64_t> ids;
+  for (int i = 1; i <= runs; ++i) {
+    const model::Row row[1] = {{i, 1, 0}};
+    auto id = (*chain)->SubmitRun(row, in.data() + static_cast<size_t>(i) * width, out_row);
+    EXPECT_TRUE(id.ok()) << id.status();
+    if (id.ok()) ids.push_back(*id);
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const absl::Status st = (*chain)->WaitRun(ids[i], out.data() + (i + 1) * width);
+    EXPECT_TRUE(st.ok()) << st;
+  }
+  at_end();
+  *failovers = (*chain)->stats().failovers;
+  return out;
+}
+
+// Several runs in flight when the link fails: every payload not confirmed yet is sent again,
+// in order, and every run's output is the plain route's, bit for bit.
+TEST_F(HandoffTest, PipelinedRunsSurviveAReceiveFailure) {
+  constexpr int kRuns = 8;
+  auto hub = std::make_shared<FakeHub>();
+  int failovers = -1;
+  std::vector<float> plain;
+  {
+    Route r = StartRoute(hub, {std::nullopt, std::nullopt, std::nullopt});
+    plain = PipelinedRuns(r.nodes, kRuns, [] {}, [] {}, &failovers);
+  }
+  FakeFaults flaky;
+  flaky.fail_recv_after = 3;
+  Route r = StartRoute(hub, {FakeFaults{}, flaky, FakeFaults{}});
+  v1::DownstreamLinkInfo before, after;
+  std::vector<float> got = PipelinedRuns(
+      r.nodes, kRuns,
+      [&] {
+        before = testing::SettledLink(*r.nodes[0]);
+        testing::SettledLink(*r.nodes[1]);
+      },
+      [&] { after = testing::SettledLink(*r.nodes[0]); }, &failovers);
+  ASSERT_EQ(got.size(), plain.size());
+  EXPECT_TRUE(got == plain) << "outputs differ from the plain route's";
+  EXPECT_EQ(failovers, 0);
+  EXPECT_EQ(before.transport(), "fake") << before.reason();
+  EXPECT_EQ(after.transport(), "grpc");
+  EXPECT_EQ(r.fakes[1]->recvs(), 3);
+  // Hop 1 -> hop 2 was not disturbed.
+  EXPECT_EQ(r.fakes[2]->recvs(), kRuns);
+}
+
 // A previous hop that breaks the protocol gets refusals, its ops fail alone, and the node keeps
 // serving.
 TEST(HandoffInputTest, BadHandoffMessagesAreRefusedAndTheNodeKeepsServing) {

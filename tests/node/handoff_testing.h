@@ -47,14 +47,9 @@ inline std::unique_ptr<node::NodeServer> StartSpanNode(node::NodeOptions base, i
   return node.ok() ? *std::move(node) : nullptr;
 }
 
-// Greedy decoding of `steps` tokens after `prompt` over the route `nodes` (in layer order);
-// `after_prompt` runs once the prompt's first token went through, `at_end` after the last step
-// (the session still open). `failovers` (optional) gets the number of times the client had to
-// rebuild the route: a hand-off that loses nothing needs none.
-inline absl::StatusOr<std::vector<int32_t>> GreedyOverRoute(
-    const std::vector<node::NodeServer*>& nodes, const std::vector<int32_t>& prompt, int steps,
-    const std::function<void()>& after_prompt = nullptr,
-    const std::function<void()>& at_end = nullptr, int* failovers = nullptr) {
+// A client chain over the route `nodes` (in layer order), without a coordinator.
+inline absl::StatusOr<std::unique_ptr<client::RemoteChain>> OpenRouteChain(
+    const std::vector<node::NodeServer*>& nodes) {
   client::LocalModel* local = SharedClientModel();
   if (local == nullptr) return absl::FailedPreconditionError("cannot load the default model");
   client::RemoteChainOptions o;
@@ -75,11 +70,25 @@ inline absl::StatusOr<std::vector<int32_t>> GreedyOverRoute(
     }
     return r;
   };
-  auto chain = client::RemoteChain::Open(o);
+  return client::RemoteChain::Open(o);
+}
+
+// Greedy decoding of `steps` tokens after `prompt` over the route `nodes` (in layer order);
+// `after_prompt` runs once the prompt's first token went through, `at_end` after the last step
+// (the session still open). `failovers` (optional) gets the number of times the client had to
+// rebuild the route: a hand-off that loses nothing needs none.
+inline absl::StatusOr<std::vector<int32_t>> GreedyOverRoute(
+    const std::vector<node::NodeServer*>& nodes, const std::vector<int32_t>& prompt, int steps,
+    const std::function<void()>& after_prompt = nullptr,
+    const std::function<void()>& at_end = nullptr, int* failovers = nullptr) {
+  client::LocalModel* local = SharedClientModel();
+  if (local == nullptr) return absl::FailedPreconditionError("cannot load the default model");
+  auto chain = OpenRouteChain(nodes);
   if (!chain.ok()) return chain.status();
   client::RemoteChain* remote = chain->get();
   client::InferenceSession session(&local->embedder(), &local->head(), std::move(*chain),
                                    &local->pool());
+
   // The first token alone, so that the rest of the prompt (several rows) can take a link that
   // came up meanwhile.
   std::vector<int32_t> out;
