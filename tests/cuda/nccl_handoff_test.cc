@@ -1,16 +1,22 @@
-// The NCCL hand-off between two CUDA nodes (NodeServers in this process) on a two-hop route of
-// the default model. With two GPUs the hops link over NCCL and every payload after the first
+// The NCCL hand-off between two CUDA nodes on a two-hop route of the default model: NodeServers
+// in this process, then two `strata node` processes. With two GPUs the hops link over NCCL and every payload after the first
 // token goes over it; with one GPU NCCL refuses two ranks on the same device, so the link falls
 // back to gRPC and says why. Either way the tokens equal a gRPC-only CUDA route exactly, and a
 // CPU route's (the same backend kind is not required there: CUDA and CPU agree within a
 // tolerance only, so that comparison reports rather than fails beyond the first tokens).
 #include <gtest/gtest.h>
 
+#include <gmock/gmock.h>
+
 #include <iostream>
+#include <thread>
 
 #include "kernels/cuda/nccl_link.h"
+#include "strata/client.h"
+#include "strata/v1/node.grpc.pb.h"
 #include "tests/cuda/gpu_testing.h"
 #include "tests/node/handoff_testing.h"
+#include "tests/testing/swarm.h"
 
 namespace strata {
 namespace {
@@ -112,6 +118,101 @@ TEST(NcclHandoff, CudaNodesLinkOrFallBackWithTheSameTokens) {
   std::cout << "CUDA and CPU routes agree on the first " << same << " of " << kSteps
             << " tokens\n";
   EXPECT_GE(same, 4);
+}
+
+// The first hop's link as its Info RPC reports it, once negotiation settled.
+v1::DownstreamLinkInfo InfoLink(const std::string& address) {
+  auto stub =
+      v1::Node::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  v1::DownstreamLinkInfo link;
+  while (absl::Now() < deadline) {
+    v1::NodeInfo info;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    if (stub->Info(&ctx, v1::InfoRequest(), &info).ok() && info.links_size() == 1) {
+      link = info.links(0);
+      if (link.transport() != "grpc" || (link.reason() != "negotiating" &&
+                                         link.reason().find(" offered") == std::string::npos)) {
+        return link;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return link;
+}
+
+// Greedy tokens over a swarm of two `strata node` processes (layers 0-14 on cuda:0, 15-29 on
+// `dev_b`); `link` gets the first hop's link after the last step.
+std::vector<int32_t> ProcessRoute(const std::string& dev_b, bool nccl,
+                                  v1::DownstreamLinkInfo* link) {
+  auto swarm = testing::StartSwarm();
+  if (!swarm) return {};
+  for (const auto& [layers, device] : {std::pair<std::string, std::string>{"0:15", "cuda:0"},
+                                       {"15:30", dev_b}}) {
+    testing::NodeSpec spec;
+    spec.layers = layers;
+    spec.extra_args = {"--device", device};
+    if (!nccl) spec.extra_args.push_back("--no-nccl");
+    auto node = swarm->AddNode(spec);
+    EXPECT_TRUE(node.ok()) << node.status();
+    if (!node.ok()) return {};
+  }
+  EXPECT_TRUE(swarm->WaitUntilServing(2).ok());
+  ClientOptions co;
+  co.coordinators = {swarm->coordinator()};
+  co.model_path = testing::DefaultModelPath();
+  co.threads = 1;
+  auto client = Client::Connect(co);
+  EXPECT_TRUE(client.ok()) << client.status();
+  if (!client.ok()) return {};
+  auto session = (*client)->OpenSession();
+  EXPECT_TRUE(session.ok()) << session.status();
+  if (!session.ok()) return {};
+  const std::vector<int32_t> prompt = testing::TestPrompt();
+  auto logits = (*session)->Feed(std::span<const int32_t>(prompt.data(), 1));
+  EXPECT_TRUE(logits.ok()) << logits.status();
+  std::string first_hop;
+  for (const RouteHop& h : (*session)->route()) {
+    if (h.first_layer == 0) first_hop = h.address;
+  }
+  InfoLink(first_hop);  // let the link settle before the rest of the prompt
+  logits = (*session)->Feed(std::span<const int32_t>(prompt.data() + 1, prompt.size() - 1));
+  std::vector<int32_t> out;
+  for (int i = 0; logits.ok() && i < kSteps; ++i) {
+    out.push_back(model::Argmax(*logits));
+    const int32_t next[1] = {out.back()};
+    logits = (*session)->Feed(next);
+  }
+  EXPECT_TRUE(logits.ok()) << logits.status();
+  *link = InfoLink(first_hop);
+  return out;
+}
+
+TEST(NcclHandoff, NodeProcessesLinkOrFallBackWithTheSameTokens) {
+  STRATA_SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(testing::DefaultModelPresent());
+  ASSERT_NE(testing::SharedClientModel(), nullptr);
+  const int gpus = *cu::DeviceCount();
+  const std::string dev_b = gpus >= 2 ? "cuda:1" : "cuda:0";
+  const bool nccl = cu::NcclVersion().ok();
+  v1::DownstreamLinkInfo plain_link, link;
+  const std::vector<int32_t> plain = ProcessRoute(dev_b, /*nccl=*/false, &plain_link);
+  ASSERT_EQ(plain.size(), static_cast<size_t>(kSteps));
+  EXPECT_EQ(plain_link.transport(), "grpc");
+  EXPECT_THAT(plain_link.reason(), ::testing::HasSubstr("--no-nccl"));
+  const std::vector<int32_t> linked = ProcessRoute(dev_b, /*nccl=*/true, &link);
+  std::cout << "processes cuda:0 -> " << dev_b << ": " << link.transport() << " ("
+            << (link.reason().empty() ? "no fallback" : link.reason()) << "), "
+            << link.link_payloads() << " payloads over the link\n";
+  EXPECT_EQ(linked, plain);
+  if (gpus >= 2 && nccl) {
+    EXPECT_EQ(link.transport(), "nccl") << link.reason();
+    EXPECT_EQ(link.link_payloads(), kSteps + 1);  // the rest of the prompt and every step
+  } else {
+    EXPECT_EQ(link.transport(), "grpc");
+    EXPECT_FALSE(link.reason().empty());
+  }
 }
 
 }  // namespace
