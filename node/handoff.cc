@@ -314,8 +314,11 @@ class HandoffLink final : public DownstreamLink, public std::enable_shared_from_
 
   static void SetHidden(v1::Op* op, const std::vector<float>& payload) {
     const int64_t rows = op->forward().rows_size();
-    transport::EncodeRows(payload.data(), rows, rows ? static_cast<int64_t>(payload.size()) / rows : 0,
-                          v1::DTYPE_F32, op->mutable_forward()->mutable_hidden());
+    transport::EncodeRows(payload.data(),
+                          rows,
+                          rows ? static_cast<int64_t>(payload.size()) / rows : 0,
+                          v1::DTYPE_F32,
+                          op->mutable_forward()->mutable_hidden());
   }
 
   // Ends the link for good: every payload the next hop has not confirmed is sent again over
@@ -337,8 +340,8 @@ class HandoffLink final : public DownstreamLink, public std::enable_shared_from_
       late.mutable_late_payload()->set_op_seq(seq);
       const int64_t n = static_cast<int64_t>(payload.size());
       // The row count is the next hop's to check: it knows the op's rows and its own width.
-      transport::EncodeRows(payload.data(), 1, n, v1::DTYPE_F32,
-                            late.mutable_late_payload()->mutable_hidden());
+      transport::EncodeRows(
+          payload.data(), 1, n, v1::DTYPE_F32, late.mutable_late_payload()->mutable_hidden());
       inner_->Send(std::move(late));
     }
     const size_t resent = unacked_.size();
@@ -372,14 +375,14 @@ class HandoffLink final : public DownstreamLink, public std::enable_shared_from_
 
   std::mutex mu_;
   std::condition_variable cv_;
-  State state_ = State::kNegotiating;  // written under mu_ by the link thread
-  std::deque<Item> queue_;             // guarded by mu_
+  State state_ = State::kNegotiating;       // written under mu_ by the link thread
+  std::deque<Item> queue_;                  // guarded by mu_
   std::deque<v1::PushResponse> responses_;  // guarded by mu_
-  bool busy_ = false;          // the link thread is sending an item; guarded by mu_
-  bool first_sent_ = false;    // guarded by mu_
-  bool stream_failed_ = false; // guarded by mu_
-  bool thread_done_ = false;   // guarded by mu_
-  std::string board_session_;  // guarded by mu_ (set once by the worker thread)
+  bool busy_ = false;                       // the link thread is sending an item; guarded by mu_
+  bool first_sent_ = false;                 // guarded by mu_
+  bool stream_failed_ = false;              // guarded by mu_
+  bool thread_done_ = false;                // guarded by mu_
+  std::string board_session_;               // guarded by mu_ (set once by the worker thread)
 
   // Link thread only.
   std::unique_ptr<HandoffTransport> transport_;
@@ -471,11 +474,8 @@ HandoffInbound::HandoffInbound(const HandoffOptions& options, int width, int max
 
 HandoffInbound::~HandoffInbound() = default;
 
-std::shared_ptr<HandoffInbound> HandoffInbound::Start(const HandoffOptions& options,
-                                                      v1::HandoffOffer offer,
-                                                      int width,
-                                                      int max_rows,
-                                                      Hooks hooks) {
+std::shared_ptr<HandoffInbound> HandoffInbound::Start(
+    const HandoffOptions& options, v1::HandoffOffer offer, int width, int max_rows, Hooks hooks) {
   auto in = std::shared_ptr<HandoffInbound>(
       new HandoffInbound(options, width, max_rows, std::move(hooks)));
   std::thread([in, offer = std::move(offer)] { in->Run(offer); }).detach();
@@ -500,8 +500,8 @@ void HandoffInbound::Run(v1::HandoffOffer offer) {
     if (!t.ok()) {
       if (!failed_) {
         failed_ = true;
-        STRATA_LOG(Info) << "push stream from " << offer.node_id() << ": gRPC only: connect: "
-                         << t.status().message();
+        STRATA_LOG(Info) << "push stream from " << offer.node_id()
+                         << ": gRPC only: connect: " << t.status().message();
         replies_.push_back(
             Answer(v1::HandoffAnswer::FAILED, StrCat("connect: ", t.status().message())));
       }
@@ -542,7 +542,10 @@ void HandoffInbound::Run(v1::HandoffOffer offer) {
         to_receive_.pop_front();
         for (Entry& e : entries_) {
           if (e.op.op_seq() != seq || !e.awaiting) continue;
-          transport::EncodeRows(buf.data(), e.op.forward().rows_size(), width_, v1::DTYPE_F32,
+          transport::EncodeRows(buf.data(),
+                                e.op.forward().rows_size(),
+                                width_,
+                                v1::DTYPE_F32,
                                 e.op.mutable_forward()->mutable_hidden());
           e.awaiting = false;
         }
@@ -627,8 +630,8 @@ void HandoffInbound::TakeLateLocked(const v1::LatePayload& late) {
     std::vector<float> values;
     // Anything but exactly rows x width floats is left for the worker to refuse.
     if (transport::DecodeRows(late.hidden(), 1, rows * width_, &values).ok()) {
-      transport::EncodeRows(values.data(), rows, width_, v1::DTYPE_F32,
-                            e.op.mutable_forward()->mutable_hidden());
+      transport::EncodeRows(
+          values.data(), rows, width_, v1::DTYPE_F32, e.op.mutable_forward()->mutable_hidden());
     }
     e.awaiting = false;
   }

@@ -150,11 +150,8 @@ class HandoffInbound : public std::enable_shared_from_this<HandoffInbound> {
   };
   // Accepts `offer` (already checked with CanAccept) and connects in the background. `width`:
   // floats per row.
-  static std::shared_ptr<HandoffInbound> Start(const HandoffOptions& options,
-                                               v1::HandoffOffer offer,
-                                               int width,
-                                               int max_rows,
-                                               Hooks hooks);
+  static std::shared_ptr<HandoffInbound> Start(
+      const HandoffOptions& options, v1::HandoffOffer offer, int width, int max_rows, Hooks hooks);
   ~HandoffInbound();
 
   // Every later message of the stream (ops, late payloads, close notices), in arrival order.
@@ -184,12 +181,12 @@ class HandoffInbound : public std::enable_shared_from_this<HandoffInbound> {
   std::recursive_mutex flush_mu_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Entry> entries_;            // guarded by mu_
-  std::deque<v1::PushResponse> replies_;  // guarded by mu_
-  std::deque<uint64_t> to_receive_;      // op_seqs of linked payloads not yet received
-  bool ready_ = false;                   // guarded by mu_
-  bool failed_ = false;                  // guarded by mu_
-  bool stopped_ = false;                 // guarded by mu_
+  std::deque<Entry> entries_;                    // guarded by mu_
+  std::deque<v1::PushResponse> replies_;         // guarded by mu_
+  std::deque<uint64_t> to_receive_;              // op_seqs of linked payloads not yet received
+  bool ready_ = false;                           // guarded by mu_
+  bool failed_ = false;                          // guarded by mu_
+  bool stopped_ = false;                         // guarded by mu_
   std::shared_ptr<HandoffTransport> transport_;  // guarded by mu_
 };
 

@@ -37,15 +37,15 @@ class NcclTransport final : public HandoffTransport {
     RETURN_IF_ERROR(cu::CudaStatus(
         cudaMemcpyAsync(staging_.data(), data.data(), bytes, cudaMemcpyHostToDevice, stream_),
         "staging a payload"));
-    RETURN_IF_ERROR(link_->Send(staging_.as<float>(), 1, static_cast<int64_t>(data.size()), peer_,
-                                stream_));
+    RETURN_IF_ERROR(
+        link_->Send(staging_.as<float>(), 1, static_cast<int64_t>(data.size()), peer_, stream_));
     return link_->Synchronize(stream_, timeout, &cancel_);
   }
 
   absl::Status Recv(std::span<float> data, absl::Duration timeout) override {
     RETURN_IF_ERROR(Prepare(data.size()));
-    RETURN_IF_ERROR(link_->Recv(staging_.as<float>(), 1, static_cast<int64_t>(data.size()), peer_,
-                                stream_));
+    RETURN_IF_ERROR(
+        link_->Recv(staging_.as<float>(), 1, static_cast<int64_t>(data.size()), peer_, stream_));
     RETURN_IF_ERROR(link_->Synchronize(stream_, timeout, &cancel_));
     RETURN_IF_ERROR(cu::CudaStatus(cudaMemcpyAsync(data.data(),
                                                    staging_.data(),

@@ -1,12 +1,11 @@
 // The NCCL hand-off between two CUDA nodes on a two-hop route of the default model: NodeServers
-// in this process, then two `strata node` processes. With two GPUs the hops link over NCCL and every payload after the first
-// token goes over it; with one GPU NCCL refuses two ranks on the same device, so the link falls
-// back to gRPC and says why. Either way the tokens equal a gRPC-only CUDA route exactly, and a
-// CPU route's (the same backend kind is not required there: CUDA and CPU agree within a
-// tolerance only, so that comparison reports rather than fails beyond the first tokens).
-#include <gtest/gtest.h>
-
+// in this process, then two `strata node` processes. With two GPUs the hops link over NCCL and
+// every payload after the first token goes over it; with one GPU NCCL refuses two ranks on the same
+// device, so the link falls back to gRPC and says why. Either way the tokens equal a gRPC-only CUDA
+// route exactly, and a CPU route's (the same backend kind is not required there: CUDA and CPU agree
+// within a tolerance only, so that comparison reports rather than fails beyond the first tokens).
 #include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 #include <iostream>
 #include <thread>
@@ -50,8 +49,7 @@ TEST(NcclHandoff, CudaNodesLinkOrFallBackWithTheSameTokens) {
   const int gpus = *cu::DeviceCount();
   const std::string dev_b = gpus >= 2 ? "cuda:1" : "cuda:0";
   const absl::StatusOr<std::string> nccl = cu::NcclVersion();
-  std::cout << gpus << " GPU(s); NCCL " << (nccl.ok() ? *nccl : nccl.status().ToString())
-            << "\n";
+  std::cout << gpus << " GPU(s); NCCL " << (nccl.ok() ? *nccl : nccl.status().ToString()) << "\n";
   const std::vector<int32_t> prompt = testing::TestPrompt();
 
   std::vector<int32_t> grpc_tokens;
@@ -68,9 +66,12 @@ TEST(NcclHandoff, CudaNodesLinkOrFallBackWithTheSameTokens) {
   v1::DownstreamLinkInfo after_first, at_end;
   int failovers = -1;
   auto t = testing::GreedyOverRoute(
-      linked.nodes(), prompt, kSteps,
+      linked.nodes(),
+      prompt,
+      kSteps,
       [&] { after_first = testing::SettledLink(*linked.a); },
-      [&] { at_end = testing::SettledLink(*linked.a); }, &failovers);
+      [&] { at_end = testing::SettledLink(*linked.a); },
+      &failovers);
   ASSERT_TRUE(t.ok()) << t.status();
   std::cout << "link cuda:0 -> " << dev_b << ": " << at_end.transport() << " ("
             << (at_end.reason().empty() ? "no fallback" : at_end.reason()) << "), "
@@ -115,15 +116,13 @@ TEST(NcclHandoff, CudaNodesLinkOrFallBackWithTheSameTokens) {
   ASSERT_TRUE(c.ok()) << c.status();
   int same = 0;
   while (same < kSteps && (*c)[same] == (*t)[same]) ++same;
-  std::cout << "CUDA and CPU routes agree on the first " << same << " of " << kSteps
-            << " tokens\n";
+  std::cout << "CUDA and CPU routes agree on the first " << same << " of " << kSteps << " tokens\n";
   EXPECT_GE(same, 4);
 }
 
 // The first hop's link as its Info RPC reports it, once negotiation settled.
 v1::DownstreamLinkInfo InfoLink(const std::string& address) {
-  auto stub =
-      v1::Node::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub = v1::Node::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
   v1::DownstreamLinkInfo link;
   while (absl::Now() < deadline) {
@@ -132,8 +131,8 @@ v1::DownstreamLinkInfo InfoLink(const std::string& address) {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     if (stub->Info(&ctx, v1::InfoRequest(), &info).ok() && info.links_size() == 1) {
       link = info.links(0);
-      if (link.transport() != "grpc" || (link.reason() != "negotiating" &&
-                                         link.reason().find(" offered") == std::string::npos)) {
+      if (link.transport() != "grpc" ||
+          (link.reason() != "negotiating" && link.reason().find(" offered") == std::string::npos)) {
         return link;
       }
     }
@@ -144,12 +143,13 @@ v1::DownstreamLinkInfo InfoLink(const std::string& address) {
 
 // Greedy tokens over a swarm of two `strata node` processes (layers 0-14 on cuda:0, 15-29 on
 // `dev_b`); `link` gets the first hop's link after the last step.
-std::vector<int32_t> ProcessRoute(const std::string& dev_b, bool nccl,
+std::vector<int32_t> ProcessRoute(const std::string& dev_b,
+                                  bool nccl,
                                   v1::DownstreamLinkInfo* link) {
   auto swarm = testing::StartSwarm();
   if (!swarm) return {};
-  for (const auto& [layers, device] : {std::pair<std::string, std::string>{"0:15", "cuda:0"},
-                                       {"15:30", dev_b}}) {
+  for (const auto& [layers, device] :
+       {std::pair<std::string, std::string>{"0:15", "cuda:0"}, {"15:30", dev_b}}) {
     testing::NodeSpec spec;
     spec.layers = layers;
     spec.extra_args = {"--device", device};

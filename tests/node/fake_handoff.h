@@ -48,7 +48,7 @@ class FakeHub {
 
 struct FakeFaults {
   std::string host = "host-a";
-  std::string decline;       // CanAccept refuses with this reason
+  std::string decline;  // CanAccept refuses with this reason
   bool fail_connect = false;
   int fail_send_after = -1;  // sends that succeed before one fails (-1: never)
   int fail_recv_after = -1;  // receives that succeed before one fails (-1: never)
@@ -56,8 +56,10 @@ struct FakeFaults {
 
 class FakeTransport final : public node::HandoffTransport {
  public:
-  FakeTransport(std::shared_ptr<FakeHub::Pipe> pipe, const FakeFaults& faults,
-                std::shared_ptr<std::atomic<int>> sends, std::shared_ptr<std::atomic<int>> recvs)
+  FakeTransport(std::shared_ptr<FakeHub::Pipe> pipe,
+                const FakeFaults& faults,
+                std::shared_ptr<std::atomic<int>> sends,
+                std::shared_ptr<std::atomic<int>> recvs)
       : pipe_(std::move(pipe)), faults_(faults), sends_(sends), recvs_(recvs) {}
   ~FakeTransport() override { Abort(); }
 
@@ -89,8 +91,8 @@ class FakeTransport final : public node::HandoffTransport {
       pipe_->queue.pop_front();
       if (v.size() != data.size()) {
         Break();
-        return absl::InternalError(StrCat("payload of ", v.size(), " floats, expected ",
-                                          data.size()));
+        return absl::InternalError(
+            StrCat("payload of ", v.size(), " floats, expected ", data.size()));
       }
       std::copy(v.begin(), v.end(), data.begin());
       ++received_;
@@ -153,8 +155,9 @@ class FakeHandoff final : public node::HandoffProvider {
     }
     ++pipe->joined;
     pipe->cv.notify_all();
-    if (!pipe->cv.wait_for(lock, absl::ToChronoMilliseconds(timeout),
-                           [&] { return pipe->joined >= 2 || pipe->broken; })) {
+    if (!pipe->cv.wait_for(lock, absl::ToChronoMilliseconds(timeout), [&] {
+          return pipe->joined >= 2 || pipe->broken;
+        })) {
       return absl::DeadlineExceededError("the peer did not join");
     }
     if (pipe->broken) return absl::UnavailableError("the peer failed to join");

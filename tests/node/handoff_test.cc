@@ -66,7 +66,8 @@ class HandoffTest : public ::testing::Test {
 
   // Runs the route, returning the tokens; each hop's link (hops 0 and 1) is recorded after the
   // prompt and after the last step.
-  std::vector<int32_t> Run(Route& r, std::vector<v1::DownstreamLinkInfo>* after_prompt,
+  std::vector<int32_t> Run(Route& r,
+                           std::vector<v1::DownstreamLinkInfo>* after_prompt,
                            std::vector<v1::DownstreamLinkInfo>* at_end) {
     for (node::NodeServer* n : r.nodes) EXPECT_NE(n, nullptr);
     if (::testing::Test::HasFailure()) return {};
@@ -76,8 +77,12 @@ class HandoffTest : public ::testing::Test {
     };
     int failovers = -1;
     auto tokens = testing::GreedyOverRoute(
-        r.nodes, testing::TestPrompt(), kSteps, [&] { settle(after_prompt); },
-        [&] { settle(at_end); }, &failovers);
+        r.nodes,
+        testing::TestPrompt(),
+        kSteps,
+        [&] { settle(after_prompt); },
+        [&] { settle(at_end); },
+        &failovers);
     EXPECT_TRUE(tokens.ok()) << tokens.status();
     EXPECT_EQ(failovers, 0) << "the client had to rebuild the route";
     if (at_end->size() != 2) at_end->resize(2);
@@ -189,8 +194,9 @@ TEST_F(HandoffTest, ReceiveFailureMidSessionLosesNothing) {
     // The sender learns of the failure from the next hop, or its own send of that payload
     // fails first (the broken link).
     EXPECT_EQ(end[i].transport(), "grpc") << "hop " << i;
-    EXPECT_THAT(end[i].reason(), ::testing::AnyOf(HasSubstr("injected receive failure"),
-                                                  HasSubstr("the fake link is broken")));
+    EXPECT_THAT(end[i].reason(),
+                ::testing::AnyOf(HasSubstr("injected receive failure"),
+                                 HasSubstr("the fake link is broken")));
     EXPECT_EQ(r.fakes[i + 1]->recvs(), 2);
   }
 }
@@ -205,10 +211,10 @@ TEST_F(HandoffTest, LinksBeyondTheNodesBudgetStayOnGrpc) {
   v1::DownstreamLinkInfo second_link;
   int failovers = -1;
   auto first = testing::GreedyOverRoute(
-      r.nodes, testing::TestPrompt(), kSteps,
-      [&] {
-        prompt = {testing::SettledLink(*r.nodes[0])};
-      },
+      r.nodes,
+      testing::TestPrompt(),
+      kSteps,
+      [&] { prompt = {testing::SettledLink(*r.nodes[0])}; },
       [&] {
         end = r.nodes[0]->links();
         auto t = testing::GreedyOverRoute(r.nodes, testing::TestPrompt(), kSteps, [&] {
@@ -251,9 +257,11 @@ TEST_F(HandoffTest, LinksBeyondTheNodesBudgetStayOnGrpc) {
 // Runs `runs` one-row forwards at positions 1..runs, all in flight at once, after a first row at
 // position 0 (then `after_first`); returns every run's output row (`at_end` runs before the
 // chain closes).
-std::vector<float> PipelinedRuns(const std::vector<node::NodeServer*>& nodes, int runs,
+std::vector<float> PipelinedRuns(const std::vector<node::NodeServer*>& nodes,
+                                 int runs,
                                  const std::function<void()>& after_first,
-                                 const std::function<void()>& at_end, int* failovers) {
+                                 const std::function<void()>& at_end,
+                                 int* failovers) {
   const int width = testing::SharedClientModel()->model().hparams().n_embd;
   auto chain = testing::OpenRouteChain(nodes);
   EXPECT_TRUE(chain.ok()) << chain.status();
@@ -291,19 +299,22 @@ TEST_F(HandoffTest, PipelinedRunsSurviveAReceiveFailure) {
   std::vector<float> plain;
   {
     Route r = StartRoute(hub, {std::nullopt, std::nullopt, std::nullopt});
-    plain = PipelinedRuns(r.nodes, kRuns, [] {}, [] {}, &failovers);
+    plain = PipelinedRuns(
+        r.nodes, kRuns, [] {}, [] {}, &failovers);
   }
   FakeFaults flaky;
   flaky.fail_recv_after = 3;
   Route r = StartRoute(hub, {FakeFaults{}, flaky, FakeFaults{}});
   v1::DownstreamLinkInfo before, after;
   std::vector<float> got = PipelinedRuns(
-      r.nodes, kRuns,
+      r.nodes,
+      kRuns,
       [&] {
         before = testing::SettledLink(*r.nodes[0]);
         testing::SettledLink(*r.nodes[1]);
       },
-      [&] { after = testing::SettledLink(*r.nodes[0]); }, &failovers);
+      [&] { after = testing::SettledLink(*r.nodes[0]); },
+      &failovers);
   ASSERT_EQ(got.size(), plain.size());
   EXPECT_TRUE(got == plain) << "outputs differ from the plain route's";
   EXPECT_EQ(failovers, 0);
@@ -323,8 +334,8 @@ TEST(HandoffInputTest, BadHandoffMessagesAreRefusedAndTheNodeKeepsServing) {
   o.handoff = std::make_shared<FakeHandoff>(hub, FakeFaults{});
   auto node = testing::StartSpanNode(o, 0, 30);
   ASSERT_NE(node, nullptr);
-  auto stub = v1::Node::NewStub(
-      grpc::CreateChannel(node->address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::Node::NewStub(grpc::CreateChannel(node->address(), grpc::InsecureChannelCredentials()));
   const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
 
   // A session whose ops come from a previous hop (this is hop 1, the last).

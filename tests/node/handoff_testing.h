@@ -34,7 +34,8 @@ inline client::LocalModel* SharedClientModel() {
 }
 
 // Starts a node serving [first, last) of the default model with `base`'s other settings.
-inline std::unique_ptr<node::NodeServer> StartSpanNode(node::NodeOptions base, int first,
+inline std::unique_ptr<node::NodeServer> StartSpanNode(node::NodeOptions base,
+                                                       int first,
                                                        int last) {
   base.model_path = DefaultModelPath();
   base.auto_span = false;
@@ -78,16 +79,19 @@ inline absl::StatusOr<std::unique_ptr<client::RemoteChain>> OpenRouteChain(
 // (the session still open). `failovers` (optional) gets the number of times the client had to
 // rebuild the route: a hand-off that loses nothing needs none.
 inline absl::StatusOr<std::vector<int32_t>> GreedyOverRoute(
-    const std::vector<node::NodeServer*>& nodes, const std::vector<int32_t>& prompt, int steps,
+    const std::vector<node::NodeServer*>& nodes,
+    const std::vector<int32_t>& prompt,
+    int steps,
     const std::function<void()>& after_prompt = nullptr,
-    const std::function<void()>& at_end = nullptr, int* failovers = nullptr) {
+    const std::function<void()>& at_end = nullptr,
+    int* failovers = nullptr) {
   client::LocalModel* local = SharedClientModel();
   if (local == nullptr) return absl::FailedPreconditionError("cannot load the default model");
   auto chain = OpenRouteChain(nodes);
   if (!chain.ok()) return chain.status();
   client::RemoteChain* remote = chain->get();
-  client::InferenceSession session(&local->embedder(), &local->head(), std::move(*chain),
-                                   &local->pool());
+  client::InferenceSession session(
+      &local->embedder(), &local->head(), std::move(*chain), &local->pool());
 
   // The first token alone, so that the rest of the prompt (several rows) can take a link that
   // came up meanwhile.
