@@ -124,13 +124,28 @@ int GammaController::Choose() const {
   double best_rate = 0;
   for (int g = 0; g <= max_gamma_; ++g) {
     const double tokens = (1 - std::pow(a, g + 1)) / (1 - a);
-    const double ms = std::max(1e-3, base_ms_ + row_ms_ * (g + 1));
+    const double ms = std::max(1e-3, base_ms_ + row_ms_ * (g + 1) + draft_ms_ * g);
     if (tokens / ms > best_rate * 1.0001) {
       best_rate = tokens / ms;
       best = g;
     }
   }
   return best;
+}
+
+int GammaController::NextGamma() {
+  if (gamma_ > 0 || !adaptive_) return gamma_;
+  if (++idle_passes_ < kProbeEvery) return 0;
+  idle_passes_ = 0;
+  return 1;
+}
+
+void GammaController::ObserveDraft(int tokens, double ms) {
+  if (tokens <= 0 || ms < 0) return;
+  constexpr double w = 0.25;
+  const double sample = ms / tokens;
+  draft_ms_ = draft_ms_ == 0 ? sample : (1 - w) * draft_ms_ + w * sample;
+  gamma_ = Choose();
 }
 
 int GammaController::Runs(int max_runs) const {
@@ -229,19 +244,28 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
     // Keep up to max_runs runs going, drafting ahead of the last one.
     const int max_runs = pipelined ? gamma_control_.Runs(options_.max_in_flight) : 1;
     while (!emitter.done() && static_cast<int>(runs.size()) < max_runs) {
+      // The least busy chain among as many as there are runs to keep going (with one run at a
+      // time only the first: a second chain would first have to catch up on the whole text),
+      // and of those the one with the least to catch up on.
+      const size_t usable = std::min(n_chains, static_cast<size_t>(max_runs));
       size_t c = 0;
-      for (size_t i = 1; i < n_chains; ++i) {
-        if (in_flight(i) < in_flight(c)) c = i;
+      for (size_t i = 1; i < usable; ++i) {
+        if (in_flight(i) < in_flight(c) || (in_flight(i) == in_flight(c) && fed[i] > fed[c])) {
+          c = i;
+        }
       }
       // New drafts go beyond everything already drafted, so that runs on different chains
       // verify different positions; a chain that is behind catches up inside its run.
-      const int gamma = gamma_control_.gamma();
+      const int gamma = gamma_control_.NextGamma();
       const int depth_limit = max_runs * (gamma + 1);
       const int32_t want = std::min<int32_t>(static_cast<int32_t>(tokens.size()) + gamma,
                                              certain + depth_limit);
       if (static_cast<int32_t>(tokens.size()) < want) {
+        const absl::Time draft_start = absl::Now();
         std::vector<DraftToken> drafts =
             drafter_->Draft(tokens, want - static_cast<int32_t>(tokens.size()));
+        gamma_control_.ObserveDraft(static_cast<int>(drafts.size()),
+                                    absl::ToDoubleMilliseconds(absl::Now() - draft_start));
         for (const DraftToken& d : drafts) {
           tokens.push_back(d.token);
           probs.push_back(d.prob);
@@ -374,7 +398,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateTree(
     // Grow the tree best first by the drafter's cumulative probability.
     std::vector<Node> nodes;
     const int budget = options_.adaptive
-                           ? std::min(options_.tree_budget, 2 * gamma_control_.gamma())
+                           ? std::min(options_.tree_budget, 2 * gamma_control_.NextGamma())
                            : options_.tree_budget;
     struct Candidate {
       double score;
@@ -383,6 +407,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateTree(
       bool operator<(const Candidate& o) const { return score < o.score; }
     };
     std::priority_queue<Candidate> frontier;
+    const absl::Time draft_start = absl::Now();
     if (budget > 0) {
       for (const DraftToken& d : drafter_->Next(tokens, options_.tree_branch)) {
         frontier.push({d.prob, -1, d.token});
@@ -410,6 +435,8 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateTree(
         }
       }
     }
+    gamma_control_.ObserveDraft(static_cast<int>(nodes.size()),
+                                absl::ToDoubleMilliseconds(absl::Now() - draft_start));
     // Leaves get sequence ids 1..; every node is tagged with the leaves below it.
     int next_seq = 1;
     for (int i = static_cast<int>(nodes.size()) - 1; i >= 0; --i) {

@@ -66,17 +66,25 @@ int32_t VerifyDraft(const model::Sampler& sampler, std::span<const float> logits
                     float draft_prob, bool rejection_sampling, bool* accepted);
 
 // Drafts per pass for the best expected tokens per millisecond: the acceptance rate a (each draft
-// accepted with probability a until the first rejection) and a pass's cost, ms = base + per_row *
-// rows, fitted by least squares over the passes seen (recent ones weigh more). The prompt's pass
-// (many rows) and the decode passes (a few) pin the slope; on a slow link nearly all of a pass is
-// the base, which speculation pays once for many tokens. Gamma 0 is plain decoding.
+// accepted with probability a until the first rejection), a pass's cost, ms = base + per_row *
+// rows, fitted by least squares over the passes seen (recent ones weigh more), and the drafter's
+// own cost per drafted token, so gamma g costs base + per_row * (g + 1) + draft * g for
+// (1 - a^(g+1)) / (1 - a) tokens. On a slow link nearly all of a pass is the base, which
+// speculation pays once for many tokens; a drafter that is rarely right, or costs more than it
+// saves, gets gamma 0 — plain decoding — with a one-draft probe every kProbeEvery passes so a
+// drafter that starts to be right (text that repeats itself) is noticed.
 class GammaController {
  public:
   GammaController(int gamma, int max_gamma, bool adaptive);
   // A pass of `rows` rows took `ms` (negative: unknown); `accepted` of its `drafted` drafts were
   // accepted.
   void Observe(int rows, double ms, int drafted, int accepted);
+  // The drafter took `ms` to propose `tokens` tokens.
+  void ObserveDraft(int tokens, double ms);
   int gamma() const { return gamma_; }
+  // Drafts for the next run: gamma(), or 1 every kProbeEvery runs while it is 0.
+  int NextGamma();
+  static constexpr int kProbeEvery = 16;
   // How many runs to keep in flight, at most `max_runs`: a pass's fixed cost (the network) can be
   // overlapped by about base / (per_row * rows) other runs; the rows themselves compete for the
   // same cores, so when compute dominates, or without drafts, one run at a time.
@@ -84,12 +92,15 @@ class GammaController {
   double base_ms() const { return base_ms_; }
   double row_ms() const { return row_ms_; }
   double accept_rate() const { return accept_rate_; }
+  double draft_ms() const { return draft_ms_; }
 
  private:
   int Choose() const;
 
   int gamma_, max_gamma_;
   bool adaptive_;
+  int idle_passes_ = 0;  // runs sent at gamma 0 since the last probe
+  double draft_ms_ = 0;  // per drafted token, smoothed
   double accept_rate_ = 0.7;
   double base_ms_ = -1, row_ms_ = 0;
   bool slope_known_ = false;
