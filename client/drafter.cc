@@ -185,4 +185,31 @@ absl::StatusOr<std::unique_ptr<Drafter>> MakeDrafter(const std::string& spec,
       StrCat("unknown --speculative '", spec, "' (none, ngram, draft:PATH, self:K)"));
 }
 
+absl::StatusOr<DrafterCache::Lease> DrafterCache::Take(const std::string& spec) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = idle_.find(spec);
+    if (it != idle_.end() && !it->second.empty()) {
+      std::unique_ptr<Drafter> d = std::move(it->second.back());
+      it->second.pop_back();
+      return Lease(this, spec, std::move(d));
+    }
+  }
+  // Loading a model takes a while: not under the lock.
+  ASSIGN_OR_RETURN(std::unique_ptr<Drafter> d,
+                   MakeDrafter(spec, target_path_, target_vocab_, threads_));
+  return Lease(this, spec, std::move(d));
+}
+
+size_t DrafterCache::idle(const std::string& spec) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = idle_.find(spec);
+  return it == idle_.end() ? 0 : it->second.size();
+}
+
+void DrafterCache::Return(const std::string& spec, std::unique_ptr<Drafter> drafter) {
+  std::lock_guard<std::mutex> lock(mu_);
+  idle_[spec].push_back(std::move(drafter));
+}
+
 }  // namespace strata::client

@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -98,5 +100,45 @@ class OracleDrafter final : public Drafter {
 absl::StatusOr<std::unique_ptr<Drafter>> MakeDrafter(const std::string& spec,
                                                      const std::string& target_path,
                                                      int target_vocab, int threads);
+
+// Drafters kept between requests, so a client loads a draft model once, not once per request.
+// A drafter keeps state (a model drafter's cache follows the text), so each lease is exclusive:
+// concurrent requests naming the same drafter get instances of their own.
+class DrafterCache {
+ public:
+  DrafterCache(std::string target_path, int target_vocab, int threads)
+      : target_path_(std::move(target_path)), target_vocab_(target_vocab), threads_(threads) {}
+
+  class Lease {
+   public:
+    Lease(DrafterCache* cache, std::string spec, std::unique_ptr<Drafter> drafter)
+        : cache_(cache), spec_(std::move(spec)), drafter_(std::move(drafter)) {}
+    Lease(Lease&&) = default;
+    Lease& operator=(Lease&&) = delete;
+    ~Lease() {
+      if (drafter_) cache_->Return(spec_, std::move(drafter_));
+    }
+    Drafter* get() const { return drafter_.get(); }
+
+   private:
+    DrafterCache* cache_;
+    std::string spec_;
+    std::unique_ptr<Drafter> drafter_;
+  };
+
+  // An idle drafter for `spec` (a --speculative value), made with MakeDrafter when none is idle.
+  absl::StatusOr<Lease> Take(const std::string& spec);
+  // Idle drafters held for `spec`.
+  size_t idle(const std::string& spec) const;
+
+ private:
+  void Return(const std::string& spec, std::unique_ptr<Drafter> drafter);
+
+  const std::string target_path_;
+  const int target_vocab_;
+  const int threads_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::vector<std::unique_ptr<Drafter>>> idle_;
+};
 
 }  // namespace strata::client

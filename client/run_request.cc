@@ -1,5 +1,7 @@
 #include "client/run_request.h"
 
+#include <optional>
+
 #include "client/drafter.h"
 #include "client/generate.h"
 #include "client/prompt.h"
@@ -53,8 +55,13 @@ absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request
     return ToResult(std::move(g));
   }
   std::unique_ptr<Drafter> owned;
+  std::optional<DrafterCache::Lease> lease;
   Drafter* drafter = context.drafter;
-  if (drafter == nullptr) {
+  if (drafter == nullptr && context.drafters != nullptr) {
+    ASSIGN_OR_RETURN(DrafterCache::Lease l, context.drafters->Take(so.drafter));
+    lease.emplace(std::move(l));
+    drafter = lease->get();
+  } else if (drafter == nullptr) {
     ASSIGN_OR_RETURN(owned, MakeDrafter(so.drafter, context.model_path, context.head->n_vocab(),
                                         context.threads));
     drafter = owned.get();
