@@ -61,8 +61,14 @@ Config Oracle(const std::string& mode, double a) {
 // What runs at each delay (M0 first: it gives the reference tokens and the oracle's truth).
 // Full: every mode with ngram and the oracle at 0.7, and chain also with self-speculation and the
 // oracle at 0.5 and 0.9. Quick: every mode with the oracle at 0.7, and chain with ngram.
-std::vector<Config> Matrix(bool quick, const std::string& self) {
+// Every draft model adds M1 and M3 rows.
+std::vector<Config> Matrix(bool quick, const std::string& self,
+                           const std::vector<std::string>& drafts) {
   std::vector<Config> m = {{"plain", "none"}};
+  for (const std::string& d : drafts) {
+    m.push_back({"chain", "draft:" + d});
+    m.push_back({"pipelined", "draft:" + d});
+  }
   for (const char* mode : {"chain", "tree", "pipelined", "dsi"}) {
     if (!quick || std::string(mode) == "chain") m.push_back({mode, "ngram"});
     m.push_back(Oracle(mode, 0.7));
@@ -209,7 +215,7 @@ int RunSpecSweep(const BenchFlags& f) {
   if (!file.ok()) return Fail(std::string(file.status().message()));
   // Self-speculation with the first two thirds of the layers (self:20 of 30, as the tests use).
   const std::string self = StrCat("self:", 2 * (*file)->hparams().n_layer / 3);
-  const std::vector<Config> matrix = Matrix(f.spec_quick, self);
+  const std::vector<Config> matrix = Matrix(f.spec_quick, self, f.spec_drafts);
 
   const int nodes = 2 * f.nodes;
   auto swarm = StartBenchSwarm(
@@ -270,7 +276,7 @@ int RunSpecSweep(const BenchFlags& f) {
       out["best"].push_back(b);
       if (!f.json) {
         std::printf("best at %.0f ms (%s): %s %s, %.1f tok/s, %.2fx plain\n", delay,
-                    oracle ? "oracle" : "ngram/self drafters",
+                    oracle ? "oracle" : "real drafters",
                     b["mode"].get<std::string>().c_str(), b["drafter"].get<std::string>().c_str(),
                     b["tokens_per_s"].get<double>(), b["speedup"].get<double>());
       }
