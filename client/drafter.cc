@@ -126,7 +126,8 @@ std::vector<DraftToken> ModelDrafter::Draft(std::span<const int32_t> text, int n
   std::vector<DraftToken> out;
   auto logits = Sync(text);
   if (!logits.ok()) return out;
-  const size_t base = session_->tokens().size();
+  // The drafts stay in the cache: the next call's text starts with the accepted ones, which Sync
+  // keeps, and drops the rest.
   for (int i = 0; i < n; ++i) {
     auto best = TopK(*logits, 1);
     out.push_back(best[0]);
@@ -135,7 +136,6 @@ std::vector<DraftToken> ModelDrafter::Draft(std::span<const int32_t> text, int n
     logits = session_->Feed(t);
     if (!logits.ok()) break;
   }
-  (void)session_->Rewind(static_cast<int32_t>(base));  // drafts are not kept
   return out;
 }
 

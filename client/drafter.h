@@ -51,7 +51,8 @@ class NgramDrafter final : public Drafter {
 
 // A model run in this process: a small draft model sharing the target's vocabulary, or the first
 // layers of the target itself followed by its head (self-speculation). Greedy drafts; its KV
-// follows the text it is asked about, so consecutive calls cost only the new tokens.
+// follows the text it is asked about (drafts included), so consecutive calls cost only the
+// tokens that differ from the last call's text and drafts.
 class ModelDrafter final : public Drafter {
  public:
   // `layers` = 0: the whole model at `path` (a draft model); > 0: only its first `layers`

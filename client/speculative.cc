@@ -240,6 +240,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
   };
 
   std::vector<float> hidden, out;
+  bool drafted_before = false;
   while (true) {
     // Keep up to max_runs runs going, drafting ahead of the last one.
     const int max_runs = pipelined ? gamma_control_.Runs(options_.max_in_flight) : 1;
@@ -264,8 +265,12 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
         const absl::Time draft_start = absl::Now();
         std::vector<DraftToken> drafts =
             drafter_->Draft(tokens, want - static_cast<int32_t>(tokens.size()));
-        gamma_control_.ObserveDraft(static_cast<int>(drafts.size()),
-                                    absl::ToDoubleMilliseconds(absl::Now() - draft_start));
+        // The first call reads the whole prompt into a model drafter: not a draft's cost.
+        if (drafted_before) {
+          gamma_control_.ObserveDraft(static_cast<int>(drafts.size()),
+                                      absl::ToDoubleMilliseconds(absl::Now() - draft_start));
+        }
+        drafted_before = true;
         for (const DraftToken& d : drafts) {
           tokens.push_back(d.token);
           probs.push_back(d.prob);
@@ -302,6 +307,20 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
 
     Run run = runs.front();
     runs.pop_front();
+    if (pipelined && !run.cancelled) {
+      // Continuous speculation: while the oldest run is in flight, the drafter keeps going
+      // beyond the last run (off the critical path, so not counted as drafting cost); the next
+      // run sends what it found.
+      const int32_t limit = certain + max_runs * (gamma_control_.gamma() + 1);
+      while (!chains_[run.chain]->RunReady(run.id) &&
+             static_cast<int32_t>(tokens.size()) < limit) {
+        std::vector<DraftToken> more = drafter_->Draft(tokens, 1);
+        if (more.empty()) break;
+        tokens.push_back(more[0].token);
+        probs.push_back(more[0].prob);
+        drafted_before = true;
+      }
+    }
     const int32_t out_count = run.first + run.count - run.out_first;
     out.resize(static_cast<size_t>(out_count) * width);
     absl::Status st = chains_[run.chain]->WaitRun(run.id, out.data());
@@ -435,8 +454,10 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateTree(
         }
       }
     }
-    gamma_control_.ObserveDraft(static_cast<int>(nodes.size()),
-                                absl::ToDoubleMilliseconds(absl::Now() - draft_start));
+    if (stats_.passes > 0) {  // the first tree reads the whole prompt into a model drafter
+      gamma_control_.ObserveDraft(static_cast<int>(nodes.size()),
+                                  absl::ToDoubleMilliseconds(absl::Now() - draft_start));
+    }
     // Leaves get sequence ids 1..; every node is tagged with the leaves below it.
     int next_seq = 1;
     for (int i = static_cast<int>(nodes.size()) - 1; i >= 0; --i) {
