@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <map>
 
@@ -149,13 +150,19 @@ absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& 
   return t;
 }
 
+// "draft:/some/dir/model.gguf" is shown as "draft:model.gguf".
+std::string DrafterLabel(const std::string& drafter) {
+  if (drafter.rfind("draft:", 0) != 0) return drafter;
+  return "draft:" + std::filesystem::path(drafter.substr(6)).filename().string();
+}
+
 // One row of the table: M0 rows have no speculative columns.
 nlohmann::json RowJson(double delay, const Config& c, const Totals& t, double plain_tps,
                        bool identical, int gamma) {
   const double tps = t.wall_s > 0 ? t.tokens / t.wall_s : 0;
   nlohmann::json j = {{"delay_ms", delay},
                       {"mode", ModeLabel(c.mode)},
-                      {"drafter", c.drafter},
+                      {"drafter", DrafterLabel(c.drafter)},
                       {"tokens", t.tokens},
                       {"wall_s", t.wall_s},
                       {"tokens_per_s", tps},
