@@ -307,7 +307,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
 
     Run run = runs.front();
     runs.pop_front();
-    if (pipelined && !run.cancelled) {
+    if (pipelined && !run.cancelled && gamma_control_.gamma() > 0) {
       // Continuous speculation: while the oldest run is in flight, the drafter keeps going
       // beyond the last run (off the critical path, so not counted as drafting cost); the next
       // run sends what it found.
