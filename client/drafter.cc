@@ -190,15 +190,15 @@ absl::StatusOr<DrafterCache::Lease> DrafterCache::Take(const std::string& spec) 
     std::lock_guard<std::mutex> lock(mu_);
     auto it = idle_.find(spec);
     if (it != idle_.end() && !it->second.empty()) {
-      std::unique_ptr<Drafter> d = std::move(it->second.back());
+      Entry e = std::move(it->second.back());
       it->second.pop_back();
-      return Lease(this, spec, std::move(d));
+      return Lease(this, spec, std::move(e));
     }
   }
   // Loading a model takes a while: not under the lock.
-  ASSIGN_OR_RETURN(std::unique_ptr<Drafter> d,
-                   MakeDrafter(spec, target_path_, target_vocab_, threads_));
-  return Lease(this, spec, std::move(d));
+  Entry e;
+  ASSIGN_OR_RETURN(e.drafter, MakeDrafter(spec, target_path_, target_vocab_, threads_));
+  return Lease(this, spec, std::move(e));
 }
 
 size_t DrafterCache::idle(const std::string& spec) const {
@@ -207,9 +207,9 @@ size_t DrafterCache::idle(const std::string& spec) const {
   return it == idle_.end() ? 0 : it->second.size();
 }
 
-void DrafterCache::Return(const std::string& spec, std::unique_ptr<Drafter> drafter) {
+void DrafterCache::Return(const std::string& spec, Entry entry) {
   std::lock_guard<std::mutex> lock(mu_);
-  idle_[spec].push_back(std::move(drafter));
+  idle_[spec].push_back(std::move(entry));
 }
 
 }  // namespace strata::client

@@ -110,21 +110,29 @@ class DrafterCache {
   DrafterCache(std::string target_path, int target_vocab, int threads)
       : target_path_(std::move(target_path)), target_vocab_(target_vocab), threads_(threads) {}
 
+  // A drafter, and what speculation learned about it in earlier requests (opaque here: the
+  // decoder's cost model), kept together.
+  struct Entry {
+    std::unique_ptr<Drafter> drafter;
+    std::shared_ptr<void> learned;
+  };
+
   class Lease {
    public:
-    Lease(DrafterCache* cache, std::string spec, std::unique_ptr<Drafter> drafter)
-        : cache_(cache), spec_(std::move(spec)), drafter_(std::move(drafter)) {}
+    Lease(DrafterCache* cache, std::string spec, Entry entry)
+        : cache_(cache), spec_(std::move(spec)), entry_(std::move(entry)) {}
     Lease(Lease&&) = default;
     Lease& operator=(Lease&&) = delete;
     ~Lease() {
-      if (drafter_) cache_->Return(spec_, std::move(drafter_));
+      if (entry_.drafter) cache_->Return(spec_, std::move(entry_));
     }
-    Drafter* get() const { return drafter_.get(); }
+    Drafter* get() const { return entry_.drafter.get(); }
+    std::shared_ptr<void>& learned() { return entry_.learned; }
 
    private:
     DrafterCache* cache_;
     std::string spec_;
-    std::unique_ptr<Drafter> drafter_;
+    Entry entry_;
   };
 
   // An idle drafter for `spec` (a --speculative value), made with MakeDrafter when none is idle.
@@ -133,13 +141,13 @@ class DrafterCache {
   size_t idle(const std::string& spec) const;
 
  private:
-  void Return(const std::string& spec, std::unique_ptr<Drafter> drafter);
+  void Return(const std::string& spec, Entry entry);
 
   const std::string target_path_;
   const int target_vocab_;
   const int threads_;
   mutable std::mutex mu_;
-  std::map<std::string, std::vector<std::unique_ptr<Drafter>>> idle_;
+  std::map<std::string, std::vector<Entry>> idle_;
 };
 
 }  // namespace strata::client

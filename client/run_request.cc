@@ -73,6 +73,12 @@ absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request
   o.tree_budget = so.tree_budget;
   o.max_in_flight = so.max_in_flight;
   o.rejection_sampling = so.rejection_sampling;
+  if (lease && o.adaptive) {
+    // The drafter's cost model carries over to its next request.
+    std::shared_ptr<void>& learned = lease->learned();
+    if (!learned) learned = std::make_shared<GammaController>(o.gamma, o.max_gamma, true);
+    o.learned = static_cast<GammaController*>(learned.get());
+  }
   SpeculativeDecoder decoder(context.embedder, context.head, std::move(chains), context.pool,
                              context.tokenizer, drafter, o);
   ASSIGN_OR_RETURN(Generation g, decoder.Generate(prompt, options, on_token));

@@ -81,7 +81,9 @@ SpeculativeDecoder::SpeculativeDecoder(const model::Embedder* embedder, const mo
       tokenizer_(tokenizer),
       drafter_(drafter),
       options_(options),
-      gamma_control_(options.gamma, options.max_gamma, options.adaptive) {}
+      own_control_(options.gamma, options.max_gamma, options.adaptive),
+      gamma_control_(options.learned != nullptr && options.adaptive ? *options.learned
+                                                                    : own_control_) {}
 
 absl::StatusOr<Generation> SpeculativeDecoder::Generate(std::span<const int32_t> prompt,
                                                         const GenerateOptions& options,
@@ -134,9 +136,16 @@ int GammaController::Choose() const {
 }
 
 int GammaController::NextGamma() {
-  if (gamma_ > 0 || !adaptive_) return gamma_;
-  if (++idle_passes_ < kProbeEvery) return 0;
+  if (gamma_ > 0 || !adaptive_) {
+    probe_every_ = kProbeEvery;
+    return gamma_;
+  }
+  // A draft saves at most one pass's fixed cost: when drafting costs more than that, no
+  // acceptance rate could make speculation pay, and a probe would only cost.
+  if (base_ms_ >= 0 && draft_ms_ >= base_ms_) return 0;
+  if (++idle_passes_ < probe_every_) return 0;
   idle_passes_ = 0;
+  probe_every_ = std::min(2 * probe_every_, 8 * kProbeEvery);  // until one finds gamma > 0
   return 1;
 }
 
@@ -259,18 +268,18 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       // verify different positions; a chain that is behind catches up inside its run.
       const int gamma = gamma_control_.NextGamma();
       const int depth_limit = max_runs * (gamma + 1);
-      const int32_t want = std::min<int32_t>(static_cast<int32_t>(tokens.size()) + gamma,
-                                             certain + depth_limit);
+      // The first run is the prompt alone: a model drafter reads the prompt while it is in
+      // flight (below) rather than before it.
+      const int32_t want =
+          drafted_before ? std::min<int32_t>(static_cast<int32_t>(tokens.size()) + gamma,
+                                             certain + depth_limit)
+                         : static_cast<int32_t>(tokens.size());
       if (static_cast<int32_t>(tokens.size()) < want) {
         const absl::Time draft_start = absl::Now();
         std::vector<DraftToken> drafts =
             drafter_->Draft(tokens, want - static_cast<int32_t>(tokens.size()));
-        // The first call reads the whole prompt into a model drafter: not a draft's cost.
-        if (drafted_before) {
-          gamma_control_.ObserveDraft(static_cast<int>(drafts.size()),
-                                      absl::ToDoubleMilliseconds(absl::Now() - draft_start));
-        }
-        drafted_before = true;
+        gamma_control_.ObserveDraft(static_cast<int>(drafts.size()),
+                                    absl::ToDoubleMilliseconds(absl::Now() - draft_start));
         for (const DraftToken& d : drafts) {
           tokens.push_back(d.token);
           probs.push_back(d.prob);
@@ -307,6 +316,18 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
 
     Run run = runs.front();
     runs.pop_front();
+    if (!drafted_before && !run.cancelled) {
+      // While the prompt's pass is in flight: the drafter reads the prompt and drafts the first
+      // run's tokens (the first is checked against the prompt pass's own token).
+      const int gamma = gamma_control_.gamma();
+      std::vector<DraftToken> drafts;
+      if (gamma > 0) drafts = drafter_->Draft(tokens, gamma);
+      for (const DraftToken& d : drafts) {
+        tokens.push_back(d.token);
+        probs.push_back(d.prob);
+      }
+      drafted_before = true;
+    }
     if (pipelined && !run.cancelled && gamma_control_.gamma() > 0) {
       // Continuous speculation: while the oldest run is in flight, the drafter keeps going
       // beyond the last run (off the critical path, so not counted as drafting cost); the next
@@ -318,7 +339,6 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
         if (more.empty()) break;
         tokens.push_back(more[0].token);
         probs.push_back(more[0].prob);
-        drafted_before = true;
       }
     }
     const int32_t out_count = run.first + run.count - run.out_first;

@@ -103,13 +103,18 @@ TEST(GammaControllerTest, DraftingCostCountsAgainstGamma) {
 TEST(GammaControllerTest, GammaZeroProbesTheDrafterNowAndThen) {
   GammaController c = Simulate(1, 10, 0.2, 20);
   ASSERT_EQ(c.gamma(), 0);
-  int probes = 0;
-  for (int i = 0; i < 4 * GammaController::kProbeEvery; ++i) {
+  // One-draft probes, each twice as far from the last as the one before, up to 8 x kProbeEvery.
+  std::vector<int> at;
+  for (int i = 0; i < 40 * GammaController::kProbeEvery; ++i) {
     const int g = c.NextGamma();
-    EXPECT_LE(g, 1);
-    probes += g;
+    ASSERT_LE(g, 1);
+    if (g == 1) at.push_back(i);
   }
-  EXPECT_EQ(probes, 4);
+  ASSERT_GE(at.size(), 4u);
+  for (size_t k = 2; k < at.size(); ++k) {
+    EXPECT_GE(at[k] - at[k - 1], at[k - 1] - at[k - 2]);
+  }
+  EXPECT_EQ(at.back() - at[at.size() - 2], 8 * GammaController::kProbeEvery);
   // A probe that finds the drafter right on a slow link brings speculation back.
   for (int i = 0; i < 30; ++i) c.Observe(i % 2 ? 2 : 3, i % 2 ? 202 : 203.5, 1, 1);
   EXPECT_GE(c.gamma(), 1);
@@ -135,6 +140,15 @@ TEST(DrafterCacheTest, LeasesAreExclusiveAndReused) {
   EXPECT_TRUE(again->get() == first || again->get() == second);  // reused, not made anew
   EXPECT_EQ(cache.idle("ngram"), 1u);
   EXPECT_EQ(cache.idle("self:3"), 0u);
+}
+
+TEST(GammaControllerTest, NoProbesWhenADraftCostsMoreThanAPassSaves) {
+  // Compute-bound passes (1 ms fixed, 10 ms a row) and a drafter at 5 ms a draft: even a drafter
+  // that is always right cannot win, so there is nothing to probe for.
+  GammaController c = Simulate(1, 10, 0.2, 20);
+  c.ObserveDraft(1, 5.0);
+  ASSERT_EQ(c.gamma(), 0);
+  for (int i = 0; i < 20 * GammaController::kProbeEvery; ++i) ASSERT_EQ(c.NextGamma(), 0);
 }
 
 TEST(GammaControllerTest, FixedGammaStays) {
