@@ -150,6 +150,10 @@ void RegisterBench(CLI::App& app, int* exit_code) {
       "unless every run gives the plain tokens");
   cmd->add_flag("--spec-quick", flags->spec_quick,
                 "Spec sweep: only M0, M1 with ngram, and M1-M4 with the oracle at 0.7");
+  cmd->add_option("--spec-draft", flags->spec_drafts,
+                  "Spec sweep: a draft model (same vocabulary) to add M1 and M3 rows for; "
+                  "repeatable (e.g. one made by `strata quantize`)")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--gamma", flags->gamma, "Spec sweep: drafts per pass (start value)")
       ->capture_default_str()
       ->check(CLI::Range(1, 16));

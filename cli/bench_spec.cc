@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <map>
 
@@ -61,8 +62,14 @@ Config Oracle(const std::string& mode, double a) {
 // What runs at each delay (M0 first: it gives the reference tokens and the oracle's truth).
 // Full: every mode with ngram and the oracle at 0.7, and chain also with self-speculation and the
 // oracle at 0.5 and 0.9. Quick: every mode with the oracle at 0.7, and chain with ngram.
-std::vector<Config> Matrix(bool quick, const std::string& self) {
+// Every draft model adds M1 and M3 rows.
+std::vector<Config> Matrix(bool quick, const std::string& self,
+                           const std::vector<std::string>& drafts) {
   std::vector<Config> m = {{"plain", "none"}};
+  for (const std::string& d : drafts) {
+    m.push_back({"chain", "draft:" + d});
+    m.push_back({"pipelined", "draft:" + d});
+  }
   for (const char* mode : {"chain", "tree", "pipelined", "dsi"}) {
     if (!quick || std::string(mode) == "chain") m.push_back({mode, "ngram"});
     m.push_back(Oracle(mode, 0.7));
@@ -143,13 +150,19 @@ absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& 
   return t;
 }
 
+// "draft:/some/dir/model.gguf" is shown as "draft:model.gguf".
+std::string DrafterLabel(const std::string& drafter) {
+  if (drafter.rfind("draft:", 0) != 0) return drafter;
+  return "draft:" + std::filesystem::path(drafter.substr(6)).filename().string();
+}
+
 // One row of the table: M0 rows have no speculative columns.
 nlohmann::json RowJson(double delay, const Config& c, const Totals& t, double plain_tps,
                        bool identical, int gamma) {
   const double tps = t.wall_s > 0 ? t.tokens / t.wall_s : 0;
   nlohmann::json j = {{"delay_ms", delay},
                       {"mode", ModeLabel(c.mode)},
-                      {"drafter", c.drafter},
+                      {"drafter", DrafterLabel(c.drafter)},
                       {"tokens", t.tokens},
                       {"wall_s", t.wall_s},
                       {"tokens_per_s", tps},
@@ -209,7 +222,7 @@ int RunSpecSweep(const BenchFlags& f) {
   if (!file.ok()) return Fail(std::string(file.status().message()));
   // Self-speculation with the first two thirds of the layers (self:20 of 30, as the tests use).
   const std::string self = StrCat("self:", 2 * (*file)->hparams().n_layer / 3);
-  const std::vector<Config> matrix = Matrix(f.spec_quick, self);
+  const std::vector<Config> matrix = Matrix(f.spec_quick, self, f.spec_drafts);
 
   const int nodes = 2 * f.nodes;
   auto swarm = StartBenchSwarm(
@@ -270,7 +283,7 @@ int RunSpecSweep(const BenchFlags& f) {
       out["best"].push_back(b);
       if (!f.json) {
         std::printf("best at %.0f ms (%s): %s %s, %.1f tok/s, %.2fx plain\n", delay,
-                    oracle ? "oracle" : "ngram/self drafters",
+                    oracle ? "oracle" : "real drafters",
                     b["mode"].get<std::string>().c_str(), b["drafter"].get<std::string>().c_str(),
                     b["tokens_per_s"].get<double>(), b["speedup"].get<double>());
       }

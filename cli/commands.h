@@ -16,6 +16,7 @@ void RegisterDemo(CLI::App& app, int* exit_code);
 void RegisterServe(CLI::App& app, int* exit_code);
 void RegisterChat(CLI::App& app, int* exit_code);
 void RegisterStatus(CLI::App& app, int* exit_code);
+void RegisterQuantize(CLI::App& app, int* exit_code);
 
 // The default model: $STRATA_MODEL, else models/SmolLM2-135M-Instruct.Q4_1.gguf next to the
 // source tree the binary was built from, else in the current directory.

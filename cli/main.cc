@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   strata::cli::RegisterServe(app, &exit_code);
   strata::cli::RegisterChat(app, &exit_code);
   strata::cli::RegisterStatus(app, &exit_code);
+  strata::cli::RegisterQuantize(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

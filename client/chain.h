@@ -48,6 +48,9 @@ class Chain {
   // Writes the run's out rows to `out`. ABORTED when the route changed meanwhile (the chain
   // then holds the committed text only), CANCELLED when the run was cancelled.
   virtual absl::Status WaitRun(uint64_t run, float* out) = 0;
+  // Whether WaitRun(run) would return without waiting (answered, failed or cancelled). A local
+  // chain computes a run when it is submitted: always ready.
+  virtual bool RunReady(uint64_t run) { return true; }
   // Gives up on runs; each still answers WaitRun (CANCELLED, or its result if it finished).
   virtual void CancelRuns(std::span<const uint64_t> runs) = 0;
   // Like Truncate, but does not wait (ordered after the runs submitted before it).

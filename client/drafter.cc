@@ -126,7 +126,8 @@ std::vector<DraftToken> ModelDrafter::Draft(std::span<const int32_t> text, int n
   std::vector<DraftToken> out;
   auto logits = Sync(text);
   if (!logits.ok()) return out;
-  const size_t base = session_->tokens().size();
+  // The drafts stay in the cache: the next call's text starts with the accepted ones, which Sync
+  // keeps, and drops the rest.
   for (int i = 0; i < n; ++i) {
     auto best = TopK(*logits, 1);
     out.push_back(best[0]);
@@ -135,7 +136,6 @@ std::vector<DraftToken> ModelDrafter::Draft(std::span<const int32_t> text, int n
     logits = session_->Feed(t);
     if (!logits.ok()) break;
   }
-  (void)session_->Rewind(static_cast<int32_t>(base));  // drafts are not kept
   return out;
 }
 
@@ -183,6 +183,33 @@ absl::StatusOr<std::unique_ptr<Drafter>> MakeDrafter(const std::string& spec,
   }
   return absl::InvalidArgumentError(
       StrCat("unknown --speculative '", spec, "' (none, ngram, draft:PATH, self:K)"));
+}
+
+absl::StatusOr<DrafterCache::Lease> DrafterCache::Take(const std::string& spec) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = idle_.find(spec);
+    if (it != idle_.end() && !it->second.empty()) {
+      Entry e = std::move(it->second.back());
+      it->second.pop_back();
+      return Lease(this, spec, std::move(e));
+    }
+  }
+  // Loading a model takes a while: not under the lock.
+  Entry e;
+  ASSIGN_OR_RETURN(e.drafter, MakeDrafter(spec, target_path_, target_vocab_, threads_));
+  return Lease(this, spec, std::move(e));
+}
+
+size_t DrafterCache::idle(const std::string& spec) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = idle_.find(spec);
+  return it == idle_.end() ? 0 : it->second.size();
+}
+
+void DrafterCache::Return(const std::string& spec, Entry entry) {
+  std::lock_guard<std::mutex> lock(mu_);
+  idle_[spec].push_back(std::move(entry));
 }
 
 }  // namespace strata::client

@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -49,7 +51,8 @@ class NgramDrafter final : public Drafter {
 
 // A model run in this process: a small draft model sharing the target's vocabulary, or the first
 // layers of the target itself followed by its head (self-speculation). Greedy drafts; its KV
-// follows the text it is asked about, so consecutive calls cost only the new tokens.
+// follows the text it is asked about (drafts included), so consecutive calls cost only the
+// tokens that differ from the last call's text and drafts.
 class ModelDrafter final : public Drafter {
  public:
   // `layers` = 0: the whole model at `path` (a draft model); > 0: only its first `layers`
@@ -98,5 +101,53 @@ class OracleDrafter final : public Drafter {
 absl::StatusOr<std::unique_ptr<Drafter>> MakeDrafter(const std::string& spec,
                                                      const std::string& target_path,
                                                      int target_vocab, int threads);
+
+// Drafters kept between requests, so a client loads a draft model once, not once per request.
+// A drafter keeps state (a model drafter's cache follows the text), so each lease is exclusive:
+// concurrent requests naming the same drafter get instances of their own.
+class DrafterCache {
+ public:
+  DrafterCache(std::string target_path, int target_vocab, int threads)
+      : target_path_(std::move(target_path)), target_vocab_(target_vocab), threads_(threads) {}
+
+  // A drafter, and what speculation learned about it in earlier requests (opaque here: the
+  // decoder's cost model), kept together.
+  struct Entry {
+    std::unique_ptr<Drafter> drafter;
+    std::shared_ptr<void> learned;
+  };
+
+  class Lease {
+   public:
+    Lease(DrafterCache* cache, std::string spec, Entry entry)
+        : cache_(cache), spec_(std::move(spec)), entry_(std::move(entry)) {}
+    Lease(Lease&&) = default;
+    Lease& operator=(Lease&&) = delete;
+    ~Lease() {
+      if (entry_.drafter) cache_->Return(spec_, std::move(entry_));
+    }
+    Drafter* get() const { return entry_.drafter.get(); }
+    std::shared_ptr<void>& learned() { return entry_.learned; }
+
+   private:
+    DrafterCache* cache_;
+    std::string spec_;
+    Entry entry_;
+  };
+
+  // An idle drafter for `spec` (a --speculative value), made with MakeDrafter when none is idle.
+  absl::StatusOr<Lease> Take(const std::string& spec);
+  // Idle drafters held for `spec`.
+  size_t idle(const std::string& spec) const;
+
+ private:
+  void Return(const std::string& spec, Entry entry);
+
+  const std::string target_path_;
+  const int target_vocab_;
+  const int threads_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::vector<Entry>> idle_;
+};
 
 }  // namespace strata::client

@@ -856,6 +856,13 @@ absl::Status RemoteChain::WaitRun(uint64_t run, float* out) {
   return absl::OkStatus();
 }
 
+bool RemoteChain::RunReady(uint64_t run) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) return true;
+  auto it = log_.find(run);
+  return it == log_.end() || it->second.completed || it->second.abandoned || it->second.reply.done;
+}
+
 void RemoteChain::TruncateAsync(model::SeqId seq, int32_t from_pos) {
   v1::Op op;
   op.mutable_truncate()->set_seq(seq);

@@ -73,6 +73,7 @@ class RemoteChain : public Chain {
   absl::StatusOr<uint64_t> SubmitRun(std::span<const model::Row> rows, const float* hidden,
                                      std::span<const int32_t> out_rows) override;
   absl::Status WaitRun(uint64_t run, float* out) override;
+  bool RunReady(uint64_t run) override;
   void CancelRuns(std::span<const uint64_t> runs) override { Cancel(runs); }
   void TruncateAsync(model::SeqId seq, int32_t from_pos) override;
   void CommitAsync(model::SeqId seq, int32_t until_pos) override;

@@ -1,5 +1,7 @@
 #include "client/run_request.h"
 
+#include <optional>
+
 #include "client/drafter.h"
 #include "client/generate.h"
 #include "client/prompt.h"
@@ -53,8 +55,13 @@ absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request
     return ToResult(std::move(g));
   }
   std::unique_ptr<Drafter> owned;
+  std::optional<DrafterCache::Lease> lease;
   Drafter* drafter = context.drafter;
-  if (drafter == nullptr) {
+  if (drafter == nullptr && context.drafters != nullptr) {
+    ASSIGN_OR_RETURN(DrafterCache::Lease l, context.drafters->Take(so.drafter));
+    lease.emplace(std::move(l));
+    drafter = lease->get();
+  } else if (drafter == nullptr) {
     ASSIGN_OR_RETURN(owned, MakeDrafter(so.drafter, context.model_path, context.head->n_vocab(),
                                         context.threads));
     drafter = owned.get();
@@ -66,6 +73,12 @@ absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request
   o.tree_budget = so.tree_budget;
   o.max_in_flight = so.max_in_flight;
   o.rejection_sampling = so.rejection_sampling;
+  if (lease && o.adaptive) {
+    // The drafter's cost model carries over to its next request.
+    std::shared_ptr<void>& learned = lease->learned();
+    if (!learned) learned = std::make_shared<GammaController>(o.gamma, o.max_gamma, true);
+    o.learned = static_cast<GammaController*>(learned.get());
+  }
   SpeculativeDecoder decoder(context.embedder, context.head, std::move(chains), context.pool,
                              context.tokenizer, drafter, o);
   ASSIGN_OR_RETURN(Generation g, decoder.Generate(prompt, options, on_token));

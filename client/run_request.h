@@ -25,6 +25,8 @@ struct RequestContext {
   // Used instead of the drafter request.speculative.drafter names (which must then not be
   // "none"); not owned. Benchmarks pass drafters the public options cannot name (the oracle).
   Drafter* drafter = nullptr;
+  // Where drafters named by the request are taken from (null: made for this request alone).
+  DrafterCache* drafters = nullptr;
 };
 
 // How many chains `request` wants: its replicas for dsi, else 1.

@@ -81,7 +81,9 @@ SpeculativeDecoder::SpeculativeDecoder(const model::Embedder* embedder, const mo
       tokenizer_(tokenizer),
       drafter_(drafter),
       options_(options),
-      gamma_control_(options.gamma, options.max_gamma, options.adaptive) {}
+      own_control_(options.gamma, options.max_gamma, options.adaptive),
+      gamma_control_(options.learned != nullptr && options.adaptive ? *options.learned
+                                                                    : own_control_) {}
 
 absl::StatusOr<Generation> SpeculativeDecoder::Generate(std::span<const int32_t> prompt,
                                                         const GenerateOptions& options,
@@ -124,13 +126,35 @@ int GammaController::Choose() const {
   double best_rate = 0;
   for (int g = 0; g <= max_gamma_; ++g) {
     const double tokens = (1 - std::pow(a, g + 1)) / (1 - a);
-    const double ms = std::max(1e-3, base_ms_ + row_ms_ * (g + 1));
+    const double ms = std::max(1e-3, base_ms_ + row_ms_ * (g + 1) + draft_ms_ * g);
     if (tokens / ms > best_rate * 1.0001) {
       best_rate = tokens / ms;
       best = g;
     }
   }
   return best;
+}
+
+int GammaController::NextGamma() {
+  if (gamma_ > 0 || !adaptive_) {
+    probe_every_ = kProbeEvery;
+    return gamma_;
+  }
+  // A draft saves at most one pass's fixed cost: when drafting costs more than that, no
+  // acceptance rate could make speculation pay, and a probe would only cost.
+  if (base_ms_ >= 0 && draft_ms_ >= base_ms_) return 0;
+  if (++idle_passes_ < probe_every_) return 0;
+  idle_passes_ = 0;
+  probe_every_ = std::min(2 * probe_every_, 8 * kProbeEvery);  // until one finds gamma > 0
+  return 1;
+}
+
+void GammaController::ObserveDraft(int tokens, double ms) {
+  if (tokens <= 0 || ms < 0) return;
+  constexpr double w = 0.25;
+  const double sample = ms / tokens;
+  draft_ms_ = draft_ms_ == 0 ? sample : (1 - w) * draft_ms_ + w * sample;
+  gamma_ = Choose();
 }
 
 int GammaController::Runs(int max_runs) const {
@@ -225,23 +249,37 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
   };
 
   std::vector<float> hidden, out;
+  bool drafted_before = false;
   while (true) {
     // Keep up to max_runs runs going, drafting ahead of the last one.
     const int max_runs = pipelined ? gamma_control_.Runs(options_.max_in_flight) : 1;
     while (!emitter.done() && static_cast<int>(runs.size()) < max_runs) {
+      // The least busy chain among as many as there are runs to keep going (with one run at a
+      // time only the first: a second chain would first have to catch up on the whole text),
+      // and of those the one with the least to catch up on.
+      const size_t usable = std::min(n_chains, static_cast<size_t>(max_runs));
       size_t c = 0;
-      for (size_t i = 1; i < n_chains; ++i) {
-        if (in_flight(i) < in_flight(c)) c = i;
+      for (size_t i = 1; i < usable; ++i) {
+        if (in_flight(i) < in_flight(c) || (in_flight(i) == in_flight(c) && fed[i] > fed[c])) {
+          c = i;
+        }
       }
       // New drafts go beyond everything already drafted, so that runs on different chains
       // verify different positions; a chain that is behind catches up inside its run.
-      const int gamma = gamma_control_.gamma();
+      const int gamma = gamma_control_.NextGamma();
       const int depth_limit = max_runs * (gamma + 1);
-      const int32_t want = std::min<int32_t>(static_cast<int32_t>(tokens.size()) + gamma,
-                                             certain + depth_limit);
+      // The first run is the prompt alone: a model drafter reads the prompt while it is in
+      // flight (below) rather than before it.
+      const int32_t want =
+          drafted_before ? std::min<int32_t>(static_cast<int32_t>(tokens.size()) + gamma,
+                                             certain + depth_limit)
+                         : static_cast<int32_t>(tokens.size());
       if (static_cast<int32_t>(tokens.size()) < want) {
+        const absl::Time draft_start = absl::Now();
         std::vector<DraftToken> drafts =
             drafter_->Draft(tokens, want - static_cast<int32_t>(tokens.size()));
+        gamma_control_.ObserveDraft(static_cast<int>(drafts.size()),
+                                    absl::ToDoubleMilliseconds(absl::Now() - draft_start));
         for (const DraftToken& d : drafts) {
           tokens.push_back(d.token);
           probs.push_back(d.prob);
@@ -278,6 +316,31 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
 
     Run run = runs.front();
     runs.pop_front();
+    if (!drafted_before && !run.cancelled) {
+      // While the prompt's pass is in flight: the drafter reads the prompt and drafts the first
+      // run's tokens (the first is checked against the prompt pass's own token).
+      const int gamma = gamma_control_.gamma();
+      std::vector<DraftToken> drafts;
+      if (gamma > 0) drafts = drafter_->Draft(tokens, gamma);
+      for (const DraftToken& d : drafts) {
+        tokens.push_back(d.token);
+        probs.push_back(d.prob);
+      }
+      drafted_before = true;
+    }
+    if (pipelined && !run.cancelled && gamma_control_.gamma() > 0) {
+      // Continuous speculation: while the oldest run is in flight, the drafter keeps going
+      // beyond the last run (off the critical path, so not counted as drafting cost); the next
+      // run sends what it found.
+      const int32_t limit = certain + max_runs * (gamma_control_.gamma() + 1);
+      while (!chains_[run.chain]->RunReady(run.id) &&
+             static_cast<int32_t>(tokens.size()) < limit) {
+        std::vector<DraftToken> more = drafter_->Draft(tokens, 1);
+        if (more.empty()) break;
+        tokens.push_back(more[0].token);
+        probs.push_back(more[0].prob);
+      }
+    }
     const int32_t out_count = run.first + run.count - run.out_first;
     out.resize(static_cast<size_t>(out_count) * width);
     absl::Status st = chains_[run.chain]->WaitRun(run.id, out.data());
@@ -374,7 +437,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateTree(
     // Grow the tree best first by the drafter's cumulative probability.
     std::vector<Node> nodes;
     const int budget = options_.adaptive
-                           ? std::min(options_.tree_budget, 2 * gamma_control_.gamma())
+                           ? std::min(options_.tree_budget, 2 * gamma_control_.NextGamma())
                            : options_.tree_budget;
     struct Candidate {
       double score;
@@ -383,6 +446,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateTree(
       bool operator<(const Candidate& o) const { return score < o.score; }
     };
     std::priority_queue<Candidate> frontier;
+    const absl::Time draft_start = absl::Now();
     if (budget > 0) {
       for (const DraftToken& d : drafter_->Next(tokens, options_.tree_branch)) {
         frontier.push({d.prob, -1, d.token});
@@ -409,6 +473,10 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateTree(
           frontier.push({c.score * d.prob, id, d.token});
         }
       }
+    }
+    if (stats_.passes > 0) {  // the first tree reads the whole prompt into a model drafter
+      gamma_control_.ObserveDraft(static_cast<int>(nodes.size()),
+                                  absl::ToDoubleMilliseconds(absl::Now() - draft_start));
     }
     // Leaves get sequence ids 1..; every node is tagged with the leaves below it.
     int next_seq = 1;

@@ -33,6 +33,8 @@
 
 namespace strata::client {
 
+class GammaController;
+
 struct SpeculativeOptions {
   enum class Mode { kChain, kTree, kPipelined };
   Mode mode = Mode::kChain;
@@ -43,6 +45,9 @@ struct SpeculativeOptions {
   int tree_branch = 3;      // alternatives tried per node
   int max_in_flight = 3;    // pipelined runs
   bool rejection_sampling = false;
+  // What earlier requests learned (pass cost, acceptance, drafting cost), used and updated
+  // instead of starting afresh when adaptive; not owned. Null: learn from this request alone.
+  GammaController* learned = nullptr;
 };
 
 struct SpeculativeStats {
@@ -66,17 +71,26 @@ int32_t VerifyDraft(const model::Sampler& sampler, std::span<const float> logits
                     float draft_prob, bool rejection_sampling, bool* accepted);
 
 // Drafts per pass for the best expected tokens per millisecond: the acceptance rate a (each draft
-// accepted with probability a until the first rejection) and a pass's cost, ms = base + per_row *
-// rows, fitted by least squares over the passes seen (recent ones weigh more). The prompt's pass
-// (many rows) and the decode passes (a few) pin the slope; on a slow link nearly all of a pass is
-// the base, which speculation pays once for many tokens. Gamma 0 is plain decoding.
+// accepted with probability a until the first rejection), a pass's cost, ms = base + per_row *
+// rows, fitted by least squares over the passes seen (recent ones weigh more), and the drafter's
+// own cost per drafted token, so gamma g costs base + per_row * (g + 1) + draft * g for
+// (1 - a^(g+1)) / (1 - a) tokens. On a slow link nearly all of a pass is the base, which
+// speculation pays once for many tokens; a drafter that is rarely right, or costs more than it
+// saves, gets gamma 0 — plain decoding — with one-draft probes now and then so a drafter that
+// starts to be right (text that repeats itself) is noticed.
 class GammaController {
  public:
   GammaController(int gamma, int max_gamma, bool adaptive);
   // A pass of `rows` rows took `ms` (negative: unknown); `accepted` of its `drafted` drafts were
   // accepted.
   void Observe(int rows, double ms, int drafted, int accepted);
+  // The drafter took `ms` to propose `tokens` tokens.
+  void ObserveDraft(int tokens, double ms);
   int gamma() const { return gamma_; }
+  // Drafts for the next run: gamma(), or while it is 0 a one-draft probe after kProbeEvery
+  // runs, then 2x, 4x, 8x as many — none when a draft costs more than a pass's fixed part.
+  int NextGamma();
+  static constexpr int kProbeEvery = 16;
   // How many runs to keep in flight, at most `max_runs`: a pass's fixed cost (the network) can be
   // overlapped by about base / (per_row * rows) other runs; the rows themselves compete for the
   // same cores, so when compute dominates, or without drafts, one run at a time.
@@ -84,12 +98,16 @@ class GammaController {
   double base_ms() const { return base_ms_; }
   double row_ms() const { return row_ms_; }
   double accept_rate() const { return accept_rate_; }
+  double draft_ms() const { return draft_ms_; }
 
  private:
   int Choose() const;
 
   int gamma_, max_gamma_;
   bool adaptive_;
+  int idle_passes_ = 0;  // runs sent at gamma 0 since the last probe
+  int probe_every_ = kProbeEvery;  // doubles after each probe that leaves gamma at 0
+  double draft_ms_ = 0;  // per drafted token, smoothed
   double accept_rate_ = 0.7;
   double base_ms_ = -1, row_ms_ = 0;
   bool slope_known_ = false;
@@ -137,7 +155,8 @@ class SpeculativeDecoder {
   SpeculativeStats stats_;
   model::ForwardScratch scratch_;
   std::vector<float> logits_;
-  GammaController gamma_control_;
+  GammaController own_control_;
+  GammaController& gamma_control_;  // own_control_, or options.learned
 };
 
 }  // namespace strata::client

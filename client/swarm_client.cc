@@ -57,6 +57,8 @@ absl::StatusOr<std::unique_ptr<SwarmClient>> SwarmClient::Create(const ClientOpt
   ASSIGN_OR_RETURN(c->head_, model::Head::Load(c->model_));
   c->pool_ = std::make_unique<ThreadPool>(options.threads > 0 ? options.threads
                                                               : ThreadPool::DefaultThreads());
+  c->drafters_ = std::make_unique<DrafterCache>(options.model_path, c->model_->hparams().n_vocab,
+                                                options.threads);
   for (const std::string& address : options.coordinators) {
     c->coordinators_.push_back(
         v1::Coordinator::NewStub(transport::ChannelCache::Default().Get(address)));
@@ -161,7 +163,7 @@ absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateWith(
     owned.push_back(std::move(*chain));
   }
   RequestContext context{embedder_.get(), head_.get(), tokenizer_.get(), pool_.get(),
-                         options_.model_path, options_.threads, drafter};
+                         options_.model_path, options_.threads, drafter, drafters_.get()};
   ASSIGN_OR_RETURN(strata::GenerateResult out, RunRequest(request, context, chains, on_token));
   out.route = ToRouteHops(owned[0]->Hops());  // the route in use at the end
   return out;

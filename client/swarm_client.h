@@ -57,6 +57,7 @@ class SwarmClient final : public Client {
   std::unique_ptr<model::Head> head_;
   std::unique_ptr<ThreadPool> pool_;
   std::vector<std::unique_ptr<v1::Coordinator::Stub>> coordinators_;
+  std::unique_ptr<DrafterCache> drafters_;
 };
 
 }  // namespace strata::client

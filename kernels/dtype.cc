@@ -1,5 +1,7 @@
 #include "kernels/dtype.h"
 
+#include <string>
+
 #include "absl/strings/str_cat.h"
 
 namespace strata::kernels {
@@ -51,6 +53,15 @@ absl::StatusOr<DType> DTypeFromGgml(uint32_t ggml_type) {
           "unsupported tensor type ", ggml_type,
           " (supported: f32, f16, bf16, q4_0, q4_1, q8_0, q4_K, q6_K)"));
   }
+}
+
+absl::StatusOr<DType> WeightDTypeFromName(std::string_view name) {
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ8_0,
+                  DType::kQ4_K, DType::kQ6_K}) {
+    if (Info(t).name == name) return t;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown weight type '", std::string(name), "' (f32, f16, bf16, q4_0, q4_1, q8_0, q4_K, q6_K)"));
 }
 
 }  // namespace strata::kernels

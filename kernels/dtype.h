@@ -35,6 +35,10 @@ const DTypeInfo& Info(DType dtype);
 // Maps a GGML type id to a supported DType; INVALID_ARGUMENT for ids this build does not handle.
 absl::StatusOr<DType> DTypeFromGgml(uint32_t ggml_type);
 
+// A weight dtype by its GGML spelling ("f16", "q4_0", "q4_K", ...); INVALID_ARGUMENT listing the
+// choices otherwise. Activation-only formats (q8_1, q8_K) are not weight dtypes.
+absl::StatusOr<DType> WeightDTypeFromName(std::string_view name);
+
 // Bytes taken by `n` consecutive elements; `n` must be a multiple of the block size.
 inline size_t RowBytes(DType dtype, int64_t n) {
   const DTypeInfo& info = Info(dtype);

@@ -56,7 +56,7 @@ GammaController Simulate(double base, double per_row, double accept, int passes)
   GammaController c(/*gamma=*/4, /*max_gamma=*/16, /*adaptive=*/true);
   c.Observe(40, base + per_row * 10, 0, 0);  // the prompt: 40 rows at a quarter of the cost
   for (int i = 0; i < passes; ++i) {
-    const int g = c.gamma();
+    const int g = c.NextGamma();
     // Expected accepted drafts of g at acceptance `accept`, rounded: deterministic.
     const int accepted = static_cast<int>(std::lround(accept * (1 - std::pow(accept, g)) /
                                                       (1 - accept)));
@@ -86,6 +86,69 @@ TEST(GammaControllerTest, RunsInFlightOverlapTheNetworkNotTheCompute) {
   EXPECT_EQ(Simulate(5, 2.5, 0.9, 20).Runs(3), 1);
   // No drafts worth sending: plain decoding, one step at a time.
   EXPECT_EQ(Simulate(1, 10, 0.2, 20).Runs(3), 1);
+}
+
+TEST(GammaControllerTest, DraftingCostCountsAgainstGamma) {
+  // A slow link where drafts pay (as above), unless each draft costs as much as a pass's base:
+  // then a 70%-right drafter loses to plain decoding.
+  GammaController c = Simulate(200, 1.5, 0.7, 20);
+  ASSERT_GE(c.gamma(), 6);
+  c.ObserveDraft(4, 4 * 400.0);
+  EXPECT_EQ(c.gamma(), 0);
+  // Cheap drafts again (the smoothing takes a few samples to forget).
+  for (int i = 0; i < 20; ++i) c.ObserveDraft(4, 0.4);
+  EXPECT_GE(c.gamma(), 6);
+}
+
+TEST(GammaControllerTest, GammaZeroProbesTheDrafterNowAndThen) {
+  GammaController c = Simulate(1, 10, 0.2, 20);
+  ASSERT_EQ(c.gamma(), 0);
+  // One-draft probes, each twice as far from the last as the one before, up to 8 x kProbeEvery.
+  std::vector<int> at;
+  for (int i = 0; i < 40 * GammaController::kProbeEvery; ++i) {
+    const int g = c.NextGamma();
+    ASSERT_LE(g, 1);
+    if (g == 1) at.push_back(i);
+  }
+  ASSERT_GE(at.size(), 4u);
+  for (size_t k = 2; k < at.size(); ++k) {
+    EXPECT_GE(at[k] - at[k - 1], at[k - 1] - at[k - 2]);
+  }
+  EXPECT_EQ(at.back() - at[at.size() - 2], 8 * GammaController::kProbeEvery);
+  // A probe that finds the drafter right on a slow link brings speculation back.
+  for (int i = 0; i < 30; ++i) c.Observe(i % 2 ? 2 : 3, i % 2 ? 202 : 203.5, 1, 1);
+  EXPECT_GE(c.gamma(), 1);
+}
+
+TEST(DrafterCacheTest, LeasesAreExclusiveAndReused) {
+  DrafterCache cache("", 1000, 1);
+  EXPECT_EQ(cache.Take("nonsense").status().code(), absl::StatusCode::kInvalidArgument);
+  Drafter* first = nullptr;
+  Drafter* second = nullptr;
+  {
+    auto a = cache.Take("ngram");
+    auto b = cache.Take("ngram");
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_NE(a->get(), b->get());  // both in use: two instances
+    first = a->get();
+    second = b->get();
+    EXPECT_EQ(cache.idle("ngram"), 0u);
+  }
+  EXPECT_EQ(cache.idle("ngram"), 2u);
+  auto again = cache.Take("ngram");
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->get() == first || again->get() == second);  // reused, not made anew
+  EXPECT_EQ(cache.idle("ngram"), 1u);
+  EXPECT_EQ(cache.idle("self:3"), 0u);
+}
+
+TEST(GammaControllerTest, NoProbesWhenADraftCostsMoreThanAPassSaves) {
+  // Compute-bound passes (1 ms fixed, 10 ms a row) and a drafter at 5 ms a draft: even a drafter
+  // that is always right cannot win, so there is nothing to probe for.
+  GammaController c = Simulate(1, 10, 0.2, 20);
+  c.ObserveDraft(1, 5.0);
+  ASSERT_EQ(c.gamma(), 0);
+  for (int i = 0; i < 20 * GammaController::kProbeEvery; ++i) ASSERT_EQ(c.NextGamma(), 0);
 }
 
 TEST(GammaControllerTest, FixedGammaStays) {

@@ -106,21 +106,6 @@ void FillRow(DType dtype, int64_t cols, uint64_t state, uint8_t* dst, float scal
   }
 }
 
-absl::StatusOr<DType> ParseType(const std::string& s) {
-  for (DType t : {DType::kF32,
-                  DType::kF16,
-                  DType::kBF16,
-                  DType::kQ4_0,
-                  DType::kQ4_1,
-                  DType::kQ8_0,
-                  DType::kQ4_K,
-                  DType::kQ6_K}) {
-    if (strata::kernels::Info(t).name == s) return t;
-  }
-  return absl::InvalidArgumentError(
-      StrCat("unknown type '", s, "' (f32, f16, bf16, q4_0, q4_1, q8_0, q4_K, q6_K)"));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -161,7 +146,7 @@ int main(int argc, char** argv) {
   if (app.count("--vocab") == 0) s.vocab = base.vocab;
   s.n_ctx = base.n_ctx;
   s.layers = layers > 0 ? layers : base.layers;
-  auto dtype = ParseType(type);
+  auto dtype = strata::kernels::WeightDTypeFromName(type);
   if (!dtype.ok()) {
     std::fprintf(stderr, "%s\n", std::string(dtype.status().message()).c_str());
     return 2;
