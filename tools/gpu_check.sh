@@ -91,8 +91,17 @@ else
 fi
 
 export STRATA_SOURCE_DIR=$ROOT
+# Tests that start `strata node` processes look for the binary here.
+export STRATA_BINARY_DIR=$(dirname "$BIN_strata")
 if [ -z "${STRATA_MODEL:-}" ] && [ -f "$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
   export STRATA_MODEL=$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf
+fi
+# Without the default model (it stays behind when only the bundle travels), a random model of its
+# shape and vocabulary size stands in, for the tests that run routes too.
+if [ -z "${STRATA_MODEL:-}" ]; then
+  step "a SmolLM2-shaped random model for the route tests"
+  timeout 60 "$BIN_strata_random_model" --out /tmp/strata-smollm2-shape-q4_1.gguf --preset smollm2 \
+    --type q4_1 > "$OUT/models.log" 2>&1 && export STRATA_MODEL=/tmp/strata-smollm2-shape-q4_1.gguf
 fi
 step "GPU tests"
 if [ "$MODE" = build ]; then
@@ -124,7 +133,7 @@ MSM=${STRATA_MODEL:-/tmp/strata-smollm2-shape-q4_1.gguf}
   if [ ! -f "$MSM" ]; then
     timeout "$(left 30)" "$BIN_strata_random_model" --out "$MSM" --preset smollm2 --type q4_1
   fi
-} > "$OUT/models.log" 2>&1
+} >> "$OUT/models.log" 2>&1
 cat "$OUT/models.log"
 
 step "GPU benchmark"
