@@ -478,7 +478,15 @@ std::shared_ptr<HandoffInbound> HandoffInbound::Start(
     const HandoffOptions& options, v1::HandoffOffer offer, int width, int max_rows, Hooks hooks) {
   auto in = std::shared_ptr<HandoffInbound>(
       new HandoffInbound(options, width, max_rows, std::move(hooks)));
-  std::thread([in, offer = std::move(offer)] { in->Run(offer); }).detach();
+  // The first reply, whichever thread flushes first: READY or FAILED can only follow it.
+  {
+    std::lock_guard<std::mutex> lock(in->mu_);
+    in->replies_.push_back(Answer(v1::HandoffAnswer::ACCEPTED));
+  }
+  std::thread([in, offer = std::move(offer)] {
+    in->Flush();
+    in->Run(offer);
+  }).detach();
   return in;
 }
 
@@ -488,6 +496,10 @@ void HandoffInbound::Run(v1::HandoffOffer offer) {
     LinkBudget* budget;
     ~GiveBack() { budget->Give(); }
   } give_back{options_.budget.get()};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_) return;  // the stream ended before the connect began
+  }
   absl::StatusOr<std::unique_ptr<HandoffTransport>> t =
       options_.provider->Connect(offer, /*offering=*/false, options_.connect_timeout);
   std::shared_ptr<HandoffTransport> transport;

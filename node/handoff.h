@@ -3,8 +3,10 @@
 //
 // Protocol on one Push stream, previous hop U (rank 0), next hop D (rank 1):
 //   1. U sends, after its first message, PushRequest{handoff_offer} (a fresh rendezvous).
-//   2. D answers HandoffAnswer DECLINED (reason) or ACCEPTED; both then connect in background
-//      threads (the streams never block); D answers READY or FAILED (reason).
+//   2. D answers HandoffAnswer DECLINED (reason) or ACCEPTED; it accepts only on a push stream
+//      its worker accepted (open session, right token), so the offer waits in the worker's queue
+//      behind the stream's opening. Both then connect in background threads (the streams never
+//      block); D answers READY or FAILED (reason).
 //   3. Once U's own connect succeeded and READY came, U sends each forward as metadata only
 //      (hidden_on_link, in stream order) and its rows on the link; D receives them in the same
 //      order, delivers the op to its worker and acknowledges it (link_received).
@@ -148,8 +150,9 @@ class HandoffInbound : public std::enable_shared_from_this<HandoffInbound> {
     // Ends the push stream (after `deliver` refused an op).
     std::function<void(grpc::Status)> close;
   };
-  // Accepts `offer` (already checked with CanAccept) and connects in the background. `width`:
-  // floats per row.
+  // Accepts `offer` (already checked with CanAccept, its share of the budget taken): answers
+  // ACCEPTED through `hooks.reply` before any other reply, and connects in the background.
+  // `width`: floats per row.
   static std::shared_ptr<HandoffInbound> Start(
       const HandoffOptions& options, v1::HandoffOffer offer, int width, int max_rows, Hooks hooks);
   ~HandoffInbound();

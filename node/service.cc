@@ -87,6 +87,12 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
 };
 
 // The server side of a Push stream from the previous hop.
+//
+// A hand-off offer is taken only on a stream the worker accepted: it is posted to the worker
+// behind the stream's PushOpen, and the worker thread answers it (TakeOffer) once it knows. Until
+// an offer is accepted, ops go to the worker directly; afterwards through the link's inbound
+// side. This reactor reads the stream one message at a time, so an op posted directly is queued
+// before any op that follows it through the inbound side.
 class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::PushResponse> {
  public:
   PushReactor(Worker* worker, const HandoffOptions* handoff) : worker_(worker), handoff_(handoff) {
@@ -117,12 +123,15 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
         return;
       }
     }
-    if (request_.has_handoff_offer()) TakeOffer(std::move(*request_.mutable_handoff_offer()));
-    if (inbound_) {
+    if (request_.has_handoff_offer() && !PostOffer(std::move(*request_.mutable_handoff_offer()))) {
+      link_->Close(kOverloaded);
+      return;
+    }
+    if (std::shared_ptr<HandoffInbound> inbound = link_->Inbound()) {
       // Once a link was accepted, every message goes through it in arrival order.
-      inbound_->Push(std::move(request_));
-    } else if (request_.has_op() && !worker_->PostPushOp(session_id_, link_.get(),
-                                                         std::move(*request_.mutable_op()))) {
+      inbound->Push(std::move(request_));
+    } else if (request_.has_op() &&
+               !worker_->PostPushOp(session_id_, link_.get(), std::move(*request_.mutable_op()))) {
       link_->Close(kOverloaded);
       return;
     }
@@ -133,54 +142,100 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
   void OnWriteDone(bool ok) override { link_->outbox.WriteDone(ok); }
 
   void OnDone() override {
-    if (inbound_) inbound_->Stop();
+    std::shared_ptr<HandoffInbound> inbound = link_->End();
+    if (inbound) inbound->Stop();
     link_->outbox.Gone();
     delete this;
   }
 
  private:
-  void TakeOffer(v1::HandoffOffer offer) {
-    auto answer = [&](v1::HandoffAnswer::State state, const std::string& reason) {
-      v1::PushResponse r;
-      r.mutable_handoff()->set_state(state);
-      r.mutable_handoff()->set_reason(reason);
-      link_->outbox.Send(std::move(r));
-    };
-    if (inbound_) return answer(v1::HandoffAnswer::DECLINED, "this stream has a link already");
-    if (!handoff_->provider) return answer(v1::HandoffAnswer::DECLINED, handoff_->off_reason);
-    const absl::Status can = handoff_->provider->CanAccept(offer);
-    if (!can.ok()) {
-      STRATA_LOG(Info) << "push stream from " << offer.node_id() << " (session " << session_id_
-                       << "): declined a " << offer.transport() << " link: " << can.message();
-      return answer(v1::HandoffAnswer::DECLINED, std::string(can.message()));
-    }
-    if (!handoff_->budget->TryTake()) {
-      return answer(v1::HandoffAnswer::DECLINED,
-                    StrCat(handoff_->budget->limit(), " hand-off links are open already"));
-    }
-    answer(v1::HandoffAnswer::ACCEPTED, "");
-    HandoffInbound::Hooks hooks;
-    hooks.deliver = [worker = worker_, id = session_id_, link = link_](v1::Op op) {
-      return worker->PostPushOp(id, link.get(), std::move(op));
-    };
-    hooks.reply = [link = link_](v1::PushResponse r) { link->outbox.Send(std::move(r)); };
-    hooks.close = [link = link_](grpc::Status status) { link->Close(std::move(status)); };
-    inbound_ = HandoffInbound::Start(*handoff_, std::move(offer), worker_->hidden_size(),
-                                     worker_->options().max_rows_per_op, std::move(hooks));
-  }
-
+  // The stream's side shared with the worker (which holds the stream as its UpstreamLink) and
+  // with the answer to an offer, which runs on the worker thread.
   struct Link : UpstreamLink {
     explicit Link(PushReactor* r)
         : outbox([r](const v1::PushResponse* m) { r->StartWrite(m); },
                  [r](grpc::Status s) { r->Finish(std::move(s)); }) {}
     void Close(grpc::Status status) override { outbox.Close(std::move(status)); }
+
+    std::shared_ptr<HandoffInbound> Inbound() {
+      std::lock_guard<std::mutex> lock(mu);
+      return inbound;
+    }
+    // The stream is done: no offer is taken any more; returns the inbound side to stop.
+    std::shared_ptr<HandoffInbound> End() {
+      std::lock_guard<std::mutex> lock(mu);
+      ended = true;
+      return std::move(inbound);
+    }
+
     Outbox<v1::PushResponse> outbox;
+    // Never held while sending or closing: a stream reaction may run inline and take it.
+    std::mutex mu;
+    std::shared_ptr<HandoffInbound> inbound;  // guarded by mu; after an accepted offer
+    bool ended = false;                       // guarded by mu; OnDone ran
   };
+
+  // What answering an offer needs, kept alive by the worker's event (the reactor may be gone).
+  struct OfferContext {
+    Worker* worker;
+    const HandoffOptions* handoff;
+    std::shared_ptr<Link> link;
+    std::string session_id;
+  };
+
+  bool PostOffer(v1::HandoffOffer offer) {
+    OfferContext c{worker_, handoff_, link_, session_id_};
+    return worker_->PostPushOffer(
+        session_id_, link_.get(), [c = std::move(c), offer = std::move(offer)](bool accepted) {
+          TakeOffer(c, offer, accepted);
+        });
+  }
+
+  // On the worker thread: `stream_accepted` says whether the worker accepted this stream.
+  static void TakeOffer(const OfferContext& c,
+                        const v1::HandoffOffer& offer,
+                        bool stream_accepted) {
+    auto decline = [&](const std::string& reason) {
+      v1::PushResponse r;
+      r.mutable_handoff()->set_state(v1::HandoffAnswer::DECLINED);
+      r.mutable_handoff()->set_reason(reason);
+      c.link->outbox.Send(std::move(r));  // a refused stream is closed already: dropped
+    };
+    if (!stream_accepted) return decline("the push stream was not accepted");
+    if (c.link->Inbound()) return decline("this stream has a link already");
+    if (!c.handoff->provider) return decline(c.handoff->off_reason);
+    const absl::Status can = c.handoff->provider->CanAccept(offer);
+    if (!can.ok()) {
+      STRATA_LOG(Info) << "push stream from " << offer.node_id() << " (session " << c.session_id
+                       << "): declined a " << offer.transport() << " link: " << can.message();
+      return decline(std::string(can.message()));
+    }
+    HandoffInbound::Hooks hooks;
+    hooks.deliver = [worker = c.worker, id = c.session_id, link = c.link](v1::Op op) {
+      return worker->PostPushOp(id, link.get(), std::move(op));
+    };
+    hooks.reply = [link = c.link](v1::PushResponse r) { link->outbox.Send(std::move(r)); };
+    hooks.close = [link = c.link](grpc::Status status) { link->Close(std::move(status)); };
+    {
+      // Set under the lock, so that the reactor hands every message after the answer to it.
+      std::lock_guard<std::mutex> lock(c.link->mu);
+      if (c.link->ended) return;  // nobody left to answer; nothing taken
+      if (c.handoff->budget->TryTake()) {
+        // Answers ACCEPTED itself (on its thread), before READY or FAILED.
+        c.link->inbound = HandoffInbound::Start(*c.handoff,
+                                                offer,
+                                                c.worker->hidden_size(),
+                                                c.worker->options().max_rows_per_op,
+                                                std::move(hooks));
+        return;
+      }
+    }
+    decline(StrCat(c.handoff->budget->limit(), " hand-off links are open already"));
+  }
 
   Worker* worker_;
   const HandoffOptions* handoff_;
   std::shared_ptr<Link> link_;
-  std::shared_ptr<HandoffInbound> inbound_;  // after an accepted offer
   v1::PushRequest request_;
   bool started_ = false;
   std::string session_id_;

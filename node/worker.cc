@@ -108,6 +108,11 @@ bool Worker::PostPushOpen(std::shared_ptr<UpstreamLink> upstream, std::string se
 bool Worker::PostPushOp(const std::string& session_id, const UpstreamLink* upstream, v1::Op op) {
   return Post(OpEvent{session_id, Source::kPush, upstream, std::move(op)});
 }
+bool Worker::PostPushOffer(const std::string& session_id,
+                           const UpstreamLink* upstream,
+                           std::function<void(bool accepted)> answer) {
+  return Post(PushOfferEvent{session_id, upstream, std::move(answer)});
+}
 bool Worker::PostStateRequest(const std::string& session_id) {
   return Post(StateEvent{session_id});
 }
@@ -161,6 +166,10 @@ void Worker::Handle(Event& event) {
     CloseSession(e->session_id, grpc::Status::OK);
   } else if (auto* e = std::get_if<PushOpenEvent>(&event)) {
     HandlePushOpen(*e);
+  } else if (auto* e = std::get_if<PushOfferEvent>(&event)) {
+    // Behind the stream's PushOpen in the queue: a refused stream has no session pointing at it.
+    auto it = sessions_.find(e->session_id);
+    e->answer(it != sessions_.end() && it->second.upstream.get() == e->upstream);
   } else if (auto* e = std::get_if<PushGoneEvent>(&event)) {
     // Refused streams were closed at open already (a no-op here); an accepted one ends cleanly.
     e->upstream->Close(grpc::Status::OK);

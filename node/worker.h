@@ -7,6 +7,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -92,6 +93,13 @@ class Worker {
   bool PostPushOpen(std::shared_ptr<UpstreamLink> upstream, std::string session_id,
                     std::string token);
   bool PostPushOp(const std::string& session_id, const UpstreamLink* upstream, v1::Op op);
+  // The previous hop offers a hand-off link on its push stream (posted after its PostPushOpen).
+  // `answer` runs on the worker thread with whether the worker accepted that stream: the session
+  // is open here, the token matched, and `upstream` is the session's push stream. It must not
+  // block.
+  bool PostPushOffer(const std::string& session_id,
+                     const UpstreamLink* upstream,
+                     std::function<void(bool accepted)> answer);
   // The previous hop closed its push stream (after PostPushOpen was accepted or refused).
   bool PostPushGone(const std::string& session_id, std::shared_ptr<UpstreamLink> upstream);
   // Out of band, from any thread: the client gives up on runs (takes effect at once).
@@ -142,6 +150,11 @@ class Worker {
     uint64_t generation;  // of the session's downstream link that failed
     grpc::Status status;
   };
+  struct PushOfferEvent {
+    std::string session_id;
+    const UpstreamLink* upstream;
+    std::function<void(bool accepted)> answer;
+  };
   struct PushGoneEvent {
     std::string session_id;
     std::shared_ptr<UpstreamLink> upstream;
@@ -152,7 +165,7 @@ class Worker {
   struct StateEvent {
     std::string session_id;
   };
-  using Event = std::variant<OpenEvent, OpEvent, ClientGoneEvent, PushOpenEvent,
+  using Event = std::variant<OpenEvent, OpEvent, ClientGoneEvent, PushOpenEvent, PushOfferEvent,
                              DownstreamFailedEvent, PushGoneEvent, DrainEvent, StateEvent>;
 
   struct Session {

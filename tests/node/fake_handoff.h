@@ -146,6 +146,7 @@ class FakeHandoff final : public node::HandoffProvider {
   absl::StatusOr<std::unique_ptr<node::HandoffTransport>> Connect(const v1::HandoffOffer& offer,
                                                                   bool,
                                                                   absl::Duration timeout) override {
+    connects_->fetch_add(1);
     auto pipe = hub_->Get(offer.rendezvous());
     std::unique_lock<std::mutex> lock(pipe->mu);
     if (faults_.fail_connect) {
@@ -165,12 +166,14 @@ class FakeHandoff final : public node::HandoffProvider {
         new FakeTransport(pipe, faults_, sends_, recvs_));
   }
 
+  int connects() const { return connects_->load(); }  // Connect calls, as either rank
   int sends() const { return sends_->load(); }
   int recvs() const { return recvs_->load(); }
 
  private:
   std::shared_ptr<FakeHub> hub_;
   const FakeFaults faults_;
+  std::shared_ptr<std::atomic<int>> connects_ = std::make_shared<std::atomic<int>>(0);
   std::shared_ptr<std::atomic<int>> sends_ = std::make_shared<std::atomic<int>>(0);
   std::shared_ptr<std::atomic<int>> recvs_ = std::make_shared<std::atomic<int>>(0);
 };

@@ -438,5 +438,146 @@ TEST(HandoffInputTest, BadHandoffMessagesAreRefusedAndTheNodeKeepsServing) {
   EXPECT_TRUE(tokens.ok()) << tokens.status();
 }
 
+// A session opened on `node` (layers 0-30) as hop `hop` of its route, with the stream that keeps
+// it open.
+struct OpenedSession {
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> stream;
+
+  void Close() {
+    stream->WritesDone();
+    v1::SessionResponse r;
+    while (stream->Read(&r)) {
+    }
+    stream->Finish();
+  }
+};
+
+std::unique_ptr<OpenedSession> OpenSession(v1::Node::Stub* stub,
+                                           const node::NodeServer& node,
+                                           const std::string& id,
+                                           const std::string& token,
+                                           int hop) {
+  auto s = std::make_unique<OpenedSession>();
+  s->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  s->stream = stub->Session(&s->context);
+  v1::SessionRequest open;
+  v1::OpenSession* o = open.mutable_open();
+  o->set_protocol_version(v1::PROTOCOL_VERSION_1);
+  o->set_session_id(id);
+  o->set_token(token);
+  o->set_model_id(node.model().id());
+  o->set_first_layer(0);
+  o->set_last_layer(30);
+  o->set_hop_index(hop);
+  o->set_max_length(64);
+  EXPECT_TRUE(s->stream->Write(open));
+  v1::SessionResponse r;
+  EXPECT_TRUE(s->stream->Read(&r));
+  EXPECT_TRUE(r.has_opened()) << r.DebugString();
+  return s;
+}
+
+struct PushOutcome {
+  std::vector<v1::HandoffAnswer> answers;
+  grpc::Status status;
+};
+
+// A push stream whose first message names `session` with `token` and carries `offer`; runs until
+// the node ends it.
+PushOutcome PushWithOffer(v1::Node::Stub* stub,
+                          const std::string& session,
+                          const std::string& token,
+                          const v1::HandoffOffer& offer) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto push = stub->Push(&context);
+  v1::PushRequest first;
+  first.set_session_id(session);
+  first.set_token(token);
+  *first.mutable_handoff_offer() = offer;
+  push->Write(first);  // may fail: the node may have refused the stream already
+  PushOutcome out;
+  v1::PushResponse r;
+  while (push->Read(&r)) {
+    if (r.has_handoff()) out.answers.push_back(r.handoff());
+  }
+  out.status = push->Finish();
+  return out;
+}
+
+// An offer is taken only on a push stream the node accepted: a wrong token, an unknown session, a
+// first hop's session (its ops come from the client) or a session's second push stream get no
+// link, join no rendezvous and take no share of the budget; the session's own stream links.
+TEST(HandoffInputTest, OffersOnRefusedPushStreamsTakeNoLink) {
+  auto hub = std::make_shared<FakeHub>();
+  auto fake = std::make_shared<FakeHandoff>(hub, FakeFaults{});
+  node::NodeOptions o;
+  o.node_id = "target";
+  o.handoff = fake;
+  auto node = testing::StartSpanNode(o, 0, 30);
+  ASSERT_NE(node, nullptr);
+  auto stub =
+      v1::Node::NewStub(grpc::CreateChannel(node->address(), grpc::InsecureChannelCredentials()));
+  auto offer = [&] {
+    v1::HandoffOffer offer;
+    offer.set_transport("fake");
+    offer.set_host_id("host-a");
+    offer.set_rendezvous(hub->NewRendezvous());
+    return offer;
+  };
+  auto expect_refused =
+      [&](const std::string& session, const std::string& token, grpc::StatusCode code) {
+        PushOutcome out = PushWithOffer(stub.get(), session, token, offer());
+        EXPECT_EQ(out.status.error_code(), code) << session << ": " << out.status.error_message();
+        for (const v1::HandoffAnswer& a : out.answers) {
+          EXPECT_NE(a.state(), v1::HandoffAnswer::ACCEPTED) << session << ": " << a.DebugString();
+        }
+      };
+  std::unique_ptr<OpenedSession> hop1 = OpenSession(stub.get(), *node, "hop-1", "right", 1);
+  std::unique_ptr<OpenedSession> hop0 = OpenSession(stub.get(), *node, "hop-0", "right", 0);
+  expect_refused("hop-1", "wrong", grpc::StatusCode::PERMISSION_DENIED);
+  expect_refused("nobody", "right", grpc::StatusCode::NOT_FOUND);
+  expect_refused("hop-0", "right", grpc::StatusCode::FAILED_PRECONDITION);
+
+  // The session's own stream, with the offer in its first message too: accepted, and once this
+  // test (as the previous hop) joins the rendezvous, the node confirms the link.
+  grpc::ClientContext pctx;
+  pctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto push = stub->Push(&pctx);
+  v1::PushRequest first;
+  first.set_session_id("hop-1");
+  first.set_token("right");
+  *first.mutable_handoff_offer() = offer();
+  ASSERT_TRUE(push->Write(first));
+  v1::PushResponse r;
+  ASSERT_TRUE(push->Read(&r));
+  ASSERT_EQ(r.handoff().state(), v1::HandoffAnswer::ACCEPTED) << r.DebugString();
+  FakeHandoff upstream(hub, FakeFaults{});
+  auto link = upstream.Connect(first.handoff_offer(), /*offering=*/true, absl::Seconds(10));
+  ASSERT_TRUE(link.ok()) << link.status();
+  ASSERT_TRUE(push->Read(&r));
+  EXPECT_EQ(r.handoff().state(), v1::HandoffAnswer::READY) << r.DebugString();
+
+  // A second stream for the session, with the right token, is refused and links nothing.
+  expect_refused("hop-1", "right", grpc::StatusCode::ALREADY_EXISTS);
+  // Only the accepted stream's offer reached the transport and holds a share of the budget.
+  EXPECT_EQ(fake->connects(), 1);
+  EXPECT_EQ(node->handoff_links_open(), 1);
+
+  push->WritesDone();
+  while (push->Read(&r)) {
+  }
+  EXPECT_TRUE(push->Finish().ok());
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (node->handoff_links_open() > 0 && absl::Now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(node->handoff_links_open(), 0);
+  EXPECT_EQ(fake->connects(), 1);
+  hop1->Close();
+  hop0->Close();
+}
+
 }  // namespace
 }  // namespace strata
