@@ -9,13 +9,13 @@
 #      (Q4_1, 30 layers) standing in for the default model when models/ did not travel
 #   5. the GPU benchmark (JSON)
 #   6. the NCCL smoke test, verbose
-#   6b. the Q4 decode GEMV variants on the 7B shapes (gemv_variants.json)
+#   6b. the Q4 decode GEMV variants on the 7B shapes (into bench.log)
 #   7. a mixed route: a coordinator, a CUDA node (layers 0-14) and a CPU node (15-29) serving the
 #      SmolLM2-shaped model, and `strata generate` through them; then the CPU node is replaced by
-#      a tensor-parallel node (--devices cuda:0,cuda:0) and generation goes through it (bundle
+#      a tensor-parallel node (--devices cuda:0,cuda:0,cuda:0) and generation goes through it (bundle
 #      mode only)
 # Everything lands in $OUT (default ./gpu-check-out): gpu_check.log (all of the above), build.log,
-# tests.log, nccl.log, models.log, bench.log, gpu_bench.json, gemv_variants.json, summary.txt.
+# tests.log, nccl.log, models.log, bench.log, gpu_bench.json, summary.txt (8 files).
 # Budget: a few minutes; every step has a timeout. Exit status: 0 when the tests passed.
 #
 #   OUT=/some/dir tools/gpu_check.sh
@@ -144,8 +144,7 @@ grep -v '^[ {}\[\]]' "$OUT/bench.log" | head -60
 echo "benchmark exit status: $BENCH_RC"
 
 step "Q4 decode GEMV variants (7B shapes)"
-timeout "$(left 60)" "$BIN_strata_gpu_bench" --gemv-variants --json "$OUT/gemv_variants.json" \
-  >> "$OUT/bench.log" 2>&1
+timeout "$(left 60)" "$BIN_strata_gpu_bench" --gemv-variants >> "$OUT/bench.log" 2>&1
 grep -E "^best|default|^ *[0-9]+ " "$OUT/bench.log" | tail -45
 
 step "NCCL smoke test"
@@ -182,9 +181,10 @@ if [ "$MODE" = bundle ] && [ -f "$MSM" ]; then
   echo "mixed route exit status: $MIXED_RC"
   [ "$MIXED_RC" = 0 ] || TESTS_RC=1
 
-  step "tensor-parallel route: --devices cuda:0,cuda:0 for layers 15-29 beside the CUDA node"
+  # SmolLM2 has 3 KV heads: three shards of one KV head each (one GPU here, so device copies).
+  step "tensor-parallel route: --devices cuda:0,cuda:0,cuda:0 for layers 15-29 beside the CUDA node"
   kill "${PIDS[2]}" 2>/dev/null
-  "$BIN_strata" node --coordinator "$CO" --model "$MSM" --layers 15:30 --devices cuda:0,cuda:0 \
+  "$BIN_strata" node --coordinator "$CO" --model "$MSM" --layers 15:30 --devices cuda:0,cuda:0,cuda:0 \
     --listen 127.0.0.1:0 > "$RUN/node-tp.log" 2>&1 &
   PIDS+=($!)
   TP_RC=1
@@ -201,7 +201,8 @@ if [ "$MODE" = bundle ] && [ -f "$MSM" ]; then
   kill "${PIDS[@]}" 2>/dev/null
   wait 2>/dev/null
   cat "$RUN/generate-tp.json" "$RUN/generate-tp.err" | tail -5
-  grep -i "tensor-parallel\|nccl\|hand" "$RUN/node-tp.log" "$RUN/node-cuda.log" | head -8
+  tail -n 6 "$RUN/node-tp.log"
+  grep -i "nccl\|hand" "$RUN/node-cuda.log" | head -4
   echo "tensor-parallel route exit status: $TP_RC"
   [ "$TP_RC" = 0 ] || TESTS_RC=1
 fi

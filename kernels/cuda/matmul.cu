@@ -376,10 +376,12 @@ constexpr GemvVariant kGemvVariants[] = {
 constexpr int kNumGemvVariants = static_cast<int>(sizeof(kGemvVariants) / sizeof(kGemvVariants[0]));
 
 // The production decode variant for Q4_0/Q4_1 (an index into kGemvVariants; see GemvVariantName;
-// 0 restores the previous kernel). Until measured, the guess: persistent warps with prefetch
-// across row groups, activations read once per block, one row per warp (68 registers: 24 warps
-// per SM, and small units, so 22016 rows spread over the warps with little rounding loss).
-constexpr int kDefaultGemv = 5;  // r1u4w8-sx-pocc
+// 0 restores the previous kernel). Measured on an H200 over the five Llama-7B shapes
+// (strata-gpu-bench --gemv-variants, BENCHMARKS.md): two rows per warp, persistent warps that
+// prefetch across row groups, activations staged once per block, and programmatic dependent
+// launch so the weights stream in while the previous kernel drains — best or within 1% of the
+// best on every shape but 4096x11008 (where it leads by 9 points).
+constexpr int kDefaultGemv = 11;  // r2u4w8-sx-pocc-pdl
 static_assert(kDefaultGemv >= 0 && kDefaultGemv < kNumGemvVariants);
 
 // Tile shapes by batch size: decode reads every weight once with deep prefetch; larger batches

@@ -181,9 +181,12 @@ void ExpectClose(DType t,
                  const char* what) {
   ASSERT_EQ(tp.size(), single.size());
   if (IsFloat(t)) {
+    // Float weights: the two spans differ only in where f32 partial sums are rounded (wo and
+    // ffn_down summed per shard, then across shards), carried through four random layers. An
+    // H200 measured 1.1e-5 to 6e-5 (f16 the most); a wrong slice or a lost partial is O(1).
     const Distance d = Measure(tp, single);
-    EXPECT_LE(d.rel_l2, 1e-5) << what << ": relative L2 distance from the single-device span";
-    EXPECT_LE(d.max_diff, 1e-4 * d.max_ref) << what << ": max difference (max |ref| " << d.max_ref
+    EXPECT_LE(d.rel_l2, 2e-4) << what << ": relative L2 distance from the single-device span";
+    EXPECT_LE(d.max_diff, 2e-3 * d.max_ref) << what << ": max difference (max |ref| " << d.max_ref
                                             << ")";
     return;
   }
