@@ -257,9 +257,18 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       // The least busy chain among as many as there are runs to keep going (with one run at a
       // time only the first: a second chain would first have to catch up on the whole text),
       // and of those the one with the least to catch up on.
+      // A chain that is behind takes it only when computing its catch-up rows costs less than
+      // the network time a concurrent run saves (on a compute-bound swarm it would only add rows).
       const size_t usable = std::min(n_chains, static_cast<size_t>(max_runs));
+      const int32_t most_fed = *std::max_element(fed.begin(), fed.begin() + usable);
+      auto eligible = [&](size_t i) {
+        return fed[i] == most_fed ||
+               gamma_control_.row_ms() * (most_fed - fed[i]) < gamma_control_.base_ms();
+      };
       size_t c = 0;
-      for (size_t i = 1; i < usable; ++i) {
+      while (!eligible(c)) ++c;
+      for (size_t i = c + 1; i < usable; ++i) {
+        if (!eligible(i)) continue;
         if (in_flight(i) < in_flight(c) || (in_flight(i) == in_flight(c) && fed[i] > fed[c])) {
           c = i;
         }

@@ -148,6 +148,11 @@ absl::StatusOr<strata::GenerateResult> SwarmClient::Generate(
   return GenerateWith(request, nullptr, on_token);
 }
 
+absl::Status SwarmClient::LoadDrafter(const std::string& spec) {
+  if (spec.empty() || spec == "none") return absl::OkStatus();
+  return drafters_->Take(spec).status();  // the lease goes back to the cache at once
+}
+
 absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateWith(
     const GenerateRequest& request, Drafter* drafter, const strata::TokenCallback& on_token) {
   // Replicas (dsi) go over different routes when the swarm has them.

@@ -27,6 +27,9 @@ class SwarmClient final : public Client {
   // benchmarks whose drafters the public options cannot name (the oracle).
   absl::StatusOr<GenerateResult> GenerateWith(const GenerateRequest& request, Drafter* drafter,
                                               const TokenCallback& on_token);
+  // Loads the drafter a --speculative value names (e.g. "draft:PATH") now rather than in the
+  // first request that uses it; requests reuse it either way. No-op for "none".
+  absl::Status LoadDrafter(const std::string& spec);
   absl::StatusOr<std::unique_ptr<Session>> OpenSession() override;
   absl::StatusOr<std::vector<int32_t>> Tokenize(const GenerateRequest& request) const override;
   std::string Detokenize(const std::vector<int32_t>& ids) const override;

@@ -103,6 +103,8 @@ TEST_F(SpeculativeSwarmTest, EveryModeGivesThePlainTokensOverEightPrompts) {
 TEST_F(SpeculativeSwarmTest, ModelDraftersGiveThePlainTokens) {
   auto client = Connect();
   const std::string draft = "draft:" + testing::DefaultModelPath();
+  ASSERT_TRUE(client->LoadDrafter(draft).ok());
+  EXPECT_EQ(client->LoadDrafter("draft:/nonexistent.gguf").code(), absl::StatusCode::kNotFound);
   for (int i = 0; i < 2; ++i) {
     const auto want = Local(Request(kPrompts[i], 0, "none", "chain"));
     for (const std::string& drafter : {draft, std::string("self:20")}) {
