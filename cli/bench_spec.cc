@@ -259,6 +259,10 @@ int RunSpecSweep(const BenchFlags& f) {
   for (double delay : f.delays_ms) {
     absl::Status st = SetBenchDelay(**swarm, delay);
     if (!st.ok()) return Fail(std::string(st.message()));
+    // A fresh client per delay: what its drafters learned about the last delay's links does not
+    // carry over to this one.
+    client = client::SwarmClient::Create(BenchClientOptions(**swarm, model, f.threads));
+    if (!client.ok()) return Fail(std::string(client.status().message()));
     Totals plain;
     double plain_tps = 0;
     // The fastest speculative row with a real drafter, and with the oracle.

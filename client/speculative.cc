@@ -141,8 +141,17 @@ int GammaController::NextGamma() {
     return gamma_;
   }
   // A draft saves at most one pass's fixed cost: when drafting costs more than that, no
-  // acceptance rate could make speculation pay, and a probe would only cost.
-  if (base_ms_ >= 0 && draft_ms_ >= base_ms_) return 0;
+  // acceptance rate could make speculation pay, and a probe would only cost. When the links slow
+  // down so that it could pay again, probing starts over at once.
+  if (base_ms_ >= 0 && draft_ms_ >= base_ms_) {
+    hopeless_ = true;
+    return 0;
+  }
+  if (hopeless_) {
+    hopeless_ = false;
+    probe_every_ = kProbeEvery;
+    idle_passes_ = kProbeEvery;
+  }
   if (++idle_passes_ < probe_every_) return 0;
   idle_passes_ = 0;
   probe_every_ = std::min(2 * probe_every_, 8 * kProbeEvery);  // until one finds gamma > 0

@@ -107,6 +107,7 @@ class GammaController {
   bool adaptive_;
   int idle_passes_ = 0;  // runs sent at gamma 0 since the last probe
   int probe_every_ = kProbeEvery;  // doubles after each probe that leaves gamma at 0
+  bool hopeless_ = false;          // a draft cost more than a pass's fixed part last time
   double draft_ms_ = 0;  // per drafted token, smoothed
   double accept_rate_ = 0.7;
   double base_ms_ = -1, row_ms_ = 0;

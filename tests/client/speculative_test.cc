@@ -149,6 +149,9 @@ TEST(GammaControllerTest, NoProbesWhenADraftCostsMoreThanAPassSaves) {
   c.ObserveDraft(1, 5.0);
   ASSERT_EQ(c.gamma(), 0);
   for (int i = 0; i < 20 * GammaController::kProbeEvery; ++i) ASSERT_EQ(c.NextGamma(), 0);
+  // The links slow down (200 ms a pass): drafts pay again (or at least are probed at once).
+  for (int i = 0; i < 30; ++i) c.Observe(1, 201, 0, 0);
+  EXPECT_GE(c.NextGamma(), 1);
 }
 
 TEST(GammaControllerTest, FixedGammaStays) {
