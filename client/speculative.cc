@@ -286,10 +286,12 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       // verify different positions; a chain that is behind catches up inside its run.
       const int gamma = gamma_control_.NextGamma();
       const int depth_limit = max_runs * (gamma + 1);
-      // The first run is the prompt alone: a model drafter reads the prompt while it is in
-      // flight (below) rather than before it.
+      // A run carries gamma + 1 positions beyond everything sent (drafts prepared while earlier
+      // runs were in flight are used first). The first run is the prompt alone: a model drafter
+      // reads the prompt while it is in flight (below) rather than before it.
+      const int32_t sent = *std::max_element(fed.begin(), fed.end());
       const int32_t want =
-          drafted_before ? std::min<int32_t>(static_cast<int32_t>(tokens.size()) + gamma,
+          drafted_before ? std::min<int32_t>(std::max(sent, certain - 1) + gamma + 1,
                                              certain + depth_limit)
                          : static_cast<int32_t>(tokens.size());
       if (static_cast<int32_t>(tokens.size()) < want) {
@@ -303,7 +305,8 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
           probs.push_back(d.prob);
         }
       }
-      const int32_t end = static_cast<int32_t>(tokens.size());
+      const int32_t end = std::min<int32_t>(static_cast<int32_t>(tokens.size()),
+                                            std::max(want, certain));
       if (end <= fed[c]) break;  // nothing new to send (the drafter has no guess)
       const int32_t first = fed[c];
       const int32_t count = end - first;
@@ -348,9 +351,9 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
     }
     if (pipelined && !run.cancelled && gamma_control_.gamma() > 0) {
       // Continuous speculation: while the oldest run is in flight, the drafter keeps going
-      // beyond the last run (off the critical path, so not counted as drafting cost); the next
-      // run sends what it found.
-      const int32_t limit = certain + max_runs * (gamma_control_.gamma() + 1);
+      // beyond the last run, up to one more run's worth (off the critical path, so not counted
+      // as drafting cost); the next run sends what it found.
+      const int32_t limit = certain + (max_runs + 1) * (gamma_control_.gamma() + 1);
       while (!chains_[run.chain]->RunReady(run.id) &&
              static_cast<int32_t>(tokens.size()) < limit) {
         std::vector<DraftToken> more = drafter_->Draft(tokens, 1);
