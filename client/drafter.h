@@ -110,11 +110,12 @@ class DrafterCache {
   DrafterCache(std::string target_path, int target_vocab, int threads)
       : target_path_(std::move(target_path)), target_vocab_(target_vocab), threads_(threads) {}
 
-  // A drafter, and what speculation learned about it in earlier requests (opaque here: the
-  // decoder's cost model), kept together.
+  // A drafter, and what speculation learned about it in earlier requests, per mode (opaque
+  // here: the decoder's cost model; a tree's budget and a chain's gamma learn differently), kept
+  // together.
   struct Entry {
     std::unique_ptr<Drafter> drafter;
-    std::shared_ptr<void> learned;
+    std::map<std::string, std::shared_ptr<void>> learned;
   };
 
   class Lease {
@@ -127,7 +128,7 @@ class DrafterCache {
       if (entry_.drafter) cache_->Return(spec_, std::move(entry_));
     }
     Drafter* get() const { return entry_.drafter.get(); }
-    std::shared_ptr<void>& learned() { return entry_.learned; }
+    std::shared_ptr<void>& learned(const std::string& mode) { return entry_.learned[mode]; }
 
    private:
     DrafterCache* cache_;

@@ -75,7 +75,7 @@ absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request
   o.rejection_sampling = so.rejection_sampling;
   if (lease && o.adaptive) {
     // The drafter's cost model carries over to its next request.
-    std::shared_ptr<void>& learned = lease->learned();
+    std::shared_ptr<void>& learned = lease->learned(so.mode);
     if (!learned) learned = std::make_shared<GammaController>(o.gamma, o.max_gamma, true);
     o.learned = static_cast<GammaController*>(learned.get());
   }

@@ -142,6 +142,24 @@ TEST(DrafterCacheTest, LeasesAreExclusiveAndReused) {
   EXPECT_EQ(cache.idle("self:3"), 0u);
 }
 
+TEST(DrafterCacheTest, WhatWasLearnedStaysWithTheDrafterPerMode) {
+  DrafterCache cache("", 1000, 1);
+  Drafter* kept = nullptr;
+  {
+    auto lease = cache.Take("ngram");
+    ASSERT_TRUE(lease.ok());
+    lease->learned("chain") = std::make_shared<int>(7);
+    EXPECT_EQ(lease->learned("tree"), nullptr);
+    kept = lease->get();
+  }
+  auto back = cache.Take("ngram");
+  ASSERT_TRUE(back.ok());
+  ASSERT_EQ(back->get(), kept);
+  ASSERT_NE(back->learned("chain"), nullptr);
+  EXPECT_EQ(*static_cast<int*>(back->learned("chain").get()), 7);
+  EXPECT_EQ(back->learned("pipelined"), nullptr);
+}
+
 TEST(GammaControllerTest, NoProbesWhenADraftCostsMoreThanAPassSaves) {
   // Compute-bound passes (1 ms fixed, 10 ms a row) and a drafter at 5 ms a draft: even a drafter
   // that is always right cannot win, so there is nothing to probe for.
