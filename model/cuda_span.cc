@@ -392,7 +392,10 @@ int CudaSpanBackend::device() const { return impl_->device; }
 size_t CudaSpanBackend::weight_bytes() const { return impl_->weights.used(); }
 
 namespace cuda_internal {
+namespace {
 
+// For each row, its visible slots in (position, sequence set, slot) order (as LayerSpan does),
+// appended to `visible`; `ranges` gets one (offset, count) per row.
 void AppendVisible(const KvCache& kv,
                    std::span<const Row> rows,
                    std::vector<int32_t>& visible,
@@ -419,102 +422,175 @@ void AppendVisible(const KvCache& kv,
   }
 }
 
-}  // namespace cuda_internal
+bool PartCancelled(const LayerSpan::Part& p) {
+  return p.cancel != nullptr && p.cancel->load(std::memory_order_acquire);
+}
 
-absl::Status CudaSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> parts,
-                                           float* hidden,
-                                           const std::atomic<bool>* cancel) {
-  Impl& m = *impl_;
-  const KvLayout want = kv_layout();
-  int64_t n = 0;
+}  // namespace
+
+absl::Status BatchCells::Add(std::span<const LayerSpan::Part> parts,
+                             const KvLayout& want,
+                             const std::function<absl::Status(const KvCache&)>& check_pages) {
+  rows_ = 0;
   for (const LayerSpan::Part& p : parts) {
     if (p.kv == nullptr || p.kv->layout().n_layers != want.n_layers ||
         p.kv->layout().kv_dim != want.kv_dim) {
       return absl::FailedPreconditionError("KV cache layout does not match the layer span");
     }
-    n += static_cast<int64_t>(p.rows.size());
+    rows_ += static_cast<int64_t>(p.rows.size());
   }
-  if (n == 0) return absl::OkStatus();
-  DeviceGuard guard(m.device);
-  for (const LayerSpan::Part& p : parts) RETURN_IF_ERROR(m.CheckPages(*p.kv));
-
-  // Add every part's cells; undo the earlier parts if a later one fails.
-  std::vector<std::pair<KvCache*, std::vector<int32_t>>> added;
-  auto free_added = [&] {
-    for (auto& [kv, sl] : added) kv->FreeSlots(sl);
-  };
+  if (rows_ == 0) return absl::OkStatus();
+  for (const LayerSpan::Part& p : parts) RETURN_IF_ERROR(check_pages(*p.kv));
   std::vector<KvCache::Cell> cells;
   for (const LayerSpan::Part& p : parts) {
     cells.resize(p.rows.size());
     for (size_t i = 0; i < p.rows.size(); ++i) cells[i] = {p.rows[i].pos, p.rows[i].seqs};
     auto slots = p.kv->AddCells(cells);
     if (!slots.ok()) {
-      free_added();
+      Release();
       return slots.status();
     }
-    added.emplace_back(p.kv, std::move(*slots));
+    added_.emplace_back(p.kv, std::move(*slots));
   }
-  // New pages may have been allocated: check them too (cheap for known pages).
   for (const LayerSpan::Part& p : parts) {
-    absl::Status st = m.CheckPages(*p.kv);
-    if (!st.ok()) {
-      free_added();
+    if (absl::Status st = check_pages(*p.kv); !st.ok()) {
+      Release();
       return st;
     }
   }
+  return absl::OkStatus();
+}
 
-  // Row metadata, visible lists and page tables.
-  m.row_info.clear();
-  m.positions.clear();
-  m.visible.clear();
-  m.table.clear();
+void BatchCells::Describe(std::span<const LayerSpan::Part> parts,
+                          const std::function<int32_t(const KvCache&)>& append_pages,
+                          std::vector<kernels::cuda::KvRowInfo>& row_info,
+                          std::vector<int32_t>& positions,
+                          std::vector<int32_t>& visible) const {
+  row_info.clear();
+  positions.clear();
+  visible.clear();
   std::vector<std::pair<int32_t, int32_t>> ranges;
   for (size_t pi = 0; pi < parts.size(); ++pi) {
     const LayerSpan::Part& p = parts[pi];
-    const KvCache& kv = *p.kv;
-    const int32_t table_offset = static_cast<int32_t>(m.table.size());
-    const int pc = kv.page_cells();
-    for (size_t pg = 0; pg < kv.pages(); ++pg) {
-      m.table.push_back(reinterpret_cast<uint64_t>(kv.K(static_cast<int32_t>(pg * pc), 0)));
-    }
+    const int32_t table_offset = append_pages(*p.kv);
     ranges.clear();
-    cuda_internal::AppendVisible(kv, p.rows, m.visible, ranges);
+    AppendVisible(*p.kv, p.rows, visible, ranges);
     for (size_t i = 0; i < p.rows.size(); ++i) {
-      cu::KvRowInfo info;
-      info.slot = added[pi].second[i];
+      kernels::cuda::KvRowInfo info;
+      info.slot = added_[pi].second[i];
       info.vis_offset = ranges[i].first;
       info.vis_count = ranges[i].second;
       info.table_offset = table_offset;
-      info.page_cells = pc;
-      m.row_info.push_back(info);
-      m.positions.push_back(p.rows[i].pos);
+      info.page_cells = p.kv->page_cells();
+      row_info.push_back(info);
+      positions.push_back(p.rows[i].pos);
     }
   }
+}
 
-  // One pinned staging area and one device upload region with the same layout:
-  // hidden | rows | positions | visible | page table.
-  const int64_t e = m.hp.n_embd;
-  const size_t hidden_bytes = static_cast<size_t>(n * e) * sizeof(float);
-  const size_t off_rows = AlignUp(hidden_bytes, 256);
-  const size_t off_pos = AlignUp(off_rows + m.row_info.size() * sizeof(cu::KvRowInfo), 256);
-  const size_t off_vis = AlignUp(off_pos + m.positions.size() * sizeof(int32_t), 256);
-  const size_t off_table = AlignUp(off_vis + m.visible.size() * sizeof(int32_t), 256);
-  const size_t total = off_table + m.table.size() * sizeof(uint64_t);
+void BatchCells::Release() {
+  for (auto& [kv, slots] : added_) kv->FreeSlots(slots);
+  added_.clear();
+}
+
+void BatchCells::ReleaseCancelled(std::span<const LayerSpan::Part> parts) {
+  for (size_t i = 0; i < added_.size(); ++i) {
+    if (PartCancelled(parts[i])) {
+      added_[i].first->FreeSlots(added_[i].second);
+      added_[i].second.clear();
+      if (parts[i].cancelled) *parts[i].cancelled = true;
+    }
+  }
+}
+
+bool StopRequested(std::span<const LayerSpan::Part> parts, const std::atomic<bool>* cancel) {
+  bool all_cancelled = true;
+  for (const LayerSpan::Part& p : parts) all_cancelled = all_cancelled && PartCancelled(p);
+  if (!all_cancelled && (cancel == nullptr || !cancel->load(std::memory_order_acquire))) {
+    return false;
+  }
+  for (const LayerSpan::Part& p : parts) {
+    if (p.cancelled) *p.cancelled = true;
+  }
+  return true;
+}
+
+UploadLayout::UploadLayout(int64_t rows,
+                           int64_t n_embd,
+                           const std::vector<kernels::cuda::KvRowInfo>& row_info,
+                           const std::vector<int32_t>& positions,
+                           const std::vector<int32_t>& visible,
+                           size_t table_entries) {
+  hidden_bytes = static_cast<size_t>(rows * n_embd) * sizeof(float);
+  rows_at = AlignUp(hidden_bytes, 256);
+  positions_at = AlignUp(rows_at + row_info.size() * sizeof(kernels::cuda::KvRowInfo), 256);
+  visible_at = AlignUp(positions_at + positions.size() * sizeof(int32_t), 256);
+  table_at = AlignUp(visible_at + visible.size() * sizeof(int32_t), 256);
+  total = table_at + table_entries * sizeof(uint64_t);
+}
+
+void UploadLayout::Pack(uint8_t* host,
+                        const float* hidden,
+                        const std::vector<kernels::cuda::KvRowInfo>& row_info,
+                        const std::vector<int32_t>& positions,
+                        const std::vector<int32_t>& visible,
+                        const std::vector<uint64_t>& table) const {
+  std::memcpy(host, hidden, hidden_bytes);
+  std::memcpy(host + rows_at, row_info.data(), row_info.size() * sizeof(kernels::cuda::KvRowInfo));
+  std::memcpy(host + positions_at, positions.data(), positions.size() * sizeof(int32_t));
+  std::memcpy(host + visible_at, visible.data(), visible.size() * sizeof(int32_t));
+  std::memcpy(host + table_at, table.data(), table.size() * sizeof(uint64_t));
+}
+
+kernels::cuda::KvArgs UploadLayout::Kv(const uint8_t* dev) const {
+  kernels::cuda::KvArgs kv;
+  kv.rows = reinterpret_cast<const kernels::cuda::KvRowInfo*>(dev + rows_at);
+  kv.visible = reinterpret_cast<const int32_t*>(dev + visible_at);
+  kv.pages = reinterpret_cast<uint16_t* const*>(dev + table_at);
+  return kv;
+}
+
+}  // namespace cuda_internal
+
+absl::Status CudaSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> parts,
+                                           float* hidden,
+                                           const std::atomic<bool>* cancel) {
+  Impl& m = *impl_;
+  DeviceGuard guard(m.device);
+  cuda_internal::BatchCells cells;
+  RETURN_IF_ERROR(
+      cells.Add(parts, kv_layout(), [&](const KvCache& kv) { return m.CheckPages(kv); }));
+  const int64_t n = cells.rows();
+  if (n == 0) return absl::OkStatus();
+
+  // Row metadata, visible lists and the page table, uploaded together.
+  m.table.clear();
+  cells.Describe(
+      parts,
+      [&](const KvCache& kv) {
+        const int32_t offset = static_cast<int32_t>(m.table.size());
+        const int pc = kv.page_cells();
+        for (size_t pg = 0; pg < kv.pages(); ++pg) {
+          m.table.push_back(reinterpret_cast<uint64_t>(kv.K(static_cast<int32_t>(pg * pc), 0)));
+        }
+        return offset;
+      },
+      m.row_info, m.positions, m.visible);
+  const cuda_internal::UploadLayout up(n, m.hp.n_embd, m.row_info, m.positions, m.visible,
+                                       m.table.size());
+  const size_t hidden_bytes = up.hidden_bytes;
+  const size_t total = up.total;
   auto fail = [&](absl::Status st) {
     cudaStreamSynchronize(m.stream.get());
     cudaGetLastError();
-    free_added();
+    cells.Release();
     return st;
   };
   if (absl::Status st = m.Reserve(n); !st.ok()) return fail(st);
   if (absl::Status st = m.upload.Reserve(m.device, total); !st.ok()) return fail(st);
   if (absl::Status st = m.staging.Reserve(std::max(total, hidden_bytes)); !st.ok()) return fail(st);
   uint8_t* host = m.staging.as<uint8_t>();
-  std::memcpy(host, hidden, hidden_bytes);
-  std::memcpy(host + off_rows, m.row_info.data(), m.row_info.size() * sizeof(cu::KvRowInfo));
-  std::memcpy(host + off_pos, m.positions.data(), m.positions.size() * sizeof(int32_t));
-  std::memcpy(host + off_vis, m.visible.data(), m.visible.size() * sizeof(int32_t));
-  std::memcpy(host + off_table, m.table.data(), m.table.size() * sizeof(uint64_t));
+  up.Pack(host, hidden, m.row_info, m.positions, m.visible, m.table);
   uint8_t* dev = m.upload.as<uint8_t>();
   cudaStream_t s = m.stream.get();
   if (absl::Status st = cu::CudaStatus(cudaMemcpyAsync(dev, host, total, cudaMemcpyHostToDevice, s),
@@ -523,25 +599,14 @@ absl::Status CudaSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> part
     return fail(st);
   }
   float* hidden_dev = reinterpret_cast<float*>(dev);
-  cu::KvArgs kv_base;
-  kv_base.rows = reinterpret_cast<const cu::KvRowInfo*>(dev + off_rows);
-  kv_base.visible = reinterpret_cast<const int32_t*>(dev + off_vis);
-  kv_base.pages = reinterpret_cast<uint16_t* const*>(dev + off_table);
+  cu::KvArgs kv_base = up.Kv(dev);
   kv_base.kv_dim = m.hp.kv_dim();
-  const int32_t* positions_dev = reinterpret_cast<const int32_t*>(dev + off_pos);
+  const int32_t* positions_dev = up.Positions(dev);
 
-  auto part_cancelled = [](const LayerSpan::Part& p) {
-    return p.cancel != nullptr && p.cancel->load(std::memory_order_acquire);
-  };
   const int n_layers = static_cast<int>(m.layers.size());
   for (int l = 0; l < n_layers; ++l) {
-    bool all_cancelled = true;
-    for (const LayerSpan::Part& p : parts) all_cancelled = all_cancelled && part_cancelled(p);
-    if ((cancel != nullptr && cancel->load(std::memory_order_acquire)) || all_cancelled) {
+    if (cuda_internal::StopRequested(parts, cancel)) {
       (void)fail(absl::OkStatus());
-      for (const LayerSpan::Part& p : parts) {
-        if (p.cancelled) *p.cancelled = true;
-      }
       return absl::CancelledError("forward cancelled");
     }
     // Stay at most two layers ahead of the GPU so cancellation takes effect promptly.
@@ -568,13 +633,7 @@ absl::Status CudaSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> part
   }
   if (absl::Status st = m.stream.Synchronize(); !st.ok()) return fail(st);
   std::memcpy(hidden, host, hidden_bytes);
-  // Parts given up during the pass keep no cells.
-  for (size_t i = 0; i < parts.size(); ++i) {
-    if (part_cancelled(parts[i])) {
-      added[i].first->FreeSlots(added[i].second);
-      if (parts[i].cancelled) *parts[i].cancelled = true;
-    }
-  }
+  cells.ReleaseCancelled(parts);  // parts given up during the pass keep no cells
   return absl::OkStatus();
 }
 

@@ -25,8 +25,6 @@ using cuda_internal::DeviceGuard;
 using kernels::DType;
 using kernels::Tensor;
 
-size_t AlignUp(size_t v, size_t align) { return (v + align - 1) / align * align; }
-
 // The column granularity the CUDA products need for `dtype`: 32, or 256 for K-quants.
 int64_t ColumnMultiple(DType dtype) { return cu::CheckWeightShape(dtype, 32).ok() ? 32 : 256; }
 
@@ -537,88 +535,40 @@ absl::Status CudaTpSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> pa
                                              float* hidden,
                                              const std::atomic<bool>* cancel) {
   Impl& m = *impl_;
-  const KvLayout want = kv_layout();
-  int64_t n = 0;
-  for (const LayerSpan::Part& p : parts) {
-    if (p.kv == nullptr || p.kv->layout().n_layers != want.n_layers ||
-        p.kv->layout().kv_dim != want.kv_dim) {
-      return absl::FailedPreconditionError("KV cache layout does not match the layer span");
-    }
-    n += static_cast<int64_t>(p.rows.size());
-  }
-  if (n == 0) return absl::OkStatus();
   DeviceGuard guard(m.devices[0]);
-  for (const LayerSpan::Part& p : parts) RETURN_IF_ERROR(m.CheckPages(*p.kv));
-
-  // Add every part's cells; undo the earlier parts if a later one fails.
-  std::vector<std::pair<KvCache*, std::vector<int32_t>>> added;
-  auto free_added = [&] {
-    for (auto& [kv, sl] : added) kv->FreeSlots(sl);
-  };
-  std::vector<KvCache::Cell> cells;
-  for (const LayerSpan::Part& p : parts) {
-    cells.resize(p.rows.size());
-    for (size_t i = 0; i < p.rows.size(); ++i) cells[i] = {p.rows[i].pos, p.rows[i].seqs};
-    auto slots = p.kv->AddCells(cells);
-    if (!slots.ok()) {
-      free_added();
-      return slots.status();
-    }
-    added.emplace_back(p.kv, std::move(*slots));
-  }
-  for (const LayerSpan::Part& p : parts) {
-    absl::Status st = m.CheckPages(*p.kv);
-    if (!st.ok()) {
-      free_added();
-      return st;
-    }
-  }
+  cuda_internal::BatchCells cells;
+  RETURN_IF_ERROR(
+      cells.Add(parts, kv_layout(), [&](const KvCache& kv) { return m.CheckPages(kv); }));
+  const int64_t n = cells.rows();
+  if (n == 0) return absl::OkStatus();
 
   // Row metadata and visible lists (shared), page tables (one per shard).
-  m.row_info.clear();
-  m.positions.clear();
-  m.visible.clear();
   for (Impl::Shard& sh : m.shards) sh.table.clear();
-  std::vector<std::pair<int32_t, int32_t>> ranges;
-  for (size_t pi = 0; pi < parts.size(); ++pi) {
-    const LayerSpan::Part& p = parts[pi];
-    const KvCache& kv = *p.kv;
-    const int32_t table_offset = static_cast<int32_t>(m.shards[0].table.size());
-    const int pc = kv.page_cells();
-    for (size_t pg = 0; pg < kv.pages(); ++pg) {
-      const std::vector<uint16_t*>& pages =
-          *cuda_internal::TpShardPages(kv.K(static_cast<int32_t>(pg * pc), 0), m.devices);
-      for (int s = 0; s < m.n(); ++s) {
-        m.shards[s].table.push_back(reinterpret_cast<uint64_t>(pages[s]));
-      }
-    }
-    ranges.clear();
-    cuda_internal::AppendVisible(kv, p.rows, m.visible, ranges);
-    for (size_t i = 0; i < p.rows.size(); ++i) {
-      cu::KvRowInfo info;
-      info.slot = added[pi].second[i];
-      info.vis_offset = ranges[i].first;
-      info.vis_count = ranges[i].second;
-      info.table_offset = table_offset;
-      info.page_cells = pc;
-      m.row_info.push_back(info);
-      m.positions.push_back(p.rows[i].pos);
-    }
-  }
+  cells.Describe(
+      parts,
+      [&](const KvCache& kv) {
+        const int32_t offset = static_cast<int32_t>(m.shards[0].table.size());
+        const int pc = kv.page_cells();
+        for (size_t pg = 0; pg < kv.pages(); ++pg) {
+          const std::vector<uint16_t*>& pages =
+              *cuda_internal::TpShardPages(kv.K(static_cast<int32_t>(pg * pc), 0), m.devices);
+          for (int s = 0; s < m.n(); ++s) {
+            m.shards[s].table.push_back(reinterpret_cast<uint64_t>(pages[s]));
+          }
+        }
+        return offset;
+      },
+      m.row_info, m.positions, m.visible);
 
-  // Per shard, one pinned staging area and one device upload region with the same layout:
-  // hidden | rows | positions | visible | page table.
-  const int64_t e = m.hp.n_embd;
-  const size_t hidden_bytes = static_cast<size_t>(n * e) * sizeof(float);
-  const size_t off_rows = AlignUp(hidden_bytes, 256);
-  const size_t off_pos = AlignUp(off_rows + m.row_info.size() * sizeof(cu::KvRowInfo), 256);
-  const size_t off_vis = AlignUp(off_pos + m.positions.size() * sizeof(int32_t), 256);
-  const size_t off_table = AlignUp(off_vis + m.visible.size() * sizeof(int32_t), 256);
-  const size_t total = off_table + m.shards[0].table.size() * sizeof(uint64_t);
+  // Per shard, one pinned staging area and one device upload region of the same layout.
+  const cuda_internal::UploadLayout up(n, m.hp.n_embd, m.row_info, m.positions, m.visible,
+                                       m.shards[0].table.size());
+  const size_t hidden_bytes = up.hidden_bytes;
+  const size_t total = up.total;
   auto fail = [&](absl::Status st) {
     (void)m.SyncAll();
     cudaGetLastError();
-    free_added();
+    cells.Release();
     return st;
   };
   for (Impl::Shard& sh : m.shards) {
@@ -629,11 +579,7 @@ absl::Status CudaTpSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> pa
       return fail(st);
     }
     uint8_t* host = sh.staging.as<uint8_t>();
-    std::memcpy(host, hidden, hidden_bytes);
-    std::memcpy(host + off_rows, m.row_info.data(), m.row_info.size() * sizeof(cu::KvRowInfo));
-    std::memcpy(host + off_pos, m.positions.data(), m.positions.size() * sizeof(int32_t));
-    std::memcpy(host + off_vis, m.visible.data(), m.visible.size() * sizeof(int32_t));
-    std::memcpy(host + off_table, sh.table.data(), sh.table.size() * sizeof(uint64_t));
+    up.Pack(host, hidden, m.row_info, m.positions, m.visible, sh.table);
     uint8_t* dev = sh.upload.as<uint8_t>();
     if (absl::Status st = cu::CudaStatus(
             cudaMemcpyAsync(dev, host, total, cudaMemcpyHostToDevice, sh.stream.get()),
@@ -642,27 +588,16 @@ absl::Status CudaTpSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> pa
       return fail(st);
     }
     sh.hidden_dev = reinterpret_cast<float*>(dev);
-    sh.kv_base = cu::KvArgs{};
-    sh.kv_base.rows = reinterpret_cast<const cu::KvRowInfo*>(dev + off_rows);
-    sh.kv_base.visible = reinterpret_cast<const int32_t*>(dev + off_vis);
-    sh.kv_base.pages = reinterpret_cast<uint16_t* const*>(dev + off_table);
+    sh.kv_base = up.Kv(dev);
     sh.kv_base.kv_dim = static_cast<int>(sh.plan.kv.size);
-    sh.positions_dev = reinterpret_cast<const int32_t*>(dev + off_pos);
+    sh.positions_dev = up.Positions(dev);
   }
 
-  auto part_cancelled = [](const LayerSpan::Part& p) {
-    return p.cancel != nullptr && p.cancel->load(std::memory_order_acquire);
-  };
   Impl::Shard& lead = m.shards[0];
   const int n_layers = static_cast<int>(lead.layers.size());
   for (int l = 0; l < n_layers; ++l) {
-    bool all_cancelled = true;
-    for (const LayerSpan::Part& p : parts) all_cancelled = all_cancelled && part_cancelled(p);
-    if ((cancel != nullptr && cancel->load(std::memory_order_acquire)) || all_cancelled) {
+    if (cuda_internal::StopRequested(parts, cancel)) {
       (void)fail(absl::OkStatus());
-      for (const LayerSpan::Part& p : parts) {
-        if (p.cancelled) *p.cancelled = true;
-      }
       return absl::CancelledError("forward cancelled");
     }
     // Stay at most two layers ahead of the GPUs (every shard waits on every other at each
@@ -704,12 +639,7 @@ absl::Status CudaTpSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> pa
   }
   if (absl::Status st = m.SyncAll(); !st.ok()) return fail(st);
   std::memcpy(hidden, host, hidden_bytes);
-  for (size_t i = 0; i < parts.size(); ++i) {
-    if (part_cancelled(parts[i])) {
-      added[i].first->FreeSlots(added[i].second);
-      if (parts[i].cancelled) *parts[i].cancelled = true;
-    }
-  }
+  cells.ReleaseCancelled(parts);  // parts given up during the pass keep no cells
   return absl::OkStatus();
 }
 

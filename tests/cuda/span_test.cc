@@ -22,6 +22,7 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "tests/cuda/gpu_testing.h"
+#include "tests/cuda/span_testing.h"
 #include "tests/testing/model_runner.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/tiny_model.h"
@@ -37,42 +38,12 @@ using model::SeqBit;
 
 constexpr size_t kKvBytes = size_t{512} << 20;
 
-std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
-  return t;
-}
-
-std::vector<Row> Rows(int32_t first_pos, int n, model::SeqMask seqs = 1) {
-  std::vector<Row> rows(n);
-  for (int i = 0; i < n; ++i) rows[i] = {first_pos + i, seqs};
-  return rows;
-}
-
-bool BitEqual(const float* a, const float* b, size_t n) {
-  return std::memcmp(a, b, n * sizeof(float)) == 0;
-}
-
-struct Distance {
-  double rel_l2 = 0;    // |x - ref| / |ref|
-  double max_diff = 0;  // max |x - ref|
-  double max_ref = 0;   // max |ref|
-};
-
-Distance Measure(const std::vector<float>& x, const std::vector<float>& ref) {
-  Distance d;
-  double err2 = 0, ref2 = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double e = static_cast<double>(x[i]) - ref[i];
-    err2 += e * e;
-    ref2 += static_cast<double>(ref[i]) * ref[i];
-    d.max_diff = std::max(d.max_diff, std::fabs(e));
-    d.max_ref = std::max(d.max_ref, std::fabs(static_cast<double>(ref[i])));
-  }
-  d.rel_l2 = std::sqrt(err2 / std::max(ref2, 1e-30));
-  return d;
-}
+using testing::BitEqual;
+using testing::Distance;
+using testing::Measure;
+using testing::RandomTokens;
+using testing::Rows;
+using testing::TinyModel;
 
 // The tolerance stated at the top: CUDA against exact, bounded by the CPU's own error.
 void ExpectClose(const std::vector<float>& gpu, const std::vector<float>& cpu,
@@ -130,12 +101,6 @@ struct Pair {
   std::vector<float> Embed(std::span<const int32_t> t) const { return runner->Embed(t); }
   int n_embd() const { return runner->model().hparams().n_embd; }
 };
-
-std::string TinyModel(const testing::TinyModelSpec& spec) {
-  const std::string path = testing::TempPath(".gguf");
-  EXPECT_TRUE(testing::WriteTinyModel(spec, path).ok());
-  return path;
-}
 
 testing::TinyModelSpec Spec(DType w, int width = 64, const char* arch = "llama") {
   testing::TinyModelSpec s;
