@@ -20,6 +20,7 @@ namespace {
 
 namespace cu = kernels::cuda;
 using cuda_internal::DeviceGuard;
+using cuda_internal::HostLayer;
 using kernels::DType;
 using kernels::Tensor;
 
@@ -121,39 +122,6 @@ struct CudaSpanBackend::Impl {
 
 namespace {
 
-struct HostLayer {
-  Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down, bq, bk, bv;
-};
-
-absl::StatusOr<HostLayer> ReadLayer(const Model& model, int l) {
-  const HParams& hp = model.hparams();
-  const int64_t e = hp.n_embd, q = hp.q_dim(), kv = hp.kv_dim(), ff = hp.n_ff;
-  const std::string p = StrCat("blk.", l, ".");
-  HostLayer L;
-  ASSIGN_OR_RETURN(L.attn_norm, model.Weight(p + "attn_norm.weight", {e}));
-  ASSIGN_OR_RETURN(L.wq, model.Weight(p + "attn_q.weight", {q, e}));
-  ASSIGN_OR_RETURN(L.wk, model.Weight(p + "attn_k.weight", {kv, e}));
-  ASSIGN_OR_RETURN(L.wv, model.Weight(p + "attn_v.weight", {kv, e}));
-  ASSIGN_OR_RETURN(L.wo, model.Weight(p + "attn_output.weight", {e, q}));
-  ASSIGN_OR_RETURN(L.ffn_norm, model.Weight(p + "ffn_norm.weight", {e}));
-  ASSIGN_OR_RETURN(L.w_gate, model.Weight(p + "ffn_gate.weight", {ff, e}));
-  ASSIGN_OR_RETURN(L.w_up, model.Weight(p + "ffn_up.weight", {ff, e}));
-  ASSIGN_OR_RETURN(L.w_down, model.Weight(p + "ffn_down.weight", {e, ff}));
-  if (hp.qkv_bias) {
-    ASSIGN_OR_RETURN(L.bq, model.Weight(p + "attn_q.bias", {q}));
-    ASSIGN_OR_RETURN(L.bk, model.Weight(p + "attn_k.bias", {kv}));
-    ASSIGN_OR_RETURN(L.bv, model.Weight(p + "attn_v.bias", {kv}));
-  }
-  for (const Tensor* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
-    absl::Status st = cu::CheckWeightShape(t->dtype, t->cols());
-    if (!st.ok()) {
-      return absl::InvalidArgumentError(
-          StrCat(model.path(), ": layer ", l, " cannot run on CUDA: ", st.message()));
-    }
-  }
-  return L;
-}
-
 // Groups of matrices sharing one input that are stacked into one device weight: all of them when
 // fusing and their dtypes match, else one group each.
 std::vector<std::vector<const Tensor*>> Groups(std::vector<const Tensor*> ts, bool fuse) {
@@ -176,7 +144,8 @@ size_t GroupBytes(const std::vector<const Tensor*>& g) {
 absl::Status CudaSpanBackend::Impl::Upload(const CudaSpanOptions& opts) {
   std::vector<HostLayer> host;
   for (int l = first; l < last; ++l) {
-    ASSIGN_OR_RETURN(HostLayer L, ReadLayer(*model, l));
+    ASSIGN_OR_RETURN(HostLayer L,
+                     cuda_internal::ReadLayer(*model, l, /*check_output_projections=*/true));
     host.push_back(L);
   }
   // Size the arena: vectors, then every group of every layer.
@@ -428,6 +397,37 @@ bool PartCancelled(const LayerSpan::Part& p) {
 
 }  // namespace
 
+absl::StatusOr<HostLayer> ReadLayer(const Model& model, int l, bool check_output_projections) {
+  const HParams& hp = model.hparams();
+  const int64_t e = hp.n_embd, q = hp.q_dim(), kv = hp.kv_dim(), ff = hp.n_ff;
+  const std::string p = StrCat("blk.", l, ".");
+  HostLayer L;
+  ASSIGN_OR_RETURN(L.attn_norm, model.Weight(p + "attn_norm.weight", {e}));
+  ASSIGN_OR_RETURN(L.wq, model.Weight(p + "attn_q.weight", {q, e}));
+  ASSIGN_OR_RETURN(L.wk, model.Weight(p + "attn_k.weight", {kv, e}));
+  ASSIGN_OR_RETURN(L.wv, model.Weight(p + "attn_v.weight", {kv, e}));
+  ASSIGN_OR_RETURN(L.wo, model.Weight(p + "attn_output.weight", {e, q}));
+  ASSIGN_OR_RETURN(L.ffn_norm, model.Weight(p + "ffn_norm.weight", {e}));
+  ASSIGN_OR_RETURN(L.w_gate, model.Weight(p + "ffn_gate.weight", {ff, e}));
+  ASSIGN_OR_RETURN(L.w_up, model.Weight(p + "ffn_up.weight", {ff, e}));
+  ASSIGN_OR_RETURN(L.w_down, model.Weight(p + "ffn_down.weight", {e, ff}));
+  if (hp.qkv_bias) {
+    ASSIGN_OR_RETURN(L.bq, model.Weight(p + "attn_q.bias", {q}));
+    ASSIGN_OR_RETURN(L.bk, model.Weight(p + "attn_k.bias", {kv}));
+    ASSIGN_OR_RETURN(L.bv, model.Weight(p + "attn_v.bias", {kv}));
+  }
+  std::vector<const Tensor*> checked = {&L.wq, &L.wk, &L.wv, &L.w_gate, &L.w_up};
+  if (check_output_projections) checked.insert(checked.end(), {&L.wo, &L.w_down});
+  for (const Tensor* t : checked) {
+    absl::Status st = cu::CheckWeightShape(t->dtype, t->cols());
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(
+          StrCat(model.path(), ": layer ", l, " cannot run on CUDA: ", st.message()));
+    }
+  }
+  return L;
+}
+
 absl::Status BatchCells::Add(std::span<const LayerSpan::Part> parts,
                              const KvLayout& want,
                              const std::function<absl::Status(const KvCache&)>& check_pages) {
@@ -575,9 +575,11 @@ absl::Status CudaSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> part
         }
         return offset;
       },
-      m.row_info, m.positions, m.visible);
-  const cuda_internal::UploadLayout up(n, m.hp.n_embd, m.row_info, m.positions, m.visible,
-                                       m.table.size());
+      m.row_info,
+      m.positions,
+      m.visible);
+  const cuda_internal::UploadLayout up(
+      n, m.hp.n_embd, m.row_info, m.positions, m.visible, m.table.size());
   const size_t hidden_bytes = up.hidden_bytes;
   const size_t total = up.total;
   auto fail = [&](absl::Status st) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/cuda/launchers.h"
 #include "model/kv_cache.h"
 #include "model/llama.h"
@@ -32,6 +33,16 @@ class DeviceGuard {
  private:
   int saved_ = 0;
 };
+
+// One layer's tensors as the file holds them (biases only for models with q/k/v biases).
+struct HostLayer {
+  kernels::Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down, bq, bk, bv;
+};
+
+// Reads layer `l`'s tensors and checks that the CUDA products take their shapes: every matrix,
+// or, with `check_output_projections` false, all but wo and ffn_down (whose column slices a
+// tensor-parallel span checks itself). INVALID_ARGUMENT naming the layer otherwise.
+absl::StatusOr<HostLayer> ReadLayer(const Model& model, int l, bool check_output_projections);
 
 // The KV cells one forward adds to its sessions' caches, part by part.
 class BatchCells {

@@ -22,6 +22,7 @@ namespace {
 
 namespace cu = kernels::cuda;
 using cuda_internal::DeviceGuard;
+using cuda_internal::HostLayer;
 using kernels::DType;
 using kernels::Tensor;
 
@@ -70,7 +71,7 @@ struct CudaTpSpanBackend::Impl {
   HParams hp;
   int first = 0, last = 0;
   CudaTpSpanOptions options;
-  std::deque<Shard> shards;  // (Shard is not movable)
+  std::deque<Shard> shards;                        // (Shard is not movable)
   std::unique_ptr<cu::TensorParallelGroup> group;  // null: the copy reducer
   std::string reducer;
   std::array<cu::Event, 2> layer_done;  // on shard 0's stream
@@ -98,39 +99,6 @@ struct CudaTpSpanBackend::Impl {
 };
 
 namespace {
-
-struct HostLayer {
-  Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down, bq, bk, bv;
-};
-
-absl::StatusOr<HostLayer> ReadLayer(const Model& model, int l) {
-  const HParams& hp = model.hparams();
-  const int64_t e = hp.n_embd, q = hp.q_dim(), kv = hp.kv_dim(), ff = hp.n_ff;
-  const std::string p = StrCat("blk.", l, ".");
-  HostLayer L;
-  ASSIGN_OR_RETURN(L.attn_norm, model.Weight(p + "attn_norm.weight", {e}));
-  ASSIGN_OR_RETURN(L.wq, model.Weight(p + "attn_q.weight", {q, e}));
-  ASSIGN_OR_RETURN(L.wk, model.Weight(p + "attn_k.weight", {kv, e}));
-  ASSIGN_OR_RETURN(L.wv, model.Weight(p + "attn_v.weight", {kv, e}));
-  ASSIGN_OR_RETURN(L.wo, model.Weight(p + "attn_output.weight", {e, q}));
-  ASSIGN_OR_RETURN(L.ffn_norm, model.Weight(p + "ffn_norm.weight", {e}));
-  ASSIGN_OR_RETURN(L.w_gate, model.Weight(p + "ffn_gate.weight", {ff, e}));
-  ASSIGN_OR_RETURN(L.w_up, model.Weight(p + "ffn_up.weight", {ff, e}));
-  ASSIGN_OR_RETURN(L.w_down, model.Weight(p + "ffn_down.weight", {e, ff}));
-  if (hp.qkv_bias) {
-    ASSIGN_OR_RETURN(L.bq, model.Weight(p + "attn_q.bias", {q}));
-    ASSIGN_OR_RETURN(L.bk, model.Weight(p + "attn_k.bias", {kv}));
-    ASSIGN_OR_RETURN(L.bv, model.Weight(p + "attn_v.bias", {kv}));
-  }
-  for (const Tensor* t : {&L.wq, &L.wk, &L.wv, &L.w_gate, &L.w_up}) {
-    absl::Status st = cu::CheckWeightShape(t->dtype, t->cols());
-    if (!st.ok()) {
-      return absl::InvalidArgumentError(
-          StrCat(model.path(), ": layer ", l, " cannot run on CUDA: ", st.message()));
-    }
-  }
-  return L;
-}
 
 // f32 values [r.begin, r.begin + r.size) of a vector, as a view.
 Tensor SliceVector(const Tensor& t, TpRange r) {
@@ -179,14 +147,14 @@ ShardLayerGroups LayerGroups(const HostLayer& L, const TpShardPlan& p, bool qkv_
   if (qkv_bias) {
     biases = {SliceVector(L.bq, p.q), SliceVector(L.bk, p.kv), SliceVector(L.bv, p.kv)};
   }
-  g.qkv = Groups({{&L.wq, p.q.begin, p.q.size}, {&L.wk, p.kv.begin, p.kv.size},
+  g.qkv = Groups({{&L.wq, p.q.begin, p.q.size},
+                  {&L.wk, p.kv.begin, p.kv.size},
                   {&L.wv, p.kv.begin, p.kv.size}},
                  biases,
                  fuse);
   g.wo = Groups({{&L.wo, 0, -1, p.q.begin, p.q.size}}, {}, fuse);
-  g.gate_up = Groups({{&L.w_gate, p.ff.begin, p.ff.size}, {&L.w_up, p.ff.begin, p.ff.size}},
-                     {},
-                     fuse);
+  g.gate_up =
+      Groups({{&L.w_gate, p.ff.begin, p.ff.size}, {&L.w_up, p.ff.begin, p.ff.size}}, {}, fuse);
   g.down = Groups({{&L.w_down, 0, -1, p.ff.begin, p.ff.size}}, {}, fuse);
   return g;
 }
@@ -196,7 +164,8 @@ ShardLayerGroups LayerGroups(const HostLayer& L, const TpShardPlan& p, bool qkv_
 absl::Status CudaTpSpanBackend::Impl::UploadShard(Shard& sh) {
   std::vector<HostLayer> host;
   for (int l = first; l < last; ++l) {
-    ASSIGN_OR_RETURN(HostLayer L, ReadLayer(*model, l));
+    ASSIGN_OR_RETURN(HostLayer L,
+                     cuda_internal::ReadLayer(*model, l, /*check_output_projections=*/false));
     host.push_back(L);
   }
   const bool fuse = options.fuse_projections;
@@ -211,8 +180,7 @@ absl::Status CudaTpSpanBackend::Impl::UploadShard(Shard& sh) {
   }
   ASSIGN_OR_RETURN(sh.weights, cu::DeviceArena::Create(sh.device, total));
 
-  auto upload = [&](const std::vector<SliceGroup>& groups,
-                    std::vector<Proj>& out) -> absl::Status {
+  auto upload = [&](const std::vector<SliceGroup>& groups, std::vector<Proj>& out) -> absl::Status {
     int64_t col = 0;
     for (const SliceGroup& g : groups) {
       Proj p;
@@ -249,7 +217,8 @@ absl::Status CudaTpSpanBackend::Impl::Upload() {
   // The column multiple every layer's wo and ffn_down need.
   int64_t multiple = 32;
   for (int l = first; l < last; ++l) {
-    ASSIGN_OR_RETURN(HostLayer L, ReadLayer(*model, l));
+    ASSIGN_OR_RETURN(HostLayer L,
+                     cuda_internal::ReadLayer(*model, l, /*check_output_projections=*/false));
     multiple = std::max({multiple, ColumnMultiple(L.wo.dtype), ColumnMultiple(L.w_down.dtype)});
   }
   ASSIGN_OR_RETURN(std::vector<TpShardPlan> plans, PlanTensorParallel(hp, n(), multiple));
@@ -337,8 +306,7 @@ absl::Status CudaTpSpanBackend::Impl::Project(Shard& sh,
       view.q = codes;
       view.meta = meta;
     }
-    RETURN_IF_ERROR(
-        cu::MatMul(p.w, view, rows, y + p.col, ldy, {p.bias, false}, sh.stream.get()));
+    RETURN_IF_ERROR(cu::MatMul(p.w, view, rows, y + p.col, ldy, {p.bias, false}, sh.stream.get()));
   }
   return absl::OkStatus();
 }
@@ -478,8 +446,9 @@ absl::StatusOr<std::unique_ptr<CudaTpSpanBackend>> CudaTpSpanBackend::Load(
   const absl::flat_hash_set<int> distinct(options.devices.begin(), options.devices.end());
   const bool repeats = distinct.size() != options.devices.size();
   if (options.reducer == TpReducer::kNccl && repeats) {
-    return absl::InvalidArgumentError("NCCL cannot run two ranks on one device: the device list "
-                                      "repeats a device");
+    return absl::InvalidArgumentError(
+        "NCCL cannot run two ranks on one device: the device list "
+        "repeats a device");
   }
   // Plans the split (INVALID_ARGUMENT when it cannot be made) before NCCL is started.
   RETURN_IF_ERROR(impl->Upload());
@@ -558,11 +527,13 @@ absl::Status CudaTpSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> pa
         }
         return offset;
       },
-      m.row_info, m.positions, m.visible);
+      m.row_info,
+      m.positions,
+      m.visible);
 
   // Per shard, one pinned staging area and one device upload region of the same layout.
-  const cuda_internal::UploadLayout up(n, m.hp.n_embd, m.row_info, m.positions, m.visible,
-                                       m.shards[0].table.size());
+  const cuda_internal::UploadLayout up(
+      n, m.hp.n_embd, m.row_info, m.positions, m.visible, m.shards[0].table.size());
   const size_t hidden_bytes = up.hidden_bytes;
   const size_t total = up.total;
   auto fail = [&](absl::Status st) {
@@ -628,12 +599,10 @@ absl::Status CudaTpSpanBackend::ForwardBatch(std::span<const LayerSpan::Part> pa
   }
   cudaSetDevice(lead.device);
   uint8_t* host = lead.staging.as<uint8_t>();
-  if (absl::Status st = cu::CudaStatus(cudaMemcpyAsync(host,
-                                                       lead.hidden_dev,
-                                                       hidden_bytes,
-                                                       cudaMemcpyDeviceToHost,
-                                                       lead.stream.get()),
-                                       "copy rows from the GPU");
+  if (absl::Status st = cu::CudaStatus(
+          cudaMemcpyAsync(
+              host, lead.hidden_dev, hidden_bytes, cudaMemcpyDeviceToHost, lead.stream.get()),
+          "copy rows from the GPU");
       !st.ok()) {
     return fail(st);
   }
