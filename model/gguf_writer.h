@@ -162,4 +162,10 @@ class GgufWriter {
   absl::flat_hash_map<std::string, size_t> tensor_index_;  // name -> position in tensors_
 };
 
+// Writes a byte-level BPE vocabulary of `vocab` tokens (at least 258) without merges: the 256
+// byte symbols, <|im_start|> (256, also BOS) and <|im_end|> (257, EOS), then unused fillers, with
+// a chatml template. Enough for the tokenizer, chat formatting and generation on models the
+// project writes itself (test and benchmark models with random weights).
+void SetByteLevelVocab(GgufWriter& w, int vocab);
+
 }  // namespace strata::model

@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "kernels/dtype.h"
 #include "model/gguf_writer.h"
+#include "model/tokenizer.h"
 #include "tests/testing/paths.h"
 
 namespace strata::model {
@@ -667,6 +668,30 @@ TEST(GgufMalformedTest, BoolOutOfRange) {
   Bytes bytes = SmallFile();
   bytes[After(bytes, "test.flag") + 4] = 2;
   EXPECT_GGUF_ERROR(ParseBytes(bytes), kInvalid, "'test.flag': bool value 2");
+}
+
+}  // namespace
+}  // namespace strata::model
+
+namespace strata::model {
+namespace {
+
+TEST(ByteLevelVocabTest, TokenizesAnyTextByBytesAndFillsToTheSize) {
+  GgufWriter w;
+  SetByteLevelVocab(w, 300);
+  const std::vector<uint8_t> bytes = w.Serialize();
+  auto file = GgufFile::Parse(bytes.data(), bytes.size(), "vocab.gguf");
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto tok = Tokenizer::FromGguf(**file);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->vocab_size(), 300);
+  EXPECT_EQ((*tok)->bos_id(), 256);
+  const std::string text = "héllo, wörld\n";
+  const std::vector<int32_t> ids = (*tok)->Encode(text, false, false);
+  EXPECT_EQ(ids.size(), text.size());  // no merges: one token per byte
+  for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(ids[i], static_cast<uint8_t>(text[i]));
+  EXPECT_EQ((*tok)->Decode(ids), text);
+  EXPECT_EQ((*tok)->Encode("<|im_end|>", false, true), (std::vector<int32_t>{257}));
 }
 
 }  // namespace

@@ -13,7 +13,6 @@
 #include "common/strings.h"
 #include "kernels/quant.h"
 #include "model/gguf_writer.h"
-#include "model/tokenizer.h"
 
 namespace strata::testing {
 namespace {
@@ -68,28 +67,7 @@ absl::Status WriteTinyModel(const TinyModelSpec& s, const std::string& path) {
   w.SetFloat32(a + ".rope.freq_base", s.rope_base);
   w.SetUint32(a + ".vocab_size", kTinyVocab);
 
-  std::vector<std::string> tokens;
-  std::vector<int32_t> types;
-  for (int b = 0; b < 256; ++b) {
-    tokens.push_back(model::Gpt2ByteSymbol(static_cast<uint8_t>(b)));
-    types.push_back(1);
-  }
-  tokens.push_back("<|im_start|>");
-  tokens.push_back("<|im_end|>");
-  types.push_back(3);
-  types.push_back(3);
-  std::vector<std::string> merges;
-  w.SetString("tokenizer.ggml.model", "gpt2");
-  w.SetString("tokenizer.ggml.pre", "smollm");
-  w.SetArray("tokenizer.ggml.tokens", std::span<const std::string>(tokens));
-  w.SetArray("tokenizer.ggml.token_type", std::span<const int32_t>(types));
-  w.SetArray("tokenizer.ggml.merges", std::span<const std::string>(merges));
-  w.SetUint32("tokenizer.ggml.bos_token_id", 256);
-  w.SetUint32("tokenizer.ggml.eos_token_id", 257);
-  w.SetBool("tokenizer.ggml.add_bos_token", false);
-  w.SetString("tokenizer.chat_template",
-              "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-              "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}");
+  model::SetByteLevelVocab(w, kTinyVocab);
 
   std::mt19937_64 rng(s.seed);
   const int64_t e = s.n_embd, hd = s.n_embd / s.n_head, q = hd * s.n_head,

@@ -16,7 +16,6 @@
 #include "common/strings.h"
 #include "kernels/quant.h"
 #include "model/gguf_writer.h"
-#include "model/tokenizer.h"
 
 namespace {
 
@@ -171,34 +170,7 @@ int main(int argc, char** argv) {
   w.SetFloat32(a + ".attention.layer_norm_rms_epsilon", 1e-5f);
   w.SetFloat32(a + ".rope.freq_base", 10000.0f);
   w.SetUint32(a + ".vocab_size", s.vocab);
-  // A byte-level vocabulary (the 256 byte symbols, the chatml markers, unused fillers to the
-  // vocabulary size) and no merges: enough for the tokenizer, the chat template and generation.
-  std::vector<std::string> tokens;
-  std::vector<int32_t> types;
-  for (int b = 0; b < 256; ++b) {
-    tokens.push_back(strata::model::Gpt2ByteSymbol(static_cast<uint8_t>(b)));
-    types.push_back(1);
-  }
-  for (const char* special : {"<|im_start|>", "<|im_end|>"}) {
-    tokens.push_back(special);
-    types.push_back(3);
-  }
-  while (static_cast<int>(tokens.size()) < s.vocab) {
-    tokens.push_back(StrCat("<|unused_", tokens.size(), "|>"));
-    types.push_back(5);
-  }
-  const std::vector<std::string> merges;
-  w.SetString("tokenizer.ggml.model", "gpt2");
-  w.SetString("tokenizer.ggml.pre", "smollm");
-  w.SetArray("tokenizer.ggml.tokens", std::span<const std::string>(tokens));
-  w.SetArray("tokenizer.ggml.token_type", std::span<const int32_t>(types));
-  w.SetArray("tokenizer.ggml.merges", std::span<const std::string>(merges));
-  w.SetUint32("tokenizer.ggml.bos_token_id", 256);
-  w.SetUint32("tokenizer.ggml.eos_token_id", 257);
-  w.SetBool("tokenizer.ggml.add_bos_token", false);
-  w.SetString("tokenizer.chat_template",
-              "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-              "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}");
+  strata::model::SetByteLevelVocab(w, s.vocab);
 
   const int64_t e = s.n_embd, hd = e / s.n_head, q = hd * s.n_head, kv = hd * s.n_head_kv,
                 ff = s.n_ff;
