@@ -106,8 +106,8 @@ absl::StatusOr<Generation> SpeculativeDecoder::Generate(std::span<const int32_t>
 
 int32_t SpeculativeDecoder::Decide(std::span<const float> logits, int64_t position,
                                    std::span<const int32_t> history, int32_t draft,
-                                   float draft_prob, bool* accepted) {
-  return VerifyDraft(*sampler_, logits, position, history, draft, draft_prob,
+                                   bool* accepted) {
+  return VerifyDraft(*sampler_, logits, position, history, draft, /*draft_prob=*/1.0f,
                      options_.rejection_sampling, accepted);
 }
 
@@ -119,31 +119,61 @@ void SpeculativeDecoder::Logits(const std::vector<float>& hidden, int64_t rows) 
 GammaController::GammaController(int gamma, int max_gamma, bool adaptive)
     : gamma_(std::clamp(gamma, 0, max_gamma)), max_gamma_(max_gamma), adaptive_(adaptive) {}
 
+double GammaController::Rate(int g) const {
+  if (g == 0 && plain_ms_ >= 0) return 1 / std::max(1e-3, plain_ms_);
+  const double a = std::clamp(accept_rate_, 0.01, 0.99);
+  const double tokens = (1 - std::pow(a, g + 1)) / (1 - a);
+  return tokens / std::max(1e-3, base_ms_ + row_ms_ * (g + 1) + draft_ms_ * g);
+}
+
 int GammaController::Choose() const {
   if (!adaptive_ || base_ms_ < 0) return gamma_;
-  const double a = std::clamp(accept_rate_, 0.01, 0.99);
   int best = 0;
-  double best_rate = 0;
-  for (int g = 0; g <= max_gamma_; ++g) {
-    const double tokens = (1 - std::pow(a, g + 1)) / (1 - a);
-    const double ms = std::max(1e-3, base_ms_ + row_ms_ * (g + 1) + draft_ms_ * g);
-    if (tokens / ms > best_rate * 1.0001) {
-      best_rate = tokens / ms;
+  double best_rate = Rate(0);
+  for (int g = 1; g <= max_gamma_; ++g) {
+    if (Rate(g) > best_rate * 1.0001) {
+      best_rate = Rate(g);
       best = g;
     }
   }
   return best;
 }
 
-int GammaController::NextGamma() {
+double GammaController::MinSurvival() const {
+  if (!adaptive_ || base_ms_ < 0) return 0;
+  // A draft costs its drafting and its row and brings `survival` tokens: worth it while that is
+  // at least the rate the controller expects anyway.
+  return (row_ms_ + draft_ms_) * Rate(gamma_);
+}
+
+void GammaController::ObserveVerdict(float confidence, bool accepted) {
+  const int b = std::clamp(static_cast<int>(confidence * kBuckets), 0, kBuckets - 1);
+  constexpr double decay = 0.98;
+  verdicts_[b] = decay * verdicts_[b] + 1;
+  accepts_[b] = decay * accepts_[b] + (accepted ? 1 : 0);
+}
+
+double GammaController::Acceptance(float confidence) const {
+  const int b = std::clamp(static_cast<int>(confidence * kBuckets), 0, kBuckets - 1);
+  // Two pseudo-verdicts at the overall rate, so a bucket seen rarely leans on it.
+  return (accepts_[b] + 2 * accept_rate_) / (verdicts_[b] + 2);
+}
+
+int GammaController::NextGamma(bool alone) {
   if (gamma_ > 0 || !adaptive_) {
     probe_every_ = kProbeEvery;
+    if (adaptive_ && alone &&
+        ++since_plain_ >= (plain_samples_ < 3 ? kProbeEvery / 4 : kRemeasureEvery)) {
+      since_plain_ = 0;
+      return 0;  // a plain step, to measure what speculation is weighed against
+    }
     return gamma_;
   }
-  // A draft saves at most one pass's fixed cost: when drafting costs more than that, no
-  // acceptance rate could make speculation pay, and a probe would only cost. When the links slow
-  // down so that it could pay again, probing starts over at once.
-  if (base_ms_ >= 0 && draft_ms_ >= base_ms_) {
+  // A draft saves at most one plain step: when drafting it and verifying its row cost more than
+  // that, no acceptance rate could make speculation pay, and a probe would only cost. When the
+  // links slow down so that it could pay again, probing starts over at once.
+  const double plain = plain_ms_ >= 0 ? plain_ms_ : base_ms_ + row_ms_;
+  if (base_ms_ >= 0 && draft_ms_ + row_ms_ >= plain) {
     hopeless_ = true;
     return 0;
   }
@@ -185,6 +215,17 @@ void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
     accept_rate_ = (1 - w) * accept_rate_ + w * sample;
   }
   if (ms < 0) {  // no cost sample
+    gamma_ = Choose();
+    return;
+  }
+  if (drafted == 0) {  // a plain step: measured on its own, not on the line
+    // Interference (other work on shared cores) only ever adds time: a slow sample moves the
+    // estimate less than a fast one, so one unlucky step does not make speculation look good.
+    const double wp = plain_ms_ < 0 ? 1 : ms < plain_ms_ ? 0.5 : 0.15;
+    plain_ms_ = (1 - wp) * plain_ms_ + wp * ms;
+    ++plain_samples_;
+    // Until a speculative pass has been seen, it is all there is to go by.
+    if (fit_w_ == 0) base_ms_ = std::max(0.0, ms - row_ms_);
     gamma_ = Choose();
     return;
   }
@@ -257,6 +298,14 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
     }
   };
 
+  // The chance that every draft beyond the settled text is accepted, by the drafter's confidence
+  // in each.
+  auto survival = [&]() {
+    double s = 1;
+    for (size_t i = certain; i < tokens.size(); ++i) s *= gamma_control_.Acceptance(probs[i]);
+    return s;
+  };
+
   std::vector<float> hidden, out;
   bool drafted_before = false;
   while (true) {
@@ -284,7 +333,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       }
       // New drafts go beyond everything already drafted, so that runs on different chains
       // verify different positions; a chain that is behind catches up inside its run.
-      const int gamma = gamma_control_.NextGamma();
+      const int gamma = gamma_control_.NextGamma(/*alone=*/runs.empty());
       const int depth_limit = max_runs * (gamma + 1);
       // A run carries gamma + 1 positions beyond everything sent (drafts prepared while earlier
       // runs were in flight are used first). The first run is the prompt alone: a model drafter
@@ -296,13 +345,25 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
                          : static_cast<int32_t>(tokens.size());
       if (static_cast<int32_t>(tokens.size()) < want) {
         const absl::Time draft_start = absl::Now();
-        std::vector<DraftToken> drafts =
-            drafter_->Draft(tokens, want - static_cast<int32_t>(tokens.size()));
-        gamma_control_.ObserveDraft(static_cast<int>(drafts.size()),
+        const int32_t before = static_cast<int32_t>(tokens.size());
+        // With runs in flight, an answer that arrives while a costly drafter works comes first:
+        // it may reject what is being drafted, and the drafts would only go further ahead of
+        // what is settled. (Free drafters finish first: that costs the answer nothing.)
+        const bool interruptible =
+            !runs.empty() && gamma_control_.draft_ms() * (want - before) >= 1.0;
+        const double min_survival = gamma_control_.MinSurvival();
+        while (static_cast<int32_t>(tokens.size()) < want && survival() >= min_survival) {
+          if (interruptible && chains_[runs.front().chain]->RunReady(runs.front().id)) break;
+          std::vector<DraftToken> drafts = drafter_->Draft(tokens, 1);
+          if (drafts.empty()) break;
+          tokens.push_back(drafts[0].token);
+          probs.push_back(drafts[0].prob);
+        }
+        gamma_control_.ObserveDraft(static_cast<int>(tokens.size()) - before,
                                     absl::ToDoubleMilliseconds(absl::Now() - draft_start));
-        for (const DraftToken& d : drafts) {
-          tokens.push_back(d.token);
-          probs.push_back(d.prob);
+        if (static_cast<int32_t>(tokens.size()) < want && interruptible &&
+            chains_[runs.front().chain]->RunReady(runs.front().id)) {
+          break;  // the front run's answer first; this run is drafted on after it
         }
       }
       const int32_t end = std::min<int32_t>(static_cast<int32_t>(tokens.size()),
@@ -349,13 +410,15 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       }
       drafted_before = true;
     }
-    if (pipelined && !run.cancelled && gamma_control_.gamma() > 0) {
+    // (Not during a plain step: it is sent alone to measure what a step costs by itself.)
+    if (pipelined && !run.cancelled && gamma_control_.gamma() > 0 && run.drafted > 0) {
       // Continuous speculation: while the oldest run is in flight, the drafter keeps going
       // beyond the last run, up to one more run's worth (off the critical path, so not counted
       // as drafting cost); the next run sends what it found.
       const int32_t limit = certain + (max_runs + 1) * (gamma_control_.gamma() + 1);
+      const double min_survival = gamma_control_.MinSurvival();
       while (!chains_[run.chain]->RunReady(run.id) &&
-             static_cast<int32_t>(tokens.size()) < limit) {
+             static_cast<int32_t>(tokens.size()) < limit && survival() >= min_survival) {
         std::vector<DraftToken> more = drafter_->Draft(tokens, 1);
         if (more.empty()) break;
         tokens.push_back(more[0].token);
@@ -397,7 +460,8 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       const int32_t t = Decide(std::span<const float>(logits_).subspan(
                                    static_cast<size_t>(i) * head_->n_vocab(), head_->n_vocab()),
                                q + 1, std::span<const int32_t>(tokens).first(q + 1), draft,
-                               has_draft ? probs[q + 1] : 1.0f, &accepted);
+                               &accepted);
+      if (has_draft) gamma_control_.ObserveVerdict(probs[q + 1], accepted);
       if (result.ttft_ms == 0) {
         result.ttft_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
         emitter.MarkFirstToken();
@@ -572,8 +636,9 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateTree(
     // The accepted branch joins the committed text; the rest of the tree is dropped.
     model::SeqId leaf = 1;
     if (cur >= 0) leaf = __builtin_ctzll(nodes[cur].leaves);
-    // Not waited for: the next pass queues behind it on every hop.
-    chain->CommitAsync(leaf, certain + accepted);
+    // Not waited for: the next pass queues behind it on every hop. Without a tree the pass held
+    // the committed sequence alone: nothing to drop.
+    if (!nodes.empty()) chain->CommitAsync(leaf, certain + accepted);
     fed = certain + accepted;
     Learn(count, absl::ToDoubleMilliseconds(absl::Now() - sent), static_cast<int>(nodes.size()),
           accepted);

@@ -71,13 +71,21 @@ int32_t VerifyDraft(const model::Sampler& sampler, std::span<const float> logits
                     float draft_prob, bool rejection_sampling, bool* accepted);
 
 // Drafts per pass for the best expected tokens per millisecond: the acceptance rate a (each draft
-// accepted with probability a until the first rejection), a pass's cost, ms = base + per_row *
-// rows, fitted by least squares over the passes seen (recent ones weigh more), and the drafter's
-// own cost per drafted token, so gamma g costs base + per_row * (g + 1) + draft * g for
-// (1 - a^(g+1)) / (1 - a) tokens. On a slow link nearly all of a pass is the base, which
-// speculation pays once for many tokens; a drafter that is rarely right, or costs more than it
-// saves, gets gamma 0 — plain decoding — with one-draft probes now and then so a drafter that
-// starts to be right (text that repeats itself) is noticed.
+// accepted with probability a until the first rejection), a speculative pass's cost, ms = base +
+// per_row * rows, fitted by least squares over the passes with drafts (recent ones weigh more),
+// the drafter's own cost per drafted token, so gamma g costs base + per_row * (g + 1) + draft * g
+// for (1 - a^(g+1)) / (1 - a) tokens, and the cost of a plain step (one row, no drafts) measured
+// on its own: a pass's cost is not linear down to one row (a single row takes other kernels, and
+// the client computes logits for every out row), so the line through the speculative passes
+// misjudges plain decoding. Every fourth run goes without drafts to measure it until three plain
+// steps have been seen, then one run in every kRemeasureEvery. On a slow link nearly all of a pass is the
+// base, which speculation pays once for many tokens; a drafter that is rarely right, or costs
+// more than it saves, gets gamma 0 — plain decoding — with one-draft probes now and then so a
+// drafter that starts to be right (text that repeats itself) is noticed.
+//
+// Within a pass, the drafter's confidence in each draft (its own probability for it) tells which
+// drafts will likely be rejected: acceptance is learned per confidence bucket, and drafting stops
+// where the chance that every draft so far is accepted no longer pays for another draft.
 class GammaController {
  public:
   GammaController(int gamma, int max_gamma, bool adaptive);
@@ -86,33 +94,50 @@ class GammaController {
   void Observe(int rows, double ms, int drafted, int accepted);
   // The drafter took `ms` to propose `tokens` tokens.
   void ObserveDraft(int tokens, double ms);
+  // A draft the drafter gave probability `confidence` was accepted or rejected.
+  void ObserveVerdict(float confidence, bool accepted);
+  // The chance that a draft of this confidence is accepted (given those before it were).
+  double Acceptance(float confidence) const;
+  // Another draft beyond drafts that are all accepted with probability `survival` pays for its
+  // drafting and its row only when survival is at least this.
+  double MinSurvival() const;
   int gamma() const { return gamma_; }
-  // Drafts for the next run: gamma(), or while it is 0 a one-draft probe after kProbeEvery
-  // runs, then 2x, 4x, 8x as many — none when a draft costs more than a pass's fixed part.
-  int NextGamma();
+  // Drafts for the next run: gamma(), or 0 for a run that measures a plain step (only when
+  // `alone`: nothing else in flight), or while gamma is 0 a one-draft probe after kProbeEvery
+  // runs, then 2x, 4x, 8x as many — none when a draft costs more than a plain step saves.
+  int NextGamma(bool alone = true);
   static constexpr int kProbeEvery = 16;
+  static constexpr int kRemeasureEvery = 64;
   // How many runs to keep in flight, at most `max_runs`: a pass's fixed cost (the network) can be
   // overlapped by about base / (per_row * rows) other runs; the rows themselves compete for the
   // same cores, so when compute dominates, or without drafts, one run at a time.
   int Runs(int max_runs) const;
   double base_ms() const { return base_ms_; }
   double row_ms() const { return row_ms_; }
+  double plain_ms() const { return plain_ms_; }
   double accept_rate() const { return accept_rate_; }
   double draft_ms() const { return draft_ms_; }
 
  private:
+  static constexpr int kBuckets = 10;
   int Choose() const;
+  // Expected tokens per ms with g drafts per pass.
+  double Rate(int g) const;
 
   int gamma_, max_gamma_;
   bool adaptive_;
   int idle_passes_ = 0;  // runs sent at gamma 0 since the last probe
   int probe_every_ = kProbeEvery;  // doubles after each probe that leaves gamma at 0
-  bool hopeless_ = false;          // a draft cost more than a pass's fixed part last time
+  bool hopeless_ = false;          // a draft cost more than a plain step last time
+  int since_plain_ = 0;            // speculative runs since the last measured plain step
   double draft_ms_ = 0;  // per drafted token, smoothed
   double accept_rate_ = 0.7;
+  double plain_ms_ = -1;  // a plain step, smoothed; negative until measured
+  int plain_samples_ = 0;
   double base_ms_ = -1, row_ms_ = 0;
   bool slope_known_ = false;
   double fit_w_ = 0, fit_x_ = 0, fit_y_ = 0, fit_xx_ = 0, fit_xy_ = 0;  // decayed sums
+  double verdicts_[kBuckets] = {}, accepts_[kBuckets] = {};  // decayed, per confidence bucket
 };
 
 class SpeculativeDecoder {
@@ -137,10 +162,11 @@ class SpeculativeDecoder {
                                           const GenerateOptions& options,
                                           const strata::TokenCallback& on_token);
   // The target's token for `position` from `logits` (its row is position - 1), given the text
-  // before it, and whether `draft` (the drafter's proposal there, or -1) is accepted.
+  // before it, and whether `draft` (the drafter's proposal there, or -1) is accepted. Drafters
+  // propose their most likely token, so for rejection sampling q is one-hot on the draft,
+  // whatever probability the drafter gave it.
   int32_t Decide(std::span<const float> logits, int64_t position,
-                 std::span<const int32_t> history, int32_t draft, float draft_prob,
-                 bool* accepted);
+                 std::span<const int32_t> history, int32_t draft, bool* accepted);
   // Logits for out rows (rows x n_embd of final hidden states).
   void Logits(const std::vector<float>& hidden, int64_t rows);
   void Learn(int rows, double ms, int drafted, int accepted);

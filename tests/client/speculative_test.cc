@@ -115,8 +115,11 @@ TEST(GammaControllerTest, GammaZeroProbesTheDrafterNowAndThen) {
     EXPECT_GE(at[k] - at[k - 1], at[k - 1] - at[k - 2]);
   }
   EXPECT_EQ(at.back() - at[at.size() - 2], 8 * GammaController::kProbeEvery);
-  // A probe that finds the drafter right on a slow link brings speculation back.
-  for (int i = 0; i < 30; ++i) c.Observe(i % 2 ? 2 : 3, i % 2 ? 202 : 203.5, 1, 1);
+  // A probe that finds the drafter right on a link that became slow brings speculation back.
+  for (int i = 0; i < 30; ++i) {
+    c.Observe(1, 201, 0, 0);  // the plain steps in between
+    c.Observe(i % 2 ? 2 : 3, i % 2 ? 202 : 203.5, 1, 1);
+  }
   EXPECT_GE(c.gamma(), 1);
 }
 
@@ -170,6 +173,77 @@ TEST(GammaControllerTest, NoProbesWhenADraftCostsMoreThanAPassSaves) {
   // The links slow down (200 ms a pass): drafts pay again (or at least are probed at once).
   for (int i = 0; i < 30; ++i) c.Observe(1, 201, 0, 0);
   EXPECT_GE(c.NextGamma(), 1);
+}
+
+TEST(GammaControllerTest, APlainStepIsMeasuredNotExtrapolated) {
+  // Speculative passes cost 20 ms + 1.5 ms a row; a drafter right 90% of the time at 5 ms a
+  // draft. On that line alone, a plain step would cost 21.5 ms and drafting would pay. But a
+  // plain step (one row, other kernels) really takes 6 ms: every draft then costs more than it
+  // saves, and only the measured plain step shows it.
+  GammaController c(/*gamma=*/4, /*max_gamma=*/16, /*adaptive=*/true);
+  c.ObserveDraft(4, 20.0);
+  int plain_runs = 0;
+  for (int i = 0; i < 60; ++i) {
+    const int g = c.NextGamma();
+    if (g == 0) {
+      ++plain_runs;
+      c.Observe(1, 6.0, 0, 0);
+    } else {
+      c.Observe(g + 1, 20 + 1.5 * (g + 1), g, g);
+    }
+  }
+  EXPECT_GE(plain_runs, 1) << "no plain step was ever measured";
+  EXPECT_NEAR(c.plain_ms(), 6.0, 0.01);
+  EXPECT_EQ(c.gamma(), 0);
+
+  // The same line with plain steps as dear as it says (21.5 ms): speculation pays.
+  GammaController d(4, 16, true);
+  d.ObserveDraft(4, 20.0);
+  for (int i = 0; i < 60; ++i) {
+    const int g = d.NextGamma();
+    if (g == 0) {
+      d.Observe(1, 21.5, 0, 0);
+    } else {
+      d.Observe(g + 1, 20 + 1.5 * (g + 1), g, i % 4 == 0 ? g - 1 : g);
+    }
+  }
+  EXPECT_GE(d.gamma(), 2);
+}
+
+TEST(GammaControllerTest, ASlowPlainSampleMovesTheEstimateLessThanAFastOne) {
+  GammaController c(4, 16, true);
+  c.Observe(1, 10, 0, 0);
+  c.Observe(1, 30, 0, 0);  // interference on a shared machine
+  const double after_slow = c.plain_ms();
+  EXPECT_LT(after_slow, 15);
+  c.Observe(1, 2, 0, 0);
+  EXPECT_LT(after_slow - c.plain_ms(), after_slow - 2);
+  EXPECT_GT(after_slow - c.plain_ms(), (after_slow - 2) / 3);
+}
+
+TEST(GammaControllerTest, AcceptanceIsLearnedPerConfidence) {
+  GammaController c(4, 16, true);
+  // Sure drafts are right, unsure ones mostly wrong.
+  for (int i = 0; i < 200; ++i) {
+    c.ObserveVerdict(0.97f, true);
+    c.ObserveVerdict(0.15f, i % 5 == 0);
+  }
+  EXPECT_GT(c.Acceptance(0.97f), 0.95);
+  EXPECT_NEAR(c.Acceptance(0.15f), 0.2, 0.05);
+  // A confidence never seen leans on the overall rate.
+  EXPECT_NEAR(c.Acceptance(0.55f), c.accept_rate(), 1e-9);
+}
+
+TEST(GammaControllerTest, MinSurvivalFollowsWhatADraftCosts) {
+  // On a slow link a draft is nearly free against a pass: even an unlikely one is worth sending.
+  const GammaController slow = Simulate(200, 1.5, 0.7, 20);
+  EXPECT_LT(slow.MinSurvival(), 0.1);
+  // Compute-bound passes with a drafter at 5 ms a draft: no draft is likely enough to pay.
+  GammaController busy = Simulate(1, 10, 0.2, 20);
+  busy.ObserveDraft(1, 5.0);
+  EXPECT_GT(busy.MinSurvival(), 1.0);
+  // Fixed gamma: drafting is never cut short.
+  EXPECT_EQ(GammaController(3, 16, /*adaptive=*/false).MinSurvival(), 0);
 }
 
 TEST(GammaControllerTest, FixedGammaStays) {
