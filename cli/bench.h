@@ -32,6 +32,7 @@ struct BenchFlags {
   bool spec_quick = false;  // the smaller matrix
   int gamma = 4;            // drafts per pass (start value unless fixed_gamma)
   bool fixed_gamma = false;
+  bool spec_paired = false;  // each speculative row against an M0 run made right before it
   std::vector<std::string> spec_drafts;  // draft models: M1 and M3 rows with draft:PATH each
 };
 

@@ -159,6 +159,10 @@ void RegisterBench(CLI::App& app, int* exit_code) {
       ->check(CLI::Range(1, 16));
   cmd->add_flag("--fixed-gamma", flags->fixed_gamma,
                 "Spec sweep: keep gamma fixed instead of adapting it");
+  cmd->add_flag("--spec-paired", flags->spec_paired,
+                "Spec sweep: run M0 again right before every speculative row and compare the "
+                "row with that run (where the machine drifts as much as the rows differ, as on "
+                "compute-bound delays)");
   recovery->excludes(sweep);
   cmd->callback([flags, exit_code, decode, repeat, delays] {
     BenchFlags& f = *flags;

@@ -196,10 +196,12 @@ std::string Column(const nlohmann::json& row, const char* key, int digits) {
 }
 
 void PrintRow(const nlohmann::json& j) {
-  std::printf("%-6.0f %-13s %-11s %-8.1f %-8s %-9s %-9s %-7s %-9s %-7s %-8.1f %-8.1f %-4s\n",
+  std::printf("%-6.0f %-13s %-11s %-8.1f %-8s %-8s %-9s %-9s %-7s %-9s %-7s %-8.1f %-8.1f %-4s\n",
               j["delay_ms"].get<double>(), j["mode"].get<std::string>().c_str(),
               j["drafter"].get<std::string>().c_str(), j["tokens_per_s"].get<double>(),
-              (Column(j, "speedup", 2) + "x").c_str(), Column(j, "accepted_per_pass", 2).c_str(),
+              (Column(j, "speedup", 2) + "x").c_str(),
+              Column(j, "paired_plain_tokens_per_s", 1).c_str(),
+              Column(j, "accepted_per_pass", 2).c_str(),
               Column(j, "tokens_per_pass", 2).c_str(),
               Column(j, "expected_tokens_per_pass", 2).c_str(),
               Column(j, "passes_per_token", 3).c_str(), Column(j, "wasted_rows", 0).c_str(),
@@ -216,9 +218,13 @@ void PrintHeader(const BenchFlags& f, int nodes) {
               f.gamma, f.fixed_gamma ? " (fixed)" : " at the start, then adaptive");
   std::printf("expect: (1 - a^(gamma+1)) / (1 - a) tok/pass for a chain of gamma drafts each right "
               "with probability a (M1 oracle rows; exact with --fixed-gamma)\n");
-  std::printf("%-6s %-13s %-11s %-8s %-8s %-9s %-9s %-7s %-9s %-7s %-8s %-8s %-4s\n", "delay",
-              "mode", "drafter", "tok/s", "speedup", "acc/pass", "tok/pass", "expect", "pass/tok",
-              "wasted", "itl_p50", "itl_p95", "same");
+  if (f.spec_paired) {
+    std::printf("paired: each speculative row's speedup is against the M0 run made right before "
+                "it (its tok/s under \"M0\")\n");
+  }
+  std::printf("%-6s %-13s %-11s %-8s %-8s %-8s %-9s %-9s %-7s %-9s %-7s %-8s %-8s %-4s\n",
+              "delay", "mode", "drafter", "tok/s", "speedup", "M0", "acc/pass", "tok/pass",
+              "expect", "pass/tok", "wasted", "itl_p50", "itl_p95", "same");
 }
 
 }  // namespace
@@ -268,6 +274,16 @@ int RunSpecSweep(const BenchFlags& f) {
     // The fastest speculative row with a real drafter, and with the oracle.
     std::map<bool, nlohmann::json> best;
     for (const Config& c : matrix) {
+      // Paired: the row is compared with an M0 run made just before it, not the delay's first.
+      double reference_tps = plain_tps;
+      if (f.spec_paired && !IsPlain(c)) {
+        auto p = RunConfig(**client, f, {"plain", "none"}, prompts, nullptr);
+        if (!p.ok()) return Fail(StrCat("M0 at ", delay, " ms: ", p.status().message()));
+        if (p->outputs != plain.outputs) {
+          mismatches.push_back(StrCat("M0 (paired) at ", delay, " ms"));
+        }
+        reference_tps = p->wall_s > 0 ? p->tokens / p->wall_s : 0;
+      }
       auto t = RunConfig(**client, f, c, prompts, IsPlain(c) ? nullptr : &plain.outputs);
       if (!t.ok()) {
         return Fail(StrCat(ModeLabel(c.mode), " ", c.drafter, " at ", delay,
@@ -277,7 +293,8 @@ int RunSpecSweep(const BenchFlags& f) {
       if (!identical) {
         mismatches.push_back(StrCat(ModeLabel(c.mode), " ", c.drafter, " at ", delay, " ms"));
       }
-      nlohmann::json j = RowJson(delay, c, *t, plain_tps, identical, f.gamma);
+      nlohmann::json j = RowJson(delay, c, *t, reference_tps, identical, f.gamma);
+      if (f.spec_paired && !IsPlain(c)) j["paired_plain_tokens_per_s"] = reference_tps;
       if (c.mode == "plain") {
         plain = std::move(*t);
         plain_tps = j["tokens_per_s"].get<double>();
