@@ -111,6 +111,7 @@ struct Totals {
   double accepted = 0;  // accepted drafts
   int wasted_rows = 0;
   std::vector<double> gaps_ms;  // between consecutive emitted tokens
+  std::vector<double> request_ms;  // each prompt's wall time, in order (the first one learns)
   std::vector<std::vector<int32_t>> outputs;
 };
 
@@ -145,6 +146,7 @@ absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& 
                        return true;
                      }));
     t.wall_s += absl::ToDoubleSeconds(absl::Now() - start);
+    t.request_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
     for (size_t k = 1; k < emitted.size(); ++k) {
       t.gaps_ms.push_back(absl::ToDoubleMilliseconds(emitted[k] - emitted[k - 1]));
     }
@@ -176,6 +178,7 @@ nlohmann::json RowJson(double delay, const Config& c, const Totals& t, double pl
                       {"speedup", plain_tps > 0 ? tps / plain_tps : 1.0},
                       {"itl_p50_ms", Percentile(t.gaps_ms, 50)},
                       {"itl_p95_ms", Percentile(t.gaps_ms, 95)},
+                      {"request_ms", t.request_ms},
                       {"tokens_identical", identical}};
   if (IsPlain(c)) return j;
   j["passes"] = t.passes;

@@ -163,7 +163,9 @@ int GammaController::NextGamma(bool alone) {
   if (gamma_ > 0 || !adaptive_) {
     probe_every_ = kProbeEvery;
     if (adaptive_ && alone &&
-        ++since_plain_ >= (plain_samples_ < 3 ? kProbeEvery / 4 : kRemeasureEvery)) {
+        ++since_plain_ >= (plain_samples_ == 0   ? 1
+                           : plain_samples_ < 3 ? kProbeEvery / 4
+                                                : kRemeasureEvery)) {
       since_plain_ = 0;
       return 0;  // a plain step, to measure what speculation is weighed against
     }
@@ -224,8 +226,6 @@ void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
     const double wp = plain_ms_ < 0 ? 1 : ms < plain_ms_ ? 0.5 : 0.15;
     plain_ms_ = (1 - wp) * plain_ms_ + wp * ms;
     ++plain_samples_;
-    // Until a speculative pass has been seen, it is all there is to go by.
-    if (fit_w_ == 0) base_ms_ = std::max(0.0, ms - row_ms_);
     gamma_ = Choose();
     return;
   }

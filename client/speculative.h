@@ -77,8 +77,8 @@ int32_t VerifyDraft(const model::Sampler& sampler, std::span<const float> logits
 // for (1 - a^(g+1)) / (1 - a) tokens, and the cost of a plain step (one row, no drafts) measured
 // on its own: a pass's cost is not linear down to one row (a single row takes other kernels, and
 // the client computes logits for every out row), so the line through the speculative passes
-// misjudges plain decoding. Every fourth run goes without drafts to measure it until three plain
-// steps have been seen, then one run in every kRemeasureEvery. On a slow link nearly all of a pass is the
+// misjudges plain decoding. The first run goes without drafts to measure it, then every fourth
+// until three plain steps have been seen, then one run in every kRemeasureEvery. On a slow link nearly all of a pass is the
 // base, which speculation pays once for many tokens; a drafter that is rarely right, or costs
 // more than it saves, gets gamma 0 — plain decoding — with one-draft probes now and then so a
 // drafter that starts to be right (text that repeats itself) is noticed.
