@@ -220,14 +220,13 @@ void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
     gamma_ = Choose();
     return;
   }
-  if (drafted == 0) {  // a plain step: measured on its own, not on the line
-    // Interference (other work on shared cores) only ever adds time: a slow sample moves the
-    // estimate less than a fast one, so one unlucky step does not make speculation look good.
+  if (drafted == 0) {
+    // A plain step is kept on its own as well: the line below is only used for passes with
+    // drafts. Interference (other work on shared cores) only ever adds time: a slow sample moves
+    // the estimate less than a fast one, so one unlucky step does not make speculation look good.
     const double wp = plain_ms_ < 0 ? 1 : ms < plain_ms_ ? 0.5 : 0.15;
     plain_ms_ = (1 - wp) * plain_ms_ + wp * ms;
     ++plain_samples_;
-    gamma_ = Choose();
-    return;
   }
   constexpr double decay = 0.9;
   fit_w_ = decay * fit_w_ + 1;

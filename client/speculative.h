@@ -71,12 +71,12 @@ int32_t VerifyDraft(const model::Sampler& sampler, std::span<const float> logits
                     float draft_prob, bool rejection_sampling, bool* accepted);
 
 // Drafts per pass for the best expected tokens per millisecond: the acceptance rate a (each draft
-// accepted with probability a until the first rejection), a speculative pass's cost, ms = base +
-// per_row * rows, fitted by least squares over the passes with drafts (recent ones weigh more),
-// the drafter's own cost per drafted token, so gamma g costs base + per_row * (g + 1) + draft * g
-// for (1 - a^(g+1)) / (1 - a) tokens, and the cost of a plain step (one row, no drafts) measured
-// on its own: a pass's cost is not linear down to one row (a single row takes other kernels, and
-// the client computes logits for every out row), so the line through the speculative passes
+// accepted with probability a until the first rejection), a pass's cost, ms = base + per_row *
+// rows, fitted by least squares over the decode passes (recent ones weigh more), the drafter's
+// own cost per drafted token, so gamma g costs base + per_row * (g + 1) + draft * g for
+// (1 - a^(g+1)) / (1 - a) tokens, and the cost of a plain step (one row, no drafts) measured on
+// its own: a pass's cost is not linear down to one row (a single row takes other kernels, and the
+// client computes logits for every out row), so the line, good for the sizes speculation sends,
 // misjudges plain decoding. The first run goes without drafts to measure it, then every fourth
 // until three plain steps have been seen, then one run in every kRemeasureEvery. On a slow link nearly all of a pass is the
 // base, which speculation pays once for many tokens; a drafter that is rarely right, or costs

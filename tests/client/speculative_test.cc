@@ -177,37 +177,43 @@ TEST(GammaControllerTest, NoProbesWhenADraftCostsMoreThanAPassSaves) {
 
 TEST(GammaControllerTest, APlainStepIsMeasuredNotExtrapolated) {
   // Speculative passes cost 20 ms + 1.5 ms a row; a drafter right 90% of the time at 5 ms a
-  // draft. On that line alone, a plain step would cost 21.5 ms and drafting would pay. But a
-  // plain step (one row, other kernels) really takes 6 ms: every draft then costs more than it
-  // saves, and only the measured plain step shows it.
-  GammaController c(/*gamma=*/4, /*max_gamma=*/16, /*adaptive=*/true);
-  c.ObserveDraft(4, 20.0);
-  int plain_runs = 0;
-  for (int i = 0; i < 60; ++i) {
-    const int g = c.NextGamma();
-    if (g == 0) {
-      ++plain_runs;
-      c.Observe(1, 6.0, 0, 0);
-    } else {
-      c.Observe(g + 1, 20 + 1.5 * (g + 1), g, g);
+  // draft. On that line, a plain step would cost 21.5 ms and drafting pays. But a plain step (one
+  // row, other kernels) really takes 6 ms: every draft then costs more than it saves, and only the
+  // measured plain step shows it.
+  auto trained = [](double plain_ms) {
+    GammaController c(/*gamma=*/4, /*max_gamma=*/16, /*adaptive=*/true);
+    c.ObserveDraft(4, 20.0);
+    for (int i = 0; i < 40; ++i) {
+      const int g = 2 + i % 7;
+      c.Observe(g + 1, 20 + 1.5 * (g + 1), g, i % 3 == 0 ? g - 1 : g);
     }
-  }
-  EXPECT_GE(plain_runs, 1) << "no plain step was ever measured";
-  EXPECT_NEAR(c.plain_ms(), 6.0, 0.01);
-  EXPECT_EQ(c.gamma(), 0);
+    c.Observe(1, plain_ms, 0, 0);
+    return c;
+  };
+  const GammaController cheap = trained(6.0);
+  EXPECT_NEAR(cheap.plain_ms(), 6.0, 1e-9);
+  EXPECT_EQ(cheap.gamma(), 0);
+  // The same line with a plain step as dear as it says: speculation pays.
+  EXPECT_GE(trained(21.5).gamma(), 2);
+}
 
-  // The same line with plain steps as dear as it says (21.5 ms): speculation pays.
-  GammaController d(4, 16, true);
-  d.ObserveDraft(4, 20.0);
-  for (int i = 0; i < 60; ++i) {
-    const int g = d.NextGamma();
-    if (g == 0) {
-      d.Observe(1, 21.5, 0, 0);
-    } else {
-      d.Observe(g + 1, 20 + 1.5 * (g + 1), g, i % 4 == 0 ? g - 1 : g);
-    }
+TEST(GammaControllerTest, PlainStepsAreMeasuredWhileSpeculating) {
+  GammaController c(4, 16, true);
+  std::vector<int> plain_at;
+  for (int i = 0; i < 200; ++i) {
+    const int g = c.NextGamma();
+    if (g == 0) plain_at.push_back(i);
+    c.Observe(g + 1, 200 + 1.5 * (g + 1), g, g);  // a slow link, every draft right
   }
-  EXPECT_GE(d.gamma(), 2);
+  ASSERT_GE(c.gamma(), 1);
+  // First the very first run, then every fourth until three, then one in kRemeasureEvery.
+  ASSERT_GE(plain_at.size(), 4u);
+  EXPECT_EQ(plain_at[0], 0);
+  EXPECT_EQ(plain_at[1] - plain_at[0], GammaController::kProbeEvery / 4);
+  EXPECT_EQ(plain_at[3] - plain_at[2], GammaController::kRemeasureEvery);
+  // A run that shares the chain with others is no measure of a plain step: none then.
+  GammaController busy(4, 16, true);
+  for (int i = 0; i < 200; ++i) EXPECT_GE(busy.NextGamma(/*alone=*/false), 1);
 }
 
 TEST(GammaControllerTest, ASlowPlainSampleMovesTheEstimateLessThanAFastOne) {
