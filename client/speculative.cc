@@ -305,6 +305,15 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
     return s;
   };
 
+  // One more draft beyond the text; false when the drafter has no guess.
+  auto draft_one = [&] {
+    std::vector<DraftToken> d = drafter_->Draft(tokens, 1);
+    if (d.empty()) return false;
+    tokens.push_back(d[0].token);
+    probs.push_back(d[0].prob);
+    return true;
+  };
+
   std::vector<float> hidden, out;
   bool drafted_before = false;
   while (true) {
@@ -351,17 +360,15 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
         const bool interruptible =
             !runs.empty() && gamma_control_.draft_ms() * (want - before) >= 1.0;
         const double min_survival = gamma_control_.MinSurvival();
-        while (static_cast<int32_t>(tokens.size()) < want && survival() >= min_survival) {
-          if (interruptible && chains_[runs.front().chain]->RunReady(runs.front().id)) break;
-          std::vector<DraftToken> drafts = drafter_->Draft(tokens, 1);
-          if (drafts.empty()) break;
-          tokens.push_back(drafts[0].token);
-          probs.push_back(drafts[0].prob);
+        auto answered = [&] {
+          return interruptible && chains_[runs.front().chain]->RunReady(runs.front().id);
+        };
+        while (static_cast<int32_t>(tokens.size()) < want && survival() >= min_survival &&
+               !answered() && draft_one()) {
         }
         gamma_control_.ObserveDraft(static_cast<int>(tokens.size()) - before,
                                     absl::ToDoubleMilliseconds(absl::Now() - draft_start));
-        if (static_cast<int32_t>(tokens.size()) < want && interruptible &&
-            chains_[runs.front().chain]->RunReady(runs.front().id)) {
+        if (static_cast<int32_t>(tokens.size()) < want && answered()) {
           break;  // the front run's answer first; this run is drafted on after it
         }
       }
@@ -417,11 +424,8 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       const int32_t limit = certain + (max_runs + 1) * (gamma_control_.gamma() + 1);
       const double min_survival = gamma_control_.MinSurvival();
       while (!chains_[run.chain]->RunReady(run.id) &&
-             static_cast<int32_t>(tokens.size()) < limit && survival() >= min_survival) {
-        std::vector<DraftToken> more = drafter_->Draft(tokens, 1);
-        if (more.empty()) break;
-        tokens.push_back(more[0].token);
-        probs.push_back(more[0].prob);
+             static_cast<int32_t>(tokens.size()) < limit && survival() >= min_survival &&
+             draft_one()) {
       }
     }
     const int32_t out_count = run.first + run.count - run.out_first;
