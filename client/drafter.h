@@ -34,6 +34,12 @@ class Drafter {
   virtual std::vector<DraftToken> Draft(std::span<const int32_t> text, int n) = 0;
   // Up to `k` alternatives for the one token after `text`, best first (draft trees).
   virtual std::vector<DraftToken> Next(std::span<const int32_t> text, int k) = 0;
+  // Catches up on `text` (a model drafter reads what it has not seen yet), so that the next
+  // Draft about it costs only its drafts.
+  virtual void Read(std::span<const int32_t> text) {}
+  // What proposing one more token costs, in ms, measured when it was made (0: next to nothing).
+  // Before speculation has seen the drafter at work, this tells whether drafting could pay at all.
+  virtual double token_ms() const { return 0; }
 };
 
 // Prompt lookup: the longest suffix of the text (max_n down to min_n tokens) that occurred
@@ -62,6 +68,8 @@ class ModelDrafter final : public Drafter {
   std::string name() const override { return name_; }
   std::vector<DraftToken> Draft(std::span<const int32_t> text, int n) override;
   std::vector<DraftToken> Next(std::span<const int32_t> text, int k) override;
+  void Read(std::span<const int32_t> text) override { (void)Sync(text); }
+  double token_ms() const override { return token_ms_; }
 
  private:
   ModelDrafter() = default;
@@ -75,6 +83,7 @@ class ModelDrafter final : public Drafter {
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<InferenceSession> session_;
   std::vector<float> logits_;
+  double token_ms_ = 0;
 };
 
 // For benchmarks only: knows the target's continuation `truth` (prompt + the target's own

@@ -171,23 +171,31 @@ int GammaController::NextGamma(bool alone) {
     }
     return gamma_;
   }
-  // A draft saves at most one plain step: when drafting it and verifying its row cost more than
-  // that, no acceptance rate could make speculation pay, and a probe would only cost. When the
-  // links slow down so that it could pay again, probing starts over at once.
-  const double plain = plain_ms_ >= 0 ? plain_ms_ : base_ms_ + row_ms_;
-  if (base_ms_ >= 0 && draft_ms_ + row_ms_ >= plain) {
-    hopeless_ = true;
-    return 0;
-  }
-  if (hopeless_) {
-    hopeless_ = false;
-    probe_every_ = kProbeEvery;
-    idle_passes_ = kProbeEvery;
-  }
+  if (hopeless_) return 0;
   if (++idle_passes_ < probe_every_) return 0;
   idle_passes_ = 0;
   probe_every_ = std::min(2 * probe_every_, 8 * kProbeEvery);  // until one finds gamma > 0
   return 1;
+}
+
+void GammaController::Rechoose() {
+  // A draft saves at most one plain step: when drafting it and verifying its row cost about as
+  // much, no acceptance rate could make speculation pay much, and a probe would only cost (a
+  // probe of a costly drafter that has not read the text yet reads all of it first). When the
+  // links slow down so that it could pay again, probing starts over at once. Leaving that state
+  // takes a wider margin than entering it, and both weigh the quietest recent plain step: its
+  // measure moves with the machine's load.
+  if (adaptive_ && base_ms_ >= 0) {
+    const double plain = quiet_plain_ms_ >= 0 ? quiet_plain_ms_ : base_ms_ + row_ms_;
+    const bool hopeless =
+        draft_ms_ + row_ms_ >= (hopeless_ ? kHopeLeave : kHopeEnter) * plain;
+    if (hopeless_ && !hopeless) {
+      probe_every_ = kProbeEvery;
+      idle_passes_ = kProbeEvery;
+    }
+    hopeless_ = hopeless;
+  }
+  gamma_ = hopeless_ ? 0 : Choose();
 }
 
 void GammaController::ObserveDraft(int tokens, double ms) {
@@ -195,7 +203,11 @@ void GammaController::ObserveDraft(int tokens, double ms) {
   constexpr double w = 0.25;
   const double sample = ms / tokens;
   draft_ms_ = draft_ms_ == 0 ? sample : (1 - w) * draft_ms_ + w * sample;
-  gamma_ = Choose();
+  Rechoose();
+}
+
+void GammaController::ExpectDraftCost(double ms) {
+  if (draft_ms_ == 0 && ms > 0) draft_ms_ = ms;
 }
 
 int GammaController::Runs(int max_runs) const {
@@ -217,15 +229,19 @@ void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
     accept_rate_ = (1 - w) * accept_rate_ + w * sample;
   }
   if (ms < 0) {  // no cost sample
-    gamma_ = Choose();
+    Rechoose();
     return;
   }
   if (drafted == 0) {
     // A plain step is kept on its own as well: the line below is only used for passes with
     // drafts. Interference (other work on shared cores) only ever adds time: a slow sample moves
     // the estimate less than a fast one, so one unlucky step does not make speculation look good.
-    const double wp = plain_ms_ < 0 ? 1 : ms < plain_ms_ ? 0.5 : 0.15;
+    const double wp = plain_ms_ < 0 ? 1 : ms < plain_ms_ ? 0.5 : 0.1;
     plain_ms_ = (1 - wp) * plain_ms_ + wp * ms;
+    // The quietest recent step: it follows a faster sample at once, a slower one by a tenth.
+    quiet_plain_ms_ = quiet_plain_ms_ < 0 || ms < quiet_plain_ms_
+                          ? ms
+                          : 0.9 * quiet_plain_ms_ + 0.1 * ms;
     ++plain_samples_;
   }
   constexpr double decay = 0.9;
@@ -243,7 +259,7 @@ void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
     slope_known_ = true;
   }
   base_ms_ = std::max(0.0, my - row_ms_ * mx);
-  gamma_ = Choose();
+  Rechoose();
 }
 
 void SpeculativeDecoder::Learn(int rows, double ms, int drafted, int accepted) {
@@ -306,14 +322,23 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
   };
 
   // One more draft beyond the text; false when the drafter has no guess.
+  int32_t drafter_saw = 0;  // the text's length when the drafter last drafted
   auto draft_one = [&] {
     std::vector<DraftToken> d = drafter_->Draft(tokens, 1);
+    drafter_saw = static_cast<int32_t>(tokens.size());
     if (d.empty()) return false;
     tokens.push_back(d[0].token);
     probs.push_back(d[0].prob);
     return true;
   };
 
+  // A costly drafter that a fresh cost model has not yet weighed against a plain step waits for
+  // one before it reads the text: where a plain step is cheaper than a draft (a fast swarm on
+  // the client's own cores), reading the prompt beside the prompt pass would only slow both.
+  gamma_control_.ExpectDraftCost(drafter_->token_ms());
+  auto wait_for_plain_step = [&] {
+    return options_.adaptive && gamma_control_.plain_ms() < 0 && drafter_->token_ms() >= 1.0;
+  };
   std::vector<float> hidden, out;
   bool drafted_before = false;
   while (true) {
@@ -352,6 +377,10 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
                                              certain + depth_limit)
                          : static_cast<int32_t>(tokens.size());
       if (static_cast<int32_t>(tokens.size()) < want) {
+        // A drafter left idle for a while (gamma 0) first reads the text it missed: that is not
+        // what a draft costs.
+        constexpr int32_t kCatchUp = 8;
+        if (static_cast<int32_t>(tokens.size()) - drafter_saw > kCatchUp) drafter_->Read(tokens);
         const absl::Time draft_start = absl::Now();
         const int32_t before = static_cast<int32_t>(tokens.size());
         // With runs in flight, an answer that arrives while a costly drafter works comes first:
@@ -404,12 +433,17 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
 
     Run run = runs.front();
     runs.pop_front();
-    if (!drafted_before && !run.cancelled) {
-      // While the prompt's pass is in flight: the drafter reads the prompt and drafts the first
-      // run's tokens (the first is checked against the prompt pass's own token).
+    if (!drafted_before && !run.cancelled && !wait_for_plain_step()) {
+      // While a pass is in flight (the prompt's, or after a first plain step the next one): the
+      // drafter reads the text and drafts the next run's tokens (the first is checked against
+      // this pass's own token).
       const int gamma = gamma_control_.gamma();
       std::vector<DraftToken> drafts;
-      if (gamma > 0) drafts = drafter_->Draft(tokens, gamma);
+      if (gamma > 0) {
+        drafts = drafter_->Draft(tokens, gamma);
+        run.alone = false;  // it shared the machine with the drafter: no measure of a step
+        drafter_saw = static_cast<int32_t>(tokens.size() + drafts.size());
+      }
       for (const DraftToken& d : drafts) {
         tokens.push_back(d.token);
         probs.push_back(d.prob);

@@ -94,6 +94,8 @@ class GammaController {
   void Observe(int rows, double ms, int drafted, int accepted);
   // The drafter took `ms` to propose `tokens` tokens.
   void ObserveDraft(int tokens, double ms);
+  // What a draft is known to cost before any was observed here (the drafter's own measure).
+  void ExpectDraftCost(double ms);
   // A draft the drafter gave probability `confidence` was accepted or rejected.
   void ObserveVerdict(float confidence, bool accepted);
   // The chance that a draft of this confidence is accepted (given those before it were).
@@ -108,6 +110,10 @@ class GammaController {
   int NextGamma(bool alone = true);
   static constexpr int kProbeEvery = 16;
   static constexpr int kRemeasureEvery = 64;
+  // A drafter whose draft and row cost at least kHopeEnter plain steps is not probed (even
+  // always right, it would gain little), until they cost less than kHopeLeave of one.
+  static constexpr double kHopeEnter = 0.6;
+  static constexpr double kHopeLeave = 0.5;
   // How many runs to keep in flight, at most `max_runs`: a pass's fixed cost (the network) can be
   // overlapped by about base / (per_row * rows) other runs; the rows themselves compete for the
   // same cores, so when compute dominates, or without drafts, one run at a time.
@@ -121,6 +127,8 @@ class GammaController {
  private:
   static constexpr int kBuckets = 10;
   int Choose() const;
+  // Weighs whether drafting could pay at all, then chooses gamma.
+  void Rechoose();
   // Expected tokens per ms with g drafts per pass.
   double Rate(int g) const;
 
@@ -128,11 +136,12 @@ class GammaController {
   bool adaptive_;
   int idle_passes_ = 0;  // runs sent at gamma 0 since the last probe
   int probe_every_ = kProbeEvery;  // doubles after each probe that leaves gamma at 0
-  bool hopeless_ = false;          // a draft cost more than a plain step last time
+  bool hopeless_ = false;          // a draft cost about a plain step last time
   int since_plain_ = 0;            // speculative runs since the last measured plain step
   double draft_ms_ = 0;  // per drafted token, smoothed
   double accept_rate_ = 0.7;
   double plain_ms_ = -1;  // a plain step, smoothed; negative until measured
+  double quiet_plain_ms_ = -1;  // the quietest recent plain step
   int plain_samples_ = 0;
   double base_ms_ = -1, row_ms_ = 0;
   bool slope_known_ = false;

@@ -101,7 +101,8 @@ TEST(GammaControllerTest, DraftingCostCountsAgainstGamma) {
 }
 
 TEST(GammaControllerTest, GammaZeroProbesTheDrafterNowAndThen) {
-  GammaController c = Simulate(1, 10, 0.2, 20);
+  // Cheap rows (5 ms a pass, 2 ms a row) but a drafter that is almost never right.
+  GammaController c = Simulate(5, 2, 0.05, 20);
   ASSERT_EQ(c.gamma(), 0);
   // One-draft probes, each twice as far from the last as the one before, up to 8 x kProbeEvery.
   std::vector<int> at;
@@ -252,6 +253,46 @@ TEST(GammaControllerTest, MinSurvivalFollowsWhatADraftCosts) {
   EXPECT_EQ(GammaController(3, 16, /*adaptive=*/false).MinSurvival(), 0);
 }
 
+TEST(GammaControllerTest, ADrafterDearerThanAPlainStepIsNeverProbed) {
+  // Before it has seen a draft, the controller takes the drafter's own measure of a draft's cost.
+  // One plain step of 6 ms against drafts of 5 ms: even an always-right drafter would gain
+  // little, so there is nothing to probe for, and the drafter is never asked.
+  GammaController c(4, 16, true);
+  c.ExpectDraftCost(5.0);
+  EXPECT_NEAR(c.draft_ms(), 5.0, 1e-9);
+  ASSERT_EQ(c.NextGamma(), 0);  // the first run measures a plain step
+  c.Observe(1, 6.0, 0, 0);
+  for (int i = 0; i < 20 * GammaController::kProbeEvery; ++i) ASSERT_EQ(c.NextGamma(), 0);
+  // The same with drafts at 1 ms: probes come.
+  GammaController cheap(4, 16, true);
+  cheap.ExpectDraftCost(1.0);
+  ASSERT_EQ(cheap.NextGamma(), 0);
+  cheap.Observe(1, 6.0, 0, 0);
+  int probes = 0;
+  for (int i = 0; i < 4 * GammaController::kProbeEvery; ++i) probes += cheap.NextGamma();
+  EXPECT_GE(probes, 1);
+  // What was observed wins over the drafter's own measure.
+  cheap.ObserveDraft(1, 3.0);
+  cheap.ExpectDraftCost(9.0);
+  EXPECT_LT(cheap.draft_ms(), 3.0);
+}
+
+TEST(GammaControllerTest, NoisyPlainStepsDoNotRestartProbing) {
+  // Drafts at 5 ms against quiet plain steps of 6 ms: no probes. Plain steps that mostly take
+  // nearly twice as long (load on shared cores) do not bring them back; links that really slow
+  // down do.
+  GammaController c(4, 16, true);
+  c.ExpectDraftCost(5.0);
+  ASSERT_EQ(c.NextGamma(), 0);
+  c.Observe(1, 6.0, 0, 0);
+  for (int i = 0; i < 40 * GammaController::kProbeEvery; ++i) {
+    ASSERT_EQ(c.NextGamma(), 0) << i;
+    c.Observe(1, i % 8 == 0 ? 6.0 : 11.0, 0, 0);
+  }
+  for (int i = 0; i < 30; ++i) c.Observe(1, 40, 0, 0);
+  EXPECT_GE(c.NextGamma(), 1);
+}
+
 TEST(GammaControllerTest, FixedGammaStays) {
   GammaController c(3, 16, /*adaptive=*/false);
   c.Observe(40, 300, 0, 0);
@@ -371,12 +412,22 @@ TEST_F(LocalSpeculativeTest, EveryDrafterAndModeGivesThePlainTokens) {
       for (Mode mode : {Mode::kChain, Mode::kTree, Mode::kPipelined}) {
         for (int chains : {1, 2}) {
           if (chains == 2 && mode != Mode::kPipelined) continue;  // dsi = pipelined + replicas
-          SCOPED_TRACE(::testing::Message() << name << " mode " << int(mode) << " chains "
-                                          << chains << " T " << temperature);
-          SpeculativeOptions so;
-          so.mode = mode;
-          so.gamma = 4;
-          EXPECT_EQ(Speculative(prompt, Options(temperature), drafter, so, chains), want);
+          // Model drafters also with gamma fixed: locally a step costs less than a draft, and an
+          // adaptive gamma does not draft at all.
+          for (bool adaptive : {true, false}) {
+            if (!adaptive && drafter->token_ms() == 0) continue;
+            SCOPED_TRACE(::testing::Message() << name << " mode " << int(mode) << " chains "
+                                            << chains << " T " << temperature << " adaptive "
+                                            << adaptive);
+            SpeculativeOptions so;
+            so.mode = mode;
+            so.gamma = 4;
+            so.adaptive = adaptive;
+            SpeculativeStats stats;
+            EXPECT_EQ(Speculative(prompt, Options(temperature), drafter, so, chains, &stats),
+                      want);
+            if (!adaptive) EXPECT_GT(stats.drafted, 0);
+          }
         }
       }
     }
@@ -491,6 +542,44 @@ TEST_F(LocalSpeculativeTest, PipelinedRunsAreCancelledOnRejection) {
   EXPECT_EQ(Speculative(prompt, Options(0, 64), &oracle, so, 1, &stats), greedy);
   EXPECT_GT(stats.cancelled_runs, 0);
   EXPECT_GT(stats.wasted_rows, 0);
+}
+
+// A drafter that reports a cost and counts what it is asked: it never has a guess.
+class CountingDrafter final : public Drafter {
+ public:
+  explicit CountingDrafter(double token_ms) : token_ms_(token_ms) {}
+  std::string name() const override { return "counting"; }
+  std::vector<DraftToken> Draft(std::span<const int32_t>, int) override {
+    ++asked;
+    return {};
+  }
+  std::vector<DraftToken> Next(std::span<const int32_t>, int) override {
+    ++asked;
+    return {};
+  }
+  void Read(std::span<const int32_t>) override { ++asked; }
+  double token_ms() const override { return token_ms_; }
+  int asked = 0;
+
+ private:
+  double token_ms_;
+};
+
+TEST_F(LocalSpeculativeTest, ACostlyDrafterWaitsForAPlainStepBeforeReadingThePrompt) {
+  // Locally a step costs far less than this drafter's 500 ms a draft: a fresh cost model measures
+  // a plain step before the drafter reads anything, and then never asks it. A free drafter reads
+  // the prompt while the prompt's pass is in flight.
+  const auto prompt = Prompt("Name three rivers.");
+  const auto want = Plain(prompt, Options(0, 12));
+  for (Mode mode : {Mode::kChain, Mode::kPipelined}) {
+    SpeculativeOptions so;
+    so.mode = mode;
+    CountingDrafter costly(500.0), free_drafter(0.0);
+    EXPECT_EQ(Speculative(prompt, Options(0, 12), &costly, so, 1), want);
+    EXPECT_EQ(costly.asked, 0) << int(mode);
+    EXPECT_EQ(Speculative(prompt, Options(0, 12), &free_drafter, so, 1), want);
+    EXPECT_GE(free_drafter.asked, 1) << int(mode);
+  }
 }
 
 // End to end on a tiny random model: rejection-sampled generations of two tokens follow the same
