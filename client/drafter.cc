@@ -115,7 +115,7 @@ absl::StatusOr<std::unique_ptr<ModelDrafter>> ModelDrafter::Load(const std::stri
     const absl::Time start = absl::Now();
     if (d->Draft(text, 1).empty()) break;
     steps.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
-    text.push_back(static_cast<int32_t>(i + 1));
+    text.push_back(static_cast<int32_t>((i + 1) % hp.n_vocab));
   }
   if (steps.size() > 1) {
     std::sort(steps.begin() + 1, steps.end());
