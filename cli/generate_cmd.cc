@@ -164,6 +164,9 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
       ->check(CLI::Range(1, 8));
   cmd->add_flag("--rejection-sampling", sp.rejection_sampling,
                 "Accept drafts with probability p/q instead of by exact match");
+  cmd->add_flag("--verify-at-last-hop", sp.verify_at_last_hop,
+                "The node serving the last layers verifies the drafts with the model's head and "
+                "answers with tokens instead of hidden states (chain, pipelined, dsi)");
   cmd->add_flag("--json", flags->json, "Print one JSON object instead of streaming text");
   cmd->callback([flags, exit_code] { *exit_code = RunGenerate(*flags); });
 }

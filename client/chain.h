@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "model/kv_cache.h"
 #include "model/llama.h"
+#include "model/verify.h"
 
 namespace strata::client {
 
@@ -51,6 +52,16 @@ class Chain {
   // Whether WaitRun(run) would return without waiting (answered, failed or cancelled). A local
   // chain computes a run when it is submitted: always ready.
   virtual bool RunReady(uint64_t run) { return true; }
+  // Last-hop verification: a run whose last hop decides the tokens itself (model::VerifySpec:
+  // one draft per out row, the sampler; out rows at consecutive positions, the first deciding
+  // the position after it) and answers with them instead of hidden states.
+  virtual absl::StatusOr<uint64_t> SubmitVerifiedRun(std::span<const model::Row> rows,
+                                                     const float* hidden,
+                                                     std::span<const int32_t> out_rows,
+                                                     const model::VerifySpec& verify) = 0;
+  // The tokens a verified run decided: the accepted drafts, then the target's own token. ABORTED
+  // and CANCELLED as for WaitRun.
+  virtual absl::Status WaitVerdict(uint64_t run, std::vector<int32_t>* tokens) = 0;
   // Gives up on runs; each still answers WaitRun (CANCELLED, or its result if it finished).
   virtual void CancelRuns(std::span<const uint64_t> runs) = 0;
   // Like Truncate, but does not wait (ordered after the runs submitted before it).

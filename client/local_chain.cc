@@ -18,6 +18,7 @@ absl::StatusOr<std::unique_ptr<LocalChain>> LocalChain::Create(
         StrCat("span boundaries must run from 0 to ", n_layer));
   }
   auto chain = std::unique_ptr<LocalChain>(new LocalChain());
+  chain->model_ = model;
   chain->pool_ = pool;
   chain->n_embd_ = model->hparams().n_embd;
   for (size_t i = 0; i + 1 < boundaries.size(); ++i) {
@@ -77,18 +78,72 @@ absl::Status LocalChain::Commit(model::SeqId seq, int32_t until_pos) {
 absl::StatusOr<uint64_t> LocalChain::SubmitRun(std::span<const model::Row> rows,
                                                const float* hidden,
                                                std::span<const int32_t> out_rows) {
-  std::vector<float> out(out_rows.size() * static_cast<size_t>(n_embd_));
-  absl::Status st = Forward(rows, hidden, out_rows, out.data());
+  Finished f;
+  f.hidden.resize(out_rows.size() * static_cast<size_t>(n_embd_));
+  f.status = Forward(rows, hidden, out_rows, f.hidden.data());
   const uint64_t id = next_run_++;
-  runs_[id] = {st, std::move(out)};
+  runs_[id] = std::move(f);
   return id;
 }
 
 absl::Status LocalChain::WaitRun(uint64_t run, float* out) {
   auto it = runs_.find(run);
   if (it == runs_.end()) return absl::InvalidArgumentError(StrCat("unknown run ", run));
-  absl::Status st = it->second.first;
-  if (st.ok()) std::memcpy(out, it->second.second.data(), it->second.second.size() * sizeof(float));
+  absl::Status st = it->second.status;
+  if (st.ok()) {
+    std::memcpy(out, it->second.hidden.data(), it->second.hidden.size() * sizeof(float));
+  }
+  runs_.erase(it);
+  return st;
+}
+
+absl::StatusOr<uint64_t> LocalChain::SubmitVerifiedRun(std::span<const model::Row> rows,
+                                                       const float* hidden,
+                                                       std::span<const int32_t> out_rows,
+                                                       const model::VerifySpec& verify) {
+  ASSIGN_OR_RETURN(uint64_t id, SubmitRun(rows, hidden, out_rows));
+  Finished& f = runs_[id];
+  if (!f.status.ok()) return id;
+  for (size_t i = 1; i < out_rows.size(); ++i) {
+    if (rows[out_rows[i]].pos != rows[out_rows[0]].pos + static_cast<int32_t>(i)) {
+      f.status = absl::InvalidArgumentError(
+          "verification needs out rows at consecutive positions (a chain of drafts)");
+      return id;
+    }
+  }
+  if (!verifier_ && stages_.back().span->last() == model_->hparams().n_layer) {
+    auto v = model::Verifier::Load(model_, pool_);
+    if (!v.ok()) {
+      f.status = v.status();
+      return id;
+    }
+    verifier_ = std::move(*v);
+  }
+  if (!verifier_) {
+    f.status = absl::FailedPreconditionError("a chain that stops before the last layer cannot "
+                                             "verify");
+    return id;
+  }
+  model::VerifySpec spec = verify;
+  spec.first_position = out_rows.empty() ? 0 : rows[out_rows[0]].pos + 1;
+  auto tokens = verifier_->Verify(f.hidden.data(), static_cast<int64_t>(out_rows.size()), spec);
+  if (tokens.ok()) {
+    f.tokens = std::move(*tokens);
+    f.verified = true;
+  } else {
+    f.status = tokens.status();
+  }
+  return id;
+}
+
+absl::Status LocalChain::WaitVerdict(uint64_t run, std::vector<int32_t>* tokens) {
+  auto it = runs_.find(run);
+  if (it == runs_.end()) return absl::InvalidArgumentError(StrCat("unknown run ", run));
+  absl::Status st = it->second.status;
+  if (st.ok() && !it->second.verified) {
+    st = absl::FailedPreconditionError(StrCat("run ", run, " was not sent for verification"));
+  }
+  if (st.ok()) *tokens = std::move(it->second.tokens);
   runs_.erase(it);
   return st;
 }

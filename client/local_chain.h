@@ -29,6 +29,11 @@ class LocalChain : public Chain {
   absl::StatusOr<uint64_t> SubmitRun(std::span<const model::Row> rows, const float* hidden,
                                      std::span<const int32_t> out_rows) override;
   absl::Status WaitRun(uint64_t run, float* out) override;
+  absl::StatusOr<uint64_t> SubmitVerifiedRun(std::span<const model::Row> rows,
+                                             const float* hidden,
+                                             std::span<const int32_t> out_rows,
+                                             const model::VerifySpec& verify) override;
+  absl::Status WaitVerdict(uint64_t run, std::vector<int32_t>* tokens) override;
   void CancelRuns(std::span<const uint64_t> runs) override {}
   void TruncateAsync(model::SeqId seq, int32_t from_pos) override { (void)Truncate(seq, from_pos); }
   void CommitAsync(model::SeqId seq, int32_t until_pos) override { (void)Commit(seq, until_pos); }
@@ -41,13 +46,21 @@ class LocalChain : public Chain {
     std::unique_ptr<model::KvPool> pool;
     std::unique_ptr<model::KvCache> cache;
   };
+  struct Finished {
+    absl::Status status;
+    std::vector<float> hidden;    // out rows
+    std::vector<int32_t> tokens;  // a verified run's decision
+    bool verified = false;
+  };
+  std::shared_ptr<const model::Model> model_;
   ThreadPool* pool_ = nullptr;
   int n_embd_ = 0;
   std::vector<Stage> stages_;
   model::ForwardScratch scratch_;
   std::vector<float> work_;
-  std::map<uint64_t, std::pair<absl::Status, std::vector<float>>> runs_;  // finished, not waited
+  std::map<uint64_t, Finished> runs_;  // finished, not waited
   uint64_t next_run_ = 1;
+  std::unique_ptr<model::Verifier> verifier_;  // made on the first verified run
 };
 
 }  // namespace strata::client

@@ -834,13 +834,10 @@ absl::StatusOr<uint64_t> RemoteChain::SubmitRun(std::span<const model::Row> rows
   return seq;
 }
 
-absl::Status RemoteChain::WaitRun(uint64_t run, float* out) {
-  int64_t out_rows = 0;
+absl::StatusOr<v1::ForwardResult> RemoteChain::AwaitRun(uint64_t run) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = log_.find(run);
-    if (it == log_.end()) return absl::InvalidArgumentError(StrCat("unknown run ", run));
-    out_rows = it->second.out_rows;
+    if (log_.find(run) == log_.end()) return absl::InvalidArgumentError(StrCat("unknown run ", run));
   }
   auto result = Wait(run, /*resend=*/false);
   if (!result.ok()) return result.status();
@@ -850,9 +847,51 @@ absl::Status RemoteChain::WaitRun(uint64_t run, float* out) {
     (void)Wait(seq, /*resend=*/false);
     return true;
   });
+  return result;
+}
+
+absl::Status RemoteChain::WaitRun(uint64_t run, float* out) {
+  int64_t out_rows = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = log_.find(run);
+    if (it != log_.end()) out_rows = it->second.out_rows;
+  }
+  ASSIGN_OR_RETURN(v1::ForwardResult result, AwaitRun(run));
   std::vector<float> values;
-  RETURN_IF_ERROR(transport::DecodeRows(result->hidden(), out_rows, options_.hidden_size, &values));
+  RETURN_IF_ERROR(transport::DecodeRows(result.hidden(), out_rows, options_.hidden_size, &values));
   std::memcpy(out, values.data(), values.size() * sizeof(float));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> RemoteChain::SubmitVerifiedRun(std::span<const model::Row> rows,
+                                                        const float* hidden,
+                                                        std::span<const int32_t> out_rows,
+                                                        const model::VerifySpec& verify) {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  std::vector<float> input(hidden, hidden + n * options_.hidden_size);
+  v1::Op op = ForwardOp(rows, hidden, out_rows, options_.hidden_size, options_.wire_dtype);
+  v1::Verify* v = op.mutable_forward()->mutable_verify();
+  v->set_temperature(verify.sampling.temperature);
+  v->set_top_k(verify.sampling.top_k);
+  v->set_top_p(verify.sampling.top_p);
+  v->set_min_p(verify.sampling.min_p);
+  v->set_repeat_penalty(verify.sampling.repeat_penalty);
+  v->set_repeat_last_n(verify.sampling.repeat_last_n);
+  v->set_seed(verify.sampling.seed);
+  v->set_rejection_sampling(verify.rejection_sampling);
+  *v->mutable_history() = {verify.history.begin(), verify.history.end()};
+  *v->mutable_drafts() = {verify.drafts.begin(), verify.drafts.end()};
+  return Submit(std::move(op), std::vector<model::Row>(rows.begin(), rows.end()),
+                std::move(input));
+}
+
+absl::Status RemoteChain::WaitVerdict(uint64_t run, std::vector<int32_t>* tokens) {
+  ASSIGN_OR_RETURN(v1::ForwardResult result, AwaitRun(run));
+  if (result.tokens().empty()) {
+    return absl::InternalError("the last hop answered a verified run without tokens");
+  }
+  tokens->assign(result.tokens().begin(), result.tokens().end());
   return absl::OkStatus();
 }
 

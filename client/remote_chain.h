@@ -73,6 +73,11 @@ class RemoteChain : public Chain {
   absl::StatusOr<uint64_t> SubmitRun(std::span<const model::Row> rows, const float* hidden,
                                      std::span<const int32_t> out_rows) override;
   absl::Status WaitRun(uint64_t run, float* out) override;
+  absl::StatusOr<uint64_t> SubmitVerifiedRun(std::span<const model::Row> rows,
+                                             const float* hidden,
+                                             std::span<const int32_t> out_rows,
+                                             const model::VerifySpec& verify) override;
+  absl::Status WaitVerdict(uint64_t run, std::vector<int32_t>* tokens) override;
   bool RunReady(uint64_t run) override;
   void CancelRuns(std::span<const uint64_t> runs) override { Cancel(runs); }
   void TruncateAsync(model::SeqId seq, int32_t from_pos) override;
@@ -129,6 +134,9 @@ class RemoteChain : public Chain {
   };
 
   RemoteChain() = default;
+  // Waits for run `run` (a forward sent by SubmitRun or SubmitVerifiedRun) and collects the
+  // control ops answered before it.
+  absl::StatusOr<v1::ForwardResult> AwaitRun(uint64_t run);
   // Opens sessions for `route` as hops [first_index, ...) of this chain, starting at op
   // `first_op_seq`. Returns the new hops (not yet added) once all accepted.
   absl::StatusOr<std::vector<std::unique_ptr<Hop>>> OpenHops(const v1::Route& route,

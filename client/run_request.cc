@@ -73,6 +73,7 @@ absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request
   o.tree_budget = so.tree_budget;
   o.max_in_flight = so.max_in_flight;
   o.rejection_sampling = so.rejection_sampling;
+  o.verify_at_last_hop = so.verify_at_last_hop;
   if (lease && o.adaptive) {
     // The drafter's cost model carries over to its next request.
     std::shared_ptr<void>& learned = lease->learned(so.mode);

@@ -12,51 +12,6 @@
 #include "model/sampling.h"
 
 namespace strata::client {
-namespace {
-
-// Salts that separate the acceptance draw and the residual draw of rejection sampling from the
-// plain sampling draw at the same position.
-constexpr uint64_t kAcceptSalt = 0x61636365707421ull;
-constexpr uint64_t kResidualSalt = 0x7265736964756full;
-
-}  // namespace
-
-int32_t VerifyDraft(const model::Sampler& sampler, std::span<const float> logits,
-                    int64_t position, std::span<const int32_t> history, int32_t draft,
-                    float draft_prob, bool rejection_sampling, bool* accepted) {
-  *accepted = false;
-  if (!rejection_sampling || sampler.params().greedy()) {
-    // Exact match: the target's own draw at this position decides, as in plain decoding.
-    const int32_t t = sampler.Sample(logits, position, history);
-    *accepted = draft >= 0 && t == draft;
-    return t;
-  }
-  // Rejection sampling against a deterministic drafter (q is one-hot on the draft): accept with
-  // probability p(draft); otherwise draw from p with the draft removed.
-  std::vector<model::Candidate> p = sampler.Distribution(logits, history);
-  const uint64_t seed = sampler.params().seed;
-  if (draft >= 0) {
-    double pd = 0;
-    for (const auto& c : p) pd += c.token == draft ? c.prob : 0.0;
-    if (model::PositionUniform(seed ^ kAcceptSalt, position) < std::min(1.0, pd / draft_prob)) {
-      *accepted = true;
-      return draft;
-    }
-    double rest = 0;
-    for (const auto& c : p) rest += c.token == draft ? 0.0 : c.prob;
-    double u = model::PositionUniform(seed ^ kResidualSalt, position) * rest, cum = 0;
-    for (const auto& c : p) {
-      if (c.token == draft) continue;
-      cum += c.prob;
-      if (u < cum) return c.token;
-    }
-    for (auto it = p.rbegin(); it != p.rend(); ++it) {
-      if (it->token != draft) return it->token;
-    }
-    return draft;  // p is one-hot on the draft: it would have been accepted
-  }
-  return sampler.Sample(logits, position, history);
-}
 
 struct SpeculativeDecoder::Run {
   int chain = 0;
@@ -95,6 +50,10 @@ absl::StatusOr<Generation> SpeculativeDecoder::Generate(std::span<const int32_t>
   sampler_ = std::make_unique<model::Sampler>(options.sampling);
   stats_ = SpeculativeStats();
   if (options_.mode == SpeculativeOptions::Mode::kTree) {
+    if (options_.verify_at_last_hop) {
+      return absl::InvalidArgumentError("the last hop verifies chains of drafts; draft trees are "
+                                        "verified at the client (use chain, pipelined or dsi)");
+    }
     if (options_.rejection_sampling) {
       return absl::InvalidArgumentError("draft trees verify by exact match; use chain mode for "
                                         "rejection sampling");
@@ -109,6 +68,23 @@ int32_t SpeculativeDecoder::Decide(std::span<const float> logits, int64_t positi
                                    bool* accepted) {
   return VerifyDraft(*sampler_, logits, position, history, draft, /*draft_prob=*/1.0f,
                      options_.rejection_sampling, accepted);
+}
+
+model::VerifySpec SpeculativeDecoder::VerifyAt(std::span<const int32_t> tokens,
+                                               int32_t out_first, int32_t end) const {
+  model::VerifySpec spec;
+  spec.sampling = sampler_->params();
+  spec.rejection_sampling = options_.rejection_sampling;
+  spec.first_position = out_first + 1;
+  const model::SamplingParams& sp = spec.sampling;
+  if (sp.repeat_penalty != 1.0f && sp.repeat_last_n > 0) {
+    const size_t keep = std::min<size_t>(static_cast<size_t>(out_first) + 1, sp.repeat_last_n);
+    spec.history.assign(tokens.begin() + (out_first + 1 - keep), tokens.begin() + out_first + 1);
+  }
+  for (int32_t p = out_first; p < end; ++p) {
+    spec.drafts.push_back(p + 1 < static_cast<int32_t>(tokens.size()) ? tokens[p + 1] : -1);
+  }
+  return spec;
 }
 
 void SpeculativeDecoder::Logits(const std::vector<float>& hidden, int64_t rows) {
@@ -340,6 +316,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
     return options_.adaptive && gamma_control_.plain_ms() < 0 && drafter_->token_ms() >= 1.0;
   };
   std::vector<float> hidden, out;
+  std::vector<int32_t> verdict;
   bool drafted_before = false;
   while (true) {
     // Keep up to max_runs runs going, drafting ahead of the last one.
@@ -415,7 +392,13 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       hidden.resize(static_cast<size_t>(count) * width);
       RETURN_IF_ERROR(embedder_->Embed(std::span<const int32_t>(tokens).subspan(first, count),
                                        hidden.data()));
-      ASSIGN_OR_RETURN(uint64_t id, chains_[c]->SubmitRun(rows, hidden.data(), out_rows));
+      uint64_t id = 0;
+      if (options_.verify_at_last_hop) {
+        ASSIGN_OR_RETURN(id, chains_[c]->SubmitVerifiedRun(rows, hidden.data(), out_rows,
+                                                           VerifyAt(tokens, out_first, end)));
+      } else {
+        ASSIGN_OR_RETURN(id, chains_[c]->SubmitRun(rows, hidden.data(), out_rows));
+      }
       Run run;
       run.chain = static_cast<int>(c);
       run.id = id;
@@ -464,7 +447,9 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
     }
     const int32_t out_count = run.first + run.count - run.out_first;
     out.resize(static_cast<size_t>(out_count) * width);
-    absl::Status st = chains_[run.chain]->WaitRun(run.id, out.data());
+    absl::Status st = options_.verify_at_last_hop
+                          ? chains_[run.chain]->WaitVerdict(run.id, &verdict)
+                          : chains_[run.chain]->WaitRun(run.id, out.data());
     if (run.cancelled || st.code() == absl::StatusCode::kCancelled) {
       stats_.wasted_rows += run.count;
       continue;
@@ -482,22 +467,36 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       continue;
     }
     RETURN_IF_ERROR(st);
+    if (options_.verify_at_last_hop && verdict.empty()) {
+      return absl::InternalError("a verified run came back without tokens");
+    }
     confirmed[run.chain] = std::max(confirmed[run.chain], run.first + run.count);
     if (result.prefill_ms == 0) result.prefill_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
-    Logits(out, out_count);
+    // Verified at the last hop: its tokens from the first out row on, up to its first rejection.
+    const int32_t decided = options_.verify_at_last_hop
+                                ? std::min<int32_t>(out_count, static_cast<int32_t>(verdict.size()))
+                                : out_count;
+    if (!options_.verify_at_last_hop) Logits(out, out_count);
     stats_.passes++;
     int accepted_here = 0;
     bool rejected = false;
-    for (int32_t i = 0; i < out_count && !emitter.done(); ++i) {
+    for (int32_t i = 0; i < decided && !emitter.done(); ++i) {
       const int32_t q = run.out_first + i;  // this row's logits decide position q + 1
       if (q != certain - 1) continue;       // decided already, or beyond a rejection
       const bool has_draft = q + 1 < static_cast<int32_t>(tokens.size());
       const int32_t draft = has_draft ? tokens[q + 1] : -1;
       bool accepted = false;
-      const int32_t t = Decide(std::span<const float>(logits_).subspan(
-                                   static_cast<size_t>(i) * head_->n_vocab(), head_->n_vocab()),
-                               q + 1, std::span<const int32_t>(tokens).first(q + 1), draft,
-                               &accepted);
+      int32_t t;
+      if (options_.verify_at_last_hop) {
+        // The last hop saw the drafts known when the run was sent, and otherwise drew the
+        // target's own token: a draft made since is accepted when it equals that token.
+        t = verdict[i];
+        accepted = has_draft && t == draft;
+      } else {
+        t = Decide(std::span<const float>(logits_).subspan(
+                       static_cast<size_t>(i) * head_->n_vocab(), head_->n_vocab()),
+                   q + 1, std::span<const int32_t>(tokens).first(q + 1), draft, &accepted);
+      }
       if (has_draft) gamma_control_.ObserveVerdict(probs[q + 1], accepted);
       if (result.ttft_ms == 0) {
         result.ttft_ms = absl::ToDoubleMilliseconds(absl::Now() - start);

@@ -30,6 +30,7 @@
 #include "common/thread_pool.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
+#include "model/verify.h"
 
 namespace strata::client {
 
@@ -45,6 +46,10 @@ struct SpeculativeOptions {
   int tree_branch = 3;      // alternatives tried per node
   int max_in_flight = 3;    // pipelined runs
   bool rejection_sampling = false;
+  // Last-hop verification: the node serving the last layers decides the tokens with the model's
+  // head and answers with them, instead of the client computing logits from returned hidden
+  // states (chain, pipelined and dsi; not trees).
+  bool verify_at_last_hop = false;
   // What earlier requests learned (pass cost, acceptance, drafting cost), used and updated
   // instead of starting afresh when adaptive; not owned. Null: learn from this request alone.
   GammaController* learned = nullptr;
@@ -60,15 +65,7 @@ struct SpeculativeStats {
   double accepted_per_pass() const { return passes ? double(accepted) / passes : 0; }
 };
 
-// The token the target settles on at `position` (whose logits come from the row before it), given
-// the text before it, and whether the drafter's proposal there (`draft`, -1 for none) is accepted.
-// Exact match (default): the target's own draw decides, as in plain decoding. Rejection
-// sampling: the draft is accepted with probability min(1, p(draft) / draft_prob), else a token
-// is drawn from p without the draft — the target distribution is preserved (drafters here are
-// deterministic, so q is one-hot and draft_prob is 1).
-int32_t VerifyDraft(const model::Sampler& sampler, std::span<const float> logits,
-                    int64_t position, std::span<const int32_t> history, int32_t draft,
-                    float draft_prob, bool rejection_sampling, bool* accepted);
+using model::VerifyDraft;
 
 // Drafts per pass for the best expected tokens per millisecond: the acceptance rate a (each draft
 // accepted with probability a until the first rejection), a pass's cost, ms = base + per_row *
@@ -176,6 +173,10 @@ class SpeculativeDecoder {
   // whatever probability the drafter gave it.
   int32_t Decide(std::span<const float> logits, int64_t position,
                  std::span<const int32_t> history, int32_t draft, bool* accepted);
+  // What the last hop needs to verify a run whose out rows run from position `out_first` to
+  // `end` - 1: the sampler, the history the repetition penalty sees, the drafts known now.
+  model::VerifySpec VerifyAt(std::span<const int32_t> tokens, int32_t out_first,
+                             int32_t end) const;
   // Logits for out rows (rows x n_embd of final hidden states).
   void Logits(const std::vector<float>& hidden, int64_t rows);
   void Learn(int rows, double ms, int drafted, int accepted);

@@ -193,6 +193,10 @@ std::string NodeMetrics::Render() {
                      "Sessions summed over batches",
                      MetricType::Counter,
                      s.batched_sessions.load()));
+  f.push_back(Single("strata_node_verified_runs_total",
+                     "Forwards verified here as the last hop (drafts decided with the head)",
+                     MetricType::Counter,
+                     s.verified_runs.load()));
   f.push_back(Single("strata_node_rows_per_second",
                      "Rows computed per second (last second)",
                      MetricType::Gauge,

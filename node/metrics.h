@@ -8,6 +8,7 @@
 //   strata_node_rows_total                             rows (token positions) computed
 //   strata_node_batches_total                          batched forward passes (steps)
 //   strata_node_batched_sessions_total                 sessions summed over batches
+//   strata_node_verified_runs_total                    forwards verified here as the last hop
 //   strata_node_rows_per_second                        over the last sampling second
 //   strata_node_batch_seconds (histogram)              batch compute time, see below
 //   strata_node_last_batch_seconds                     the latest batch's compute time

@@ -129,6 +129,7 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions option
   if (options.node_id.empty()) options.node_id = RandomId();
   if (!options.log) options.log = [](const std::string&) {};
   options.worker.node_id = options.node_id;
+  options.worker.verify_threads = options.threads;
   node->options_ = options;
   node->movable_ = options.auto_span;
   ASSIGN_OR_RETURN(node->model_, model::Model::Open(options.model_path));

@@ -5,6 +5,7 @@
 #include "absl/time/clock.h"
 #include "common/grpc_util.h"
 #include "common/logging.h"
+#include "common/status.h"
 #include "common/strings.h"
 #include "transport/tensor_codec.h"
 
@@ -641,7 +642,17 @@ void Worker::DeliverForward(const std::string& id, Session& s, const v1::Op& op,
     v1::ForwardResult* result = r.mutable_result();
     result->set_op_seq(op.op_seq());
     result->set_compute_ms(compute_ms);
-    if (f.out_rows_size() == 0) {
+    if (f.has_verify()) {
+      // The rows were computed (every hop holds them, as after any forward); a verification
+      // that cannot be done fails this op alone.
+      auto tokens = Verify(f, hidden, rows);
+      if (!tokens.ok()) {
+        FailOp(s, op.op_seq(), tokens.status(), /*poison=*/false);
+        return;
+      }
+      *result->mutable_tokens() = {tokens->begin(), tokens->end()};
+      stats_.verified_runs.fetch_add(1, std::memory_order_relaxed);
+    } else if (f.out_rows_size() == 0) {
       transport::EncodeRows(hidden, rows, width, s.open.wire_dtype(), result->mutable_hidden());
     } else {
       std::vector<float> picked;
@@ -658,6 +669,7 @@ void Worker::DeliverForward(const std::string& id, Session& s, const v1::Op& op,
   v1::Forward* nf = next.mutable_forward();
   *nf->mutable_rows() = f.rows();
   *nf->mutable_out_rows() = f.out_rows();
+  if (f.has_verify()) *nf->mutable_verify() = f.verify();
   transport::EncodeRows(hidden, rows, width, s.open.wire_dtype(), nf->mutable_hidden());
   if (s.open.want_boundary_copies() && !s.detached) {
     v1::SessionResponse r;
@@ -671,6 +683,46 @@ void Worker::DeliverForward(const std::string& id, Session& s, const v1::Op& op,
     return;
   }
   PassOn(id, s, std::move(next));
+}
+
+absl::StatusOr<std::vector<int32_t>> Worker::Verify(const v1::Forward& f, const float* hidden,
+                                                    int64_t rows) {
+  const int width = model_->hparams().n_embd;
+  const v1::Verify& v = f.verify();
+  // Out rows: consecutive positions, each deciding the next.
+  std::vector<int32_t> out(f.out_rows().begin(), f.out_rows().end());
+  if (out.empty()) {
+    for (int32_t i = 0; i < rows; ++i) out.push_back(i);
+  }
+  for (size_t i = 1; i < out.size(); ++i) {
+    if (f.rows(out[i]).pos() != f.rows(out[0]).pos() + static_cast<int32_t>(i)) {
+      return absl::InvalidArgumentError(
+          "verification needs out rows at consecutive positions (a chain of drafts)");
+    }
+  }
+  model::VerifySpec spec;
+  spec.sampling.temperature = v.temperature();
+  spec.sampling.top_k = v.top_k();
+  spec.sampling.top_p = v.top_p();
+  spec.sampling.min_p = v.min_p();
+  spec.sampling.repeat_penalty = v.repeat_penalty();
+  spec.sampling.repeat_last_n = v.repeat_last_n();
+  spec.sampling.seed = v.seed();
+  spec.rejection_sampling = v.rejection_sampling();
+  spec.first_position = static_cast<int64_t>(f.rows(out[0]).pos()) + 1;
+  spec.history.assign(v.history().begin(), v.history().end());
+  spec.drafts.assign(v.drafts().begin(), v.drafts().end());
+  RETURN_IF_ERROR(model::ValidateVerifySpec(spec, static_cast<int64_t>(out.size()),
+                                            model_->hparams().n_vocab));
+  if (!verifier_) {
+    verify_pool_ = std::make_unique<ThreadPool>(
+        options_.verify_threads > 0 ? options_.verify_threads : ThreadPool::DefaultThreads());
+    ASSIGN_OR_RETURN(verifier_, model::Verifier::Load(model_, verify_pool_.get()));
+  }
+  std::vector<float> picked;
+  picked.reserve(out.size() * width);
+  for (int32_t o : out) picked.insert(picked.end(), hidden + o * width, hidden + (o + 1) * width);
+  return verifier_->Verify(picked.data(), static_cast<int64_t>(out.size()), spec);
 }
 
 void Worker::DeliverCancelled(const std::string& id, Session& s, const v1::Op& op) {

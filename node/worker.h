@@ -22,6 +22,7 @@
 #include "model/kv_cache.h"
 #include "model/llama.h"
 #include "model/span_backend.h"
+#include "model/verify.h"
 #include "node/links.h"
 #include "strata/v1/node.pb.h"
 
@@ -36,6 +37,8 @@ struct WorkerOptions {
   size_t max_queue = 4096;                   // events waiting for the worker
   absl::Duration idle_timeout = absl::Minutes(10);
   Clock* clock = Clock::Real();
+  // Threads of the model's head for last-hop verification (0: one per core).
+  int verify_threads = 0;
   // Called on the worker thread after every batched pass with its compute time (metrics).
   std::function<void(absl::Duration)> on_batch;
 };
@@ -50,6 +53,7 @@ struct WorkerStats {
   std::atomic<int64_t> total_batches{0};
   std::atomic<int64_t> batched_sessions{0};  // sum over batches of sessions in the batch
   std::atomic<int64_t> errors{0};
+  std::atomic<int64_t> verified_runs{0};  // forwards this node verified as the last hop
   std::atomic<double> last_batch_ms{0};
 };
 
@@ -197,6 +201,10 @@ class Worker {
   void RunForwards(std::vector<std::pair<std::string, Session*>>& batch);
   void DeliverForward(const std::string& id, Session& s, const v1::Op& op, const float* hidden,
                       int64_t rows, double compute_ms);
+  // Last-hop verification of forward `f` from its final hidden states (`rows` of them): the
+  // tokens it decides, or INVALID_ARGUMENT for a verification that cannot be done.
+  absl::StatusOr<std::vector<int32_t>> Verify(const v1::Forward& f, const float* hidden,
+                                              int64_t rows);
   // A cancelled run: passed on without outputs (so later hops keep the op order), answered
   // CANCELLED by the last hop.
   void DeliverCancelled(const std::string& id, Session& s, const v1::Op& op);
@@ -213,6 +221,8 @@ class Worker {
   BackendFactory backend_factory_;
   std::unique_ptr<model::KvPool> kv_pool_;
   std::map<std::pair<int, int>, std::shared_ptr<model::SpanBackend>> spans_;
+  std::unique_ptr<ThreadPool> verify_pool_;     // made with the verifier, on first use
+  std::unique_ptr<model::Verifier> verifier_;
   CancelBoard cancels_;
   std::map<std::string, Session> sessions_;  // worker thread only
   WorkerStats stats_;

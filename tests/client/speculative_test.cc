@@ -544,6 +544,57 @@ TEST_F(LocalSpeculativeTest, PipelinedRunsAreCancelledOnRejection) {
   EXPECT_GT(stats.wasted_rows, 0);
 }
 
+TEST_F(LocalSpeculativeTest, TheLastStageVerifiesAndGivesThePlainTokens) {
+  // Last-hop verification: the chain's last stage decides the tokens with the head (greedy,
+  // seeded sampling, and with a repetition penalty whose history the stage gets only the tail of).
+  const auto prompt = Prompt("Repeat after me: red, green, blue, red, green, blue.");
+  NgramDrafter ngram;
+  auto draft_model =
+      ModelDrafter::Load(testing::DefaultModelPath(), 0, lm_->model().hparams().n_vocab, 1);
+  ASSERT_TRUE(draft_model.ok());
+  const auto truth_greedy = Plain(prompt, Options(0, 200));
+  std::vector<int32_t> truth = prompt;
+  truth.insert(truth.end(), truth_greedy.begin(), truth_greedy.end());
+  OracleDrafter oracle(truth, 0.7, 5, lm_->model().hparams().n_vocab);
+  std::vector<std::pair<std::string, Drafter*>> drafters = {
+      {"ngram", &ngram}, {"draft", draft_model->get()}, {"oracle", &oracle}};
+  for (float penalty : {1.0f, 1.3f}) {
+    for (float temperature : {0.0f, 0.8f}) {
+      GenerateOptions o = Options(temperature);
+      o.sampling.repeat_penalty = penalty;
+      o.sampling.repeat_last_n = 8;
+      const auto want = Plain(prompt, o);
+      for (auto& [name, drafter] : drafters) {
+        if (penalty != 1.0f && drafter == &oracle) continue;  // it knows the unpenalized text
+        for (Mode mode : {Mode::kChain, Mode::kPipelined}) {
+          for (int chains : {1, 2}) {
+            if (chains == 2 && mode != Mode::kPipelined) continue;
+            SCOPED_TRACE(::testing::Message() << name << " mode " << int(mode) << " chains "
+                                            << chains << " T " << temperature << " penalty "
+                                            << penalty);
+            SpeculativeOptions so;
+            so.mode = mode;
+            so.gamma = 4;
+            so.adaptive = false;
+            so.verify_at_last_hop = true;
+            SpeculativeStats stats;
+            EXPECT_EQ(Speculative(prompt, o, drafter, so, chains, &stats), want);
+            EXPECT_GT(stats.drafted, 0);
+          }
+        }
+      }
+    }
+  }
+  // Draft trees are verified at the client: asking the last hop is a clear error.
+  auto chain = lm_->NewChain();
+  SpeculativeOptions so;
+  so.mode = Mode::kTree;
+  so.verify_at_last_hop = true;
+  SpeculativeDecoder d(&lm_->embedder(), &lm_->head(), {chain->get()}, &lm_->pool(),
+                       &lm_->tokenizer(), &ngram, so);
+  EXPECT_EQ(d.Generate(prompt, Options(0)).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // A drafter that reports a cost and counts what it is asked: it never has a guess.
 class CountingDrafter final : public Drafter {
  public:
@@ -601,7 +652,8 @@ TEST(RejectionSamplingTest, ShortContinuationsMatchPlainSampling) {
   auto greedy = ModelDrafter::Load(path, 0, testing::kTinyVocab, 1);
   ASSERT_TRUE(greedy.ok()) << greedy.status();
   int drafted = 0, accepted = 0;
-  std::map<int64_t, int> plain, spec_hist;
+  // Verified at the client, and by the chain's last stage (last-hop verification).
+  std::map<int64_t, int> plain, spec_hist, last_hop_hist;
   const int n = 1500;
   for (int i = 0; i < n; ++i) {
     GenerateOptions go;
@@ -613,23 +665,28 @@ TEST(RejectionSamplingTest, ShortContinuationsMatchPlainSampling) {
     ASSERT_TRUE(g.ok());
     plain[g->tokens[0] * 1000 + g->tokens[1]]++;
     go.sampling.seed = static_cast<uint64_t>(i + n);
-    auto chain = (*lm)->NewChain();
-    SpeculativeOptions so;
-    so.rejection_sampling = true;
-    so.gamma = 1;
-    so.adaptive = false;
-    SpeculativeDecoder d(&(*lm)->embedder(), &(*lm)->head(), {chain->get()}, &(*lm)->pool(),
-                         &(*lm)->tokenizer(), greedy->get(), so);
-    auto s = d.Generate(prompt, go);
-    ASSERT_TRUE(s.ok());
-    drafted += d.stats().drafted;
-    accepted += d.stats().accepted;
-    spec_hist[s->tokens[0] * 1000 + s->tokens[1]]++;
+    for (bool last_hop : {false, true}) {
+      auto chain = (*lm)->NewChain();
+      SpeculativeOptions so;
+      so.rejection_sampling = true;
+      so.gamma = 1;
+      so.adaptive = false;
+      so.verify_at_last_hop = last_hop;
+      SpeculativeDecoder d(&(*lm)->embedder(), &(*lm)->head(), {chain->get()}, &(*lm)->pool(),
+                           &(*lm)->tokenizer(), greedy->get(), so);
+      auto s = d.Generate(prompt, go);
+      ASSERT_TRUE(s.ok());
+      drafted += d.stats().drafted;
+      accepted += d.stats().accepted;
+      (last_hop ? last_hop_hist : spec_hist)[s->tokens[0] * 1000 + s->tokens[1]]++;
+    }
   }
-  int bins = 0;
-  const double chi = ChiSquare(plain, spec_hist, &bins);
-  ASSERT_GE(bins, 4);
-  EXPECT_LT(chi, ChiSquareCritical(bins - 1)) << bins << " bins";
+  for (const auto* hist : {&spec_hist, &last_hop_hist}) {
+    int bins = 0;
+    const double chi = ChiSquare(plain, *hist, &bins);
+    ASSERT_GE(bins, 4);
+    EXPECT_LT(chi, ChiSquareCritical(bins - 1)) << bins << " bins";
+  }
   EXPECT_GT(accepted, drafted / 10);
   EXPECT_LT(accepted, drafted * 9 / 10);
 }

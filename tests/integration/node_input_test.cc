@@ -200,6 +200,61 @@ TEST_F(NodeInputTest, EveryKindOfBadOpIsRejectedAndGoodOpsStillWork) {
             static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
 }
 
+TEST_F(NodeInputTest, TheLastHopVerifiesAndRefusesVerificationsItCannotDo) {
+  auto stub = Stub(1);
+  grpc::ClientContext ctx;
+  v1::OpenSession o = Open(1, "verify");
+  o.set_hop_index(0);  // the only hop, so the last
+  auto stream = OpenOk(stub.get(), &ctx, o);
+  int next_pos = 0;
+  uint64_t next_seq = 1;
+  // A forward of `rows` rows whose out rows `out` (all when empty) are verified with `drafts`.
+  auto verified = [&](int rows, std::vector<int32_t> out, std::vector<int32_t> drafts,
+                      float temperature = 0.0f) {
+    v1::Op op = ForwardOp(next_seq++, rows, width_, next_pos);
+    next_pos += rows;
+    for (int32_t r : out) op.mutable_forward()->add_out_rows(r);
+    v1::Verify* v = op.mutable_forward()->mutable_verify();
+    v->set_temperature(temperature);
+    v->set_top_p(1.0f);
+    v->set_repeat_penalty(1.0f);
+    for (int32_t d : drafts) v->add_drafts(d);
+    v1::SessionRequest req;
+    *req.mutable_op() = std::move(op);
+    EXPECT_TRUE(stream->Write(req));
+    v1::SessionResponse resp;
+    while (stream->Read(&resp)) {
+      if (resp.has_error() || resp.has_result()) break;
+    }
+    return resp;
+  };
+  v1::SessionResponse good = verified(3, {}, {-1, -1, -1});
+  ASSERT_TRUE(good.has_result()) << good.DebugString();
+  // No draft at the first position: the target's own token, and nothing else.
+  ASSERT_EQ(good.result().tokens_size(), 1);
+  EXPECT_GE(good.result().tokens(0), 0);
+  EXPECT_FALSE(good.result().has_hidden());
+  struct Case {
+    const char* name;
+    int rows;
+    std::vector<int32_t> out, drafts;
+    float temperature;
+  };
+  for (const Case& c : {Case{"a draft per out row", 2, {}, {5}, 0.0f},
+                        Case{"out rows at consecutive positions", 3, {0, 2}, {1, 1}, 0.0f},
+                        Case{"drafts inside the vocabulary", 2, {}, {1 << 30, -1}, 0.0f},
+                        Case{"a valid sampler", 1, {}, {-1}, -1.0f}}) {
+    SCOPED_TRACE(c.name);
+    v1::SessionResponse bad = verified(c.rows, c.out, c.drafts, c.temperature);
+    ASSERT_TRUE(bad.has_error()) << bad.DebugString();
+    EXPECT_EQ(bad.error().code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  }
+  // The session goes on: the refused verifications' rows were computed like any forward's.
+  v1::SessionResponse after = verified(2, {}, {-1, -1});
+  ASSERT_TRUE(after.has_result()) << after.DebugString();
+  EXPECT_EQ(after.result().tokens_size(), 1);
+}
+
 TEST_F(NodeInputTest, OversizedMessagesAreRefused) {
   auto stub = Stub(1);
   grpc::ClientContext ctx;

@@ -162,12 +162,51 @@ TEST_F(SpeculativeSwarmTest, EveryHopAppliesTheSameOpsAndKeepsOnlyCommittedText)
   }
 }
 
+TEST_F(SpeculativeSwarmTest, TheLastHopVerifiesAndGivesThePlainTokens) {
+  // The node serving the last layers decides the tokens (a verified run's answer carries tokens
+  // only: the client has no hidden states to decide from itself).
+  auto client = Connect();
+  const std::string draft = "draft:" + testing::DefaultModelPath();
+  for (int i = 0; i < 4; ++i) {
+    for (float t : {0.0f, 0.8f}) {
+      const auto want = Local(Request(kPrompts[i], t, "none", "chain"));
+      for (const char* mode : {"chain", "pipelined", "dsi"}) {
+        for (const std::string& drafter : {std::string("ngram"), draft}) {
+          if (drafter == draft && i > 0) continue;  // one prompt for the (slower) draft model
+          SCOPED_TRACE(::testing::Message() << kPrompts[i] << " T=" << t << " " << mode << " "
+                                          << drafter);
+          GenerateRequest r = Request(kPrompts[i], t, drafter, mode);
+          r.speculative.verify_at_last_hop = true;
+          r.speculative.adaptive = drafter != draft;  // a draft model drafts at a fixed gamma
+          auto got = client->Generate(r, nullptr);
+          ASSERT_TRUE(got.ok()) << got.status();
+          EXPECT_EQ(got->token_ids, want);
+          EXPECT_GT(got->passes, 0);
+        }
+      }
+    }
+  }
+  GenerateRequest tree = Request(kPrompts[0], 0, "ngram", "tree");
+  tree.speculative.verify_at_last_hop = true;
+  EXPECT_EQ(client->Generate(tree, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(SpeculativeSwarmTest, FailoverInTheMiddleOfSpeculationKeepsTheTokens) {
   auto client = Connect();
-  for (const char* mode : {"pipelined", "tree"}) {
-    SCOPED_TRACE(mode);
+  // Pipelined and tree runs lose the node serving layer 12; runs verified at the last hop lose
+  // the node that verifies them (layer 29).
+  struct Case {
+    const char* mode;
+    bool last_hop;
+    int layer;
+  };
+  for (const Case& c : {Case{"pipelined", false, 12}, Case{"tree", false, 12},
+                        Case{"pipelined", true, 29}}) {
+    const char* mode = c.mode;
+    SCOPED_TRACE(::testing::Message() << mode << " last hop " << c.last_hop);
     GenerateRequest r = Request(kPrompts[3], 0, "ngram", mode);
     r.max_tokens = 48;
+    r.speculative.verify_at_last_hop = c.last_hop;
     const auto want = Local(r);
     auto chain = client->OpenChain();
     ASSERT_TRUE(chain.ok()) << chain.status();
@@ -177,13 +216,13 @@ TEST_F(SpeculativeSwarmTest, FailoverInTheMiddleOfSpeculationKeepsTheTokens) {
     auto lm = client::LocalModel::Load(lo);
     client::RequestContext ctx{&(*lm)->embedder(), &(*lm)->head(), &(*lm)->tokenizer(),
                                &(*lm)->pool(), testing::DefaultModelPath(), 1};
-    // After a few tokens, kill the node serving layer 12 on the route in use; the other
+    // After a few tokens, kill the node serving the layer on the route in use; the other
     // replica route takes over and speculation restarts from the committed text.
     int killed = -1, tokens = 0;
     auto got = client::RunRequest(r, ctx, {chain->get()}, [&](int32_t, std::string_view) {
       if (++tokens == 6) {
         for (const client::HopInfo& h : (*chain)->Hops()) {
-          if (h.first_layer <= 12 && 12 < h.last_layer) {
+          if (h.first_layer <= c.layer && c.layer < h.last_layer) {
             for (size_t i = 0; i < swarm_->nodes().size(); ++i) {
               if (swarm_->nodes()[i]->id == h.node_id) killed = static_cast<int>(i);
             }
@@ -196,9 +235,9 @@ TEST_F(SpeculativeSwarmTest, FailoverInTheMiddleOfSpeculationKeepsTheTokens) {
     ASSERT_TRUE(got.ok()) << got.status();
     EXPECT_EQ(got->token_ids, want);
     ASSERT_GE(killed, 0);
-    // Layer 12 is served by another node now.
+    // The layer is served by another node now.
     for (const client::HopInfo& h : (*chain)->Hops()) {
-      if (h.first_layer <= 12 && 12 < h.last_layer) {
+      if (h.first_layer <= c.layer && c.layer < h.last_layer) {
         EXPECT_NE(h.node_id, swarm_->nodes()[killed]->id);
       }
     }

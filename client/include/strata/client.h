@@ -57,6 +57,9 @@ struct SpeculativeOptions {
   int max_in_flight = 3;         // runs in flight (pipelined, dsi)
   int replicas = 2;              // chains for dsi
   bool rejection_sampling = false;  // accept with p/q instead of exact match
+  // The node serving the last layers decides the tokens with the model's head and answers with
+  // them instead of hidden states (chain, pipelined, dsi).
+  bool verify_at_last_hop = false;
 };
 
 struct GenerateRequest {
