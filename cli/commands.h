@@ -6,6 +6,10 @@
 
 #include "CLI/CLI.hpp"
 
+namespace strata {
+struct SpeculativeOptions;
+}
+
 namespace strata::cli {
 
 void RegisterGenerate(CLI::App& app, int* exit_code);
@@ -17,6 +21,9 @@ void RegisterServe(CLI::App& app, int* exit_code);
 void RegisterChat(CLI::App& app, int* exit_code);
 void RegisterStatus(CLI::App& app, int* exit_code);
 void RegisterQuantize(CLI::App& app, int* exit_code);
+
+// The speculative-decoding flags of `generate` and `chat` (--speculative, --spec-mode, ...).
+void AddSpeculativeFlags(CLI::App* cmd, SpeculativeOptions* sp);
 
 // The default model: $STRATA_MODEL, else models/SmolLM2-135M-Instruct.Q4_1.gguf next to the
 // source tree the binary was built from, else in the current directory.

@@ -1,5 +1,8 @@
 #include "cli/engine.h"
 
+#include "client/run_request.h"
+#include "common/status.h"
+
 namespace strata::cli {
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Swarm(const std::vector<std::string>& coordinators,
@@ -33,6 +36,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Local(const std::string& model_p
   auto local = client::LocalModel::Load(o);
   if (!local.ok()) return local.status();
   e->local_ = *std::move(local);
+  e->model_path_ = model_path;
+  e->threads_ = threads;
+  e->local_drafters_ = std::make_unique<client::DrafterCache>(
+      model_path, e->model_->hparams().n_vocab, threads);
   return e;
 }
 
@@ -48,6 +55,23 @@ int Engine::context_length() const {
 absl::StatusOr<std::unique_ptr<client::InferenceSession>> Engine::NewSession() {
   if (local_) return local_->NewSession();
   return swarm_->NewInferenceSession();
+}
+
+absl::StatusOr<GenerateResult> Engine::Speculate(std::span<const int32_t> prompt,
+                                                 const GenerateRequest& request,
+                                                 const TokenCallback& on_token) {
+  if (!local_) return swarm_->GenerateTokens(prompt, request, on_token);
+  std::vector<std::unique_ptr<client::LocalChain>> owned;
+  std::vector<client::Chain*> chains;
+  for (int i = 0; i < client::ChainsFor(request); ++i) {
+    ASSIGN_OR_RETURN(std::unique_ptr<client::LocalChain> chain, local_->NewChain());
+    chains.push_back(chain.get());
+    owned.push_back(std::move(chain));
+  }
+  client::RequestContext context{&local_->embedder(), &local_->head(), &local_->tokenizer(),
+                                 &local_->pool(), model_path_, threads_, nullptr,
+                                 local_drafters_.get()};
+  return client::RunTokens(prompt, request, context, chains, on_token);
 }
 
 }  // namespace strata::cli

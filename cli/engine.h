@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/drafter.h"
 #include "client/local_model.h"
 #include "client/session.h"
 #include "client/swarm_client.h"
@@ -36,12 +37,20 @@ class Engine {
   // A fresh session (swarm: a route from the coordinators and a session on every hop).
   // Thread-safe for the swarm engine. UNAVAILABLE when no route can be had.
   absl::StatusOr<std::unique_ptr<client::InferenceSession>> NewSession();
+  // Generates from `prompt` with request.speculative (drafts verified through fresh chains; the
+  // drafter stays loaded, with what it learned, for the next call). request.prompt is not used.
+  absl::StatusOr<GenerateResult> Speculate(std::span<const int32_t> prompt,
+                                           const GenerateRequest& request,
+                                           const TokenCallback& on_token);
 
  private:
   Engine() = default;
   std::shared_ptr<const model::Model> model_;
   std::unique_ptr<client::SwarmClient> swarm_;
   std::unique_ptr<client::LocalModel> local_;
+  std::string model_path_;
+  int threads_ = 0;
+  std::unique_ptr<client::DrafterCache> local_drafters_;
 };
 
 }  // namespace strata::cli

@@ -115,6 +115,31 @@ int RunGenerate(GenerateFlags f) {
 
 }  // namespace
 
+void AddSpeculativeFlags(CLI::App* cmd, SpeculativeOptions* sp) {
+  cmd->add_option("--speculative", sp->drafter,
+                  "Speculative decoding drafter: none, ngram, draft:PATH, self:K")
+      ->capture_default_str();
+  cmd->add_option("--spec-mode", sp->mode, "chain, tree, pipelined or dsi")->capture_default_str();
+  cmd->add_option("--gamma", sp->gamma, "Drafts per pass (start value)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 32));
+  cmd->add_flag("!--fixed-gamma", sp->adaptive, "Keep gamma fixed instead of adapting it");
+  cmd->add_option("--tree-budget", sp->tree_budget, "Draft nodes per tree")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("--in-flight", sp->max_in_flight, "Runs in flight (pipelined, dsi)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
+  cmd->add_option("--replicas", sp->replicas, "Chains for dsi")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 8));
+  cmd->add_flag("--rejection-sampling", sp->rejection_sampling,
+                "Accept drafts with probability p/q instead of by exact match");
+  cmd->add_flag("--verify-at-last-hop", sp->verify_at_last_hop,
+                "The node serving the last layers verifies the drafts with the model's head and "
+                "answers with tokens instead of hidden states (chain, pipelined, dsi)");
+}
+
 void RegisterGenerate(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<GenerateFlags>();
   GenerateRequest& r = flags->request;
@@ -144,29 +169,7 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
   cmd->add_option("--seed", flags->seed, "Random seed (default: random)");
   cmd->add_option("--stop", r.stop, "Stop before this string (repeatable)");
   cmd->add_option("--threads", flags->threads, "CPU threads (default: all)");
-  SpeculativeOptions& sp = r.speculative;
-  cmd->add_option("--speculative", sp.drafter,
-                  "Speculative decoding drafter: none, ngram, draft:PATH, self:K")
-      ->capture_default_str();
-  cmd->add_option("--spec-mode", sp.mode, "chain, tree, pipelined or dsi")->capture_default_str();
-  cmd->add_option("--gamma", sp.gamma, "Drafts per pass (start value)")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 32));
-  cmd->add_flag("!--fixed-gamma", sp.adaptive, "Keep gamma fixed instead of adapting it");
-  cmd->add_option("--tree-budget", sp.tree_budget, "Draft nodes per tree")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 256));
-  cmd->add_option("--in-flight", sp.max_in_flight, "Runs in flight (pipelined, dsi)")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 16));
-  cmd->add_option("--replicas", sp.replicas, "Chains for dsi")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 8));
-  cmd->add_flag("--rejection-sampling", sp.rejection_sampling,
-                "Accept drafts with probability p/q instead of by exact match");
-  cmd->add_flag("--verify-at-last-hop", sp.verify_at_last_hop,
-                "The node serving the last layers verifies the drafts with the model's head and "
-                "answers with tokens instead of hidden states (chain, pipelined, dsi)");
+  AddSpeculativeFlags(cmd, &r.speculative);
   cmd->add_flag("--json", flags->json, "Print one JSON object instead of streaming text");
   cmd->callback([flags, exit_code] { *exit_code = RunGenerate(*flags); });
 }

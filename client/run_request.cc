@@ -44,8 +44,16 @@ absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request
                                                   const RequestContext& context,
                                                   std::vector<Chain*> chains,
                                                   const strata::TokenCallback& on_token) {
-  if (chains.empty()) return absl::InvalidArgumentError("no chain");
   ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptTokens(*context.tokenizer, request));
+  return RunTokens(prompt, request, context, std::move(chains), on_token);
+}
+
+absl::StatusOr<strata::GenerateResult> RunTokens(std::span<const int32_t> prompt,
+                                                 const GenerateRequest& request,
+                                                 const RequestContext& context,
+                                                 std::vector<Chain*> chains,
+                                                 const strata::TokenCallback& on_token) {
+  if (chains.empty()) return absl::InvalidArgumentError("no chain");
   const GenerateOptions options = ToGenerateOptions(request);
   const strata::SpeculativeOptions& so = request.speculative;
   if (so.drafter.empty() || so.drafter == "none") {

@@ -37,5 +37,12 @@ absl::StatusOr<strata::GenerateResult> RunRequest(const GenerateRequest& request
                                                   const RequestContext& context,
                                                   std::vector<Chain*> chains,
                                                   const strata::TokenCallback& on_token);
+// The same with the prompt's tokens given (a conversation the caller templated itself):
+// request.prompt, chat and system are not used.
+absl::StatusOr<strata::GenerateResult> RunTokens(std::span<const int32_t> prompt,
+                                                 const GenerateRequest& request,
+                                                 const RequestContext& context,
+                                                 std::vector<Chain*> chains,
+                                                 const strata::TokenCallback& on_token);
 
 }  // namespace strata::client

@@ -155,6 +155,19 @@ absl::Status SwarmClient::LoadDrafter(const std::string& spec) {
 
 absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateWith(
     const GenerateRequest& request, Drafter* drafter, const strata::TokenCallback& on_token) {
+  return Run(request, nullptr, drafter, on_token);
+}
+
+absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateTokens(
+    std::span<const int32_t> prompt, const GenerateRequest& request,
+    const strata::TokenCallback& on_token) {
+  return Run(request, &prompt, nullptr, on_token);
+}
+
+absl::StatusOr<strata::GenerateResult> SwarmClient::Run(const GenerateRequest& request,
+                                                        const std::span<const int32_t>* prompt,
+                                                        Drafter* drafter,
+                                                        const strata::TokenCallback& on_token) {
   // Replicas (dsi) go over different routes when the swarm has them.
   std::vector<std::unique_ptr<RemoteChain>> owned;
   std::vector<Chain*> chains;
@@ -169,7 +182,9 @@ absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateWith(
   }
   RequestContext context{embedder_.get(), head_.get(), tokenizer_.get(), pool_.get(),
                          options_.model_path, options_.threads, drafter, drafters_.get()};
-  ASSIGN_OR_RETURN(strata::GenerateResult out, RunRequest(request, context, chains, on_token));
+  ASSIGN_OR_RETURN(strata::GenerateResult out,
+                   prompt != nullptr ? RunTokens(*prompt, request, context, chains, on_token)
+                                     : RunRequest(request, context, chains, on_token));
   out.route = ToRouteHops(owned[0]->Hops());  // the route in use at the end
   return out;
 }

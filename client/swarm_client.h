@@ -27,6 +27,11 @@ class SwarmClient final : public Client {
   // benchmarks whose drafters the public options cannot name (the oracle).
   absl::StatusOr<GenerateResult> GenerateWith(const GenerateRequest& request, Drafter* drafter,
                                               const TokenCallback& on_token);
+  // Generate from prompt tokens the caller templated itself (a multi-turn conversation);
+  // request.prompt, chat and system are not used.
+  absl::StatusOr<GenerateResult> GenerateTokens(std::span<const int32_t> prompt,
+                                                const GenerateRequest& request,
+                                                const TokenCallback& on_token);
   // Loads the drafter a --speculative value names (e.g. "draft:PATH") now rather than in the
   // first request that uses it; requests reuse it either way. No-op for "none".
   absl::Status LoadDrafter(const std::string& spec);
@@ -52,6 +57,10 @@ class SwarmClient final : public Client {
 
  private:
   SwarmClient() = default;
+  // A request over fresh chains; `prompt` (null: request's own prompt) as for GenerateTokens.
+  absl::StatusOr<GenerateResult> Run(const GenerateRequest& request,
+                                     const std::span<const int32_t>* prompt, Drafter* drafter,
+                                     const TokenCallback& on_token);
 
   ClientOptions options_;
   std::shared_ptr<const model::Model> model_;

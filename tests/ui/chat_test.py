@@ -2,7 +2,8 @@
 """`strata chat` driven through a pipe, against a real 3-node swarm and locally.
 
 Two turns: the second prompt holds the first turn (its token ids start with the first prompt's
-and it is longer by at least the first answer). A SIGINT while an answer streams stops that
+and it is longer by at least the first answer); with --speculative the same turns give the same
+tokens. A SIGINT while an answer streams stops that
 answer and leaves the program running; /reset forgets the history; two Ctrl-Cs at the prompt
 quit; end of input quits. The per-turn records come from --json-log.
 """
@@ -78,6 +79,22 @@ def main():
     check(len(p2) >= len(p1) + t1["completion_tokens"],
           f"the second prompt ({len(p2)}) lacks the first answer ({len(p1)} + "
           f"{t1['completion_tokens']})")
+
+    # The same two turns with speculative decoding (n-gram drafts, runs in flight, verified by
+    # the last hop): the same tokens as plain decoding.
+    spec = Chat(args, ["--coordinator", swarm.grpc, "--max-tokens", "300", "--speculative",
+                       "ngram", "--spec-mode", "pipelined", "--verify-at-last-hop"],
+                "chat_swarm_speculative")
+    spec.send("My name is Alice. Please greet me in one sentence.")
+    s1 = spec.wait_turn(1)
+    spec.send("What is my name?")
+    s2 = spec.wait_turn(2)
+    spec.proc.popen.stdin.close()
+    check("error" not in s1 and "error" not in s2, f"a speculative turn failed: {s1} {s2}")
+    check(s1["token_ids"] == t1["token_ids"] and s2["token_ids"] == t2["token_ids"],
+          "speculative chat answered differently from plain chat")
+    check(s2["prompt_token_ids"] == p2, "the speculative chat's second prompt differs")
+    log("speculative chat gave the plain tokens")
 
     # Ctrl-C while an answer streams: the answer stops, the program stays.
     before = len("".join(chat.stdout))
