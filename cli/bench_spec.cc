@@ -44,6 +44,7 @@ struct Config {
   std::string mode;     // "plain", "chain", "tree", "pipelined" or "dsi"
   std::string drafter;  // "none", "ngram", "self:K" or "oracle:A"
   double accuracy = 0;  // the oracle's probability of a right draft; 0: not the oracle
+  bool last_hop = false;  // verified by the last hop
 };
 
 bool IsPlain(const Config& c) { return c.mode == "plain" || c.mode == "plain-again"; }
@@ -65,7 +66,7 @@ Config Oracle(const std::string& mode, double a) {
 // What runs at each delay (M0 first: it gives the reference tokens and the oracle's truth).
 // Full: every mode with ngram and the oracle at 0.7, and chain also with self-speculation and the
 // oracle at 0.5 and 0.9. Quick: every mode with the oracle at 0.7, and chain with ngram.
-// Every draft model adds M1 and M3 rows. M0 runs again last: the two M0 rows bound how much the
+// Every draft model adds M1 and M3 rows, verified at the client and by the last hop. M0 runs again last: the two M0 rows bound how much the
 // machine itself drifted while the delay's rows ran.
 std::vector<Config> Matrix(bool quick, const std::string& self,
                            const std::vector<std::string>& drafts) {
@@ -73,6 +74,8 @@ std::vector<Config> Matrix(bool quick, const std::string& self,
   for (const std::string& d : drafts) {
     m.push_back({"chain", "draft:" + d});
     m.push_back({"pipelined", "draft:" + d});
+    m.push_back({"chain", "draft:" + d, 0, /*last_hop=*/true});
+    m.push_back({"pipelined", "draft:" + d, 0, /*last_hop=*/true});
   }
   for (const char* mode : {"chain", "tree", "pipelined", "dsi"}) {
     if (!quick || std::string(mode) == "chain") m.push_back({mode, "ngram"});
@@ -111,6 +114,8 @@ struct Totals {
   double accepted = 0;  // accepted drafts
   int wasted_rows = 0;
   std::vector<double> gaps_ms;  // between consecutive emitted tokens
+  int decode_tokens = 0;        // tokens after each request's first
+  double decode_s = 0;          // from each request's first token to its last
   std::vector<double> request_ms;  // each prompt's wall time, in order (the first one learns)
   std::vector<std::vector<int32_t>> outputs;
 };
@@ -130,6 +135,7 @@ absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& 
     if (!IsPlain(config)) r.speculative.mode = config.mode;
     r.speculative.gamma = f.gamma;
     r.speculative.adaptive = !f.fixed_gamma;
+    r.speculative.verify_at_last_hop = config.last_hop;
     std::unique_ptr<client::OracleDrafter> oracle;
     if (config.accuracy > 0) {
       std::vector<int32_t> truth = prompts[i];
@@ -149,6 +155,10 @@ absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& 
     t.request_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
     for (size_t k = 1; k < emitted.size(); ++k) {
       t.gaps_ms.push_back(absl::ToDoubleMilliseconds(emitted[k] - emitted[k - 1]));
+    }
+    if (emitted.size() > 1) {
+      t.decode_tokens += static_cast<int>(emitted.size()) - 1;
+      t.decode_s += absl::ToDoubleSeconds(emitted.back() - emitted.front());
     }
     t.tokens += static_cast<int>(g.token_ids.size());
     t.passes += g.passes;
@@ -170,10 +180,11 @@ nlohmann::json RowJson(double delay, const Config& c, const Totals& t, double pl
                        bool identical, int gamma) {
   const double tps = t.wall_s > 0 ? t.tokens / t.wall_s : 0;
   nlohmann::json j = {{"delay_ms", delay},
-                      {"mode", ModeLabel(c.mode)},
+                      {"mode", ModeLabel(c.mode) + (c.last_hop ? ", last hop" : "")},
                       {"drafter", DrafterLabel(c.drafter)},
                       {"tokens", t.tokens},
                       {"wall_s", t.wall_s},
+                      {"decode_tokens_per_s", t.decode_s > 0 ? t.decode_tokens / t.decode_s : 0},
                       {"tokens_per_s", tps},
                       {"speedup", plain_tps > 0 ? tps / plain_tps : 1.0},
                       {"itl_p50_ms", Percentile(t.gaps_ms, 50)},
@@ -199,9 +210,11 @@ std::string Column(const nlohmann::json& row, const char* key, int digits) {
 }
 
 void PrintRow(const nlohmann::json& j) {
-  std::printf("%-6.0f %-13s %-11s %-8.1f %-8s %-8s %-9s %-9s %-7s %-9s %-7s %-8.1f %-8.1f %-4s\n",
+  std::printf("%-6.0f %-24s %-11s %-8.1f %-8.1f %-8s %-8s %-9s %-9s %-7s %-9s %-7s %-8.1f %-8.1f "
+              "%-4s\n",
               j["delay_ms"].get<double>(), j["mode"].get<std::string>().c_str(),
               j["drafter"].get<std::string>().c_str(), j["tokens_per_s"].get<double>(),
+              j["decode_tokens_per_s"].get<double>(),
               (Column(j, "speedup", 2) + "x").c_str(),
               Column(j, "paired_plain_tokens_per_s", 1).c_str(),
               Column(j, "accepted_per_pass", 2).c_str(),
@@ -225,8 +238,11 @@ void PrintHeader(const BenchFlags& f, int nodes) {
     std::printf("paired: each speculative row's speedup is against the M0 run made right before "
                 "it (its tok/s under \"M0\")\n");
   }
-  std::printf("%-6s %-13s %-11s %-8s %-8s %-8s %-9s %-9s %-7s %-9s %-7s %-8s %-8s %-4s\n",
-              "delay", "mode", "drafter", "tok/s", "speedup", "M0", "acc/pass", "tok/pass",
+  std::printf("decode tok/s: tokens after each request's first over the time from its first token "
+              "to its last (no session opening, no prompt pass)\n");
+  std::printf("%-6s %-24s %-11s %-8s %-8s %-8s %-8s %-9s %-9s %-7s %-9s %-7s %-8s %-8s %-4s\n",
+              "delay", "mode", "drafter", "tok/s", "decode", "speedup", "M0", "acc/pass",
+              "tok/pass",
               "expect", "pass/tok", "wasted", "itl_p50", "itl_p95", "same");
 }
 

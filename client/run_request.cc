@@ -84,7 +84,9 @@ absl::StatusOr<strata::GenerateResult> RunTokens(std::span<const int32_t> prompt
   o.verify_at_last_hop = so.verify_at_last_hop;
   if (lease && o.adaptive) {
     // The drafter's cost model carries over to its next request.
-    std::shared_ptr<void>& learned = lease->learned(so.mode);
+    // (Per mode and where runs are verified: the pass costs differ.)
+    std::shared_ptr<void>& learned =
+        lease->learned(so.verify_at_last_hop ? so.mode + ", last hop" : so.mode);
     if (!learned) learned = std::make_shared<GammaController>(o.gamma, o.max_gamma, true);
     o.learned = static_cast<GammaController*>(learned.get());
   }
