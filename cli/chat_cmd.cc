@@ -26,6 +26,7 @@
 #include "cli/conversation.h"
 #include "cli/engine.h"
 #include "client/generate.h"
+#include "client/prompt.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 
@@ -218,14 +219,15 @@ class Chat {
       return absl::OutOfRangeError(
           "the conversation fills the model's context; /reset starts a new one");
     }
-    client::GenerateOptions o;
-    o.max_tokens = std::min(flags_.max_tokens, room);
-    o.sampling.temperature = flags_.temperature;
-    o.sampling.top_p = flags_.top_p;
-    o.sampling.top_k = flags_.top_k;
-    o.sampling.min_p = flags_.min_p;
-    o.sampling.seed =
+    GenerateRequest r;
+    r.max_tokens = std::min(flags_.max_tokens, room);
+    r.sampling.temperature = flags_.temperature;
+    r.sampling.top_p = flags_.top_p;
+    r.sampling.top_k = flags_.top_k;
+    r.sampling.min_p = flags_.min_p;
+    r.sampling.seed =
         flags_.seed >= 0 ? static_cast<uint64_t>(flags_.seed) : std::random_device{}();
+    r.speculative = flags_.speculative;
     const int interrupts = signals_->interrupts();
     auto show = [&](int32_t, std::string_view piece) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
@@ -233,11 +235,12 @@ class Chat {
       return signals_->interrupts() == interrupts && !signals_->terminated();
     };
     absl::StatusOr<client::Generation> g;
-    if (flags_.speculative.drafter != "none") {
-      g = Speculate(prompt, o, show);
+    if (r.speculative.drafter != "none") {
+      g = Speculate(prompt, r, show);
     } else {
       ASSIGN_OR_RETURN(std::unique_ptr<client::InferenceSession> session, engine_->NewSession());
-      g = client::Generate(*session, engine_->tokenizer(), prompt, o, show);
+      g = client::Generate(*session, engine_->tokenizer(), prompt, client::ToGenerateOptions(r),
+                           show);
     }
     signals_->Take();  // a Ctrl-C that stopped this answer is used up
     return g;
@@ -245,16 +248,8 @@ class Chat {
 
   // The answer with speculative decoding: the same tokens as plain decoding, fewer passes.
   absl::StatusOr<client::Generation> Speculate(const std::vector<int32_t>& prompt,
-                                               const client::GenerateOptions& o,
+                                               const GenerateRequest& r,
                                                const TokenCallback& show) {
-    GenerateRequest r;
-    r.max_tokens = o.max_tokens;
-    r.sampling.temperature = o.sampling.temperature;
-    r.sampling.top_k = o.sampling.top_k;
-    r.sampling.top_p = o.sampling.top_p;
-    r.sampling.min_p = o.sampling.min_p;
-    r.sampling.seed = o.sampling.seed;
-    r.speculative = flags_.speculative;
     ASSIGN_OR_RETURN(GenerateResult result, engine_->Speculate(prompt, r, show));
     client::Generation g;
     g.text = std::move(result.text);
