@@ -109,8 +109,8 @@ class GammaController {
   static constexpr int kRemeasureEvery = 64;
   // A drafter whose draft and row cost at least kHopeEnter plain steps is not probed (even
   // always right, it would gain little), until they cost less than kHopeLeave of one.
-  static constexpr double kHopeEnter = 0.5;
-  static constexpr double kHopeLeave = 0.4;
+  static constexpr double kHopeEnter = 0.6;
+  static constexpr double kHopeLeave = 0.5;
   // How many runs to keep in flight, at most `max_runs`: a pass's fixed cost (the network) can be
   // overlapped by about base / (per_row * rows) other runs; the rows themselves compete for the
   // same cores, so when compute dominates, or without drafts, one run at a time.

@@ -277,6 +277,22 @@ TEST(GammaControllerTest, ADrafterDearerThanAPlainStepIsNeverProbed) {
   EXPECT_LT(cheap.draft_ms(), 3.0);
 }
 
+TEST(GammaControllerTest, AnAccurateDrafterAtHalfAPlainStepIsUsed) {
+  // A short link (plain steps of 33 ms: 27 ms fixed, rows at 5 ms), drafts at 12 ms that are
+  // nearly always right: a draft and its row cost about half a plain step, and speculation still
+  // pays (the q8_0 copy of the default model at 5 ms per hop: 1.6x).
+  GammaController c(4, 16, true);
+  c.ExpectDraftCost(12.0);
+  ASSERT_EQ(c.NextGamma(), 0);
+  c.Observe(1, 33.0, 0, 0);
+  for (int i = 0; i < 40; ++i) {
+    const int g = c.NextGamma();
+    c.Observe(g + 1, 27 + 5.0 * (g + 1), g, i % 10 == 0 ? std::max(0, g - 1) : g);
+    if (g > 0) c.ObserveDraft(g, 12.0 * g);
+  }
+  EXPECT_GE(c.gamma(), 2);
+}
+
 TEST(GammaControllerTest, NoisyPlainStepsDoNotRestartProbing) {
   // Drafts at 5 ms against quiet plain steps of 6 ms: no probes. Plain steps that mostly take
   // nearly twice as long (load on shared cores) do not bring them back; links that really slow
