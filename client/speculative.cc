@@ -174,6 +174,10 @@ void GammaController::Rechoose() {
   gamma_ = hopeless_ ? 0 : Choose();
 }
 
+bool GammaController::ProbeDue() const {
+  return adaptive_ && gamma_ == 0 && !hopeless_ && idle_passes_ + 1 >= probe_every_;
+}
+
 void GammaController::ObserveDraft(int tokens, double ms) {
   if (tokens <= 0 || ms < 0) return;
   constexpr double w = 0.25;
@@ -299,6 +303,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
 
   // One more draft beyond the text; false when the drafter has no guess.
   int32_t drafter_saw = 0;  // the text's length when the drafter last drafted
+  constexpr int32_t kCatchUp = 8;
   auto draft_one = [&] {
     std::vector<DraftToken> d = drafter_->Draft(tokens, 1);
     drafter_saw = static_cast<int32_t>(tokens.size());
@@ -356,7 +361,6 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       if (static_cast<int32_t>(tokens.size()) < want) {
         // A drafter left idle for a while (gamma 0) first reads the text it missed: that is not
         // what a draft costs.
-        constexpr int32_t kCatchUp = 8;
         if (static_cast<int32_t>(tokens.size()) - drafter_saw > kCatchUp) drafter_->Read(tokens);
         const absl::Time draft_start = absl::Now();
         const int32_t before = static_cast<int32_t>(tokens.size());
@@ -432,6 +436,13 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
         probs.push_back(d.prob);
       }
       drafted_before = true;
+    } else if (drafted_before && !run.cancelled && gamma_control_.ProbeDue() &&
+               static_cast<int32_t>(tokens.size()) - drafter_saw > kCatchUp) {
+      // The next run probes an idle drafter: it reads the text it missed while this run is in
+      // flight, rather than in front of the probe.
+      drafter_->Read(tokens);
+      drafter_saw = static_cast<int32_t>(tokens.size());
+      run.alone = false;
     }
     // (Not during a plain step: it is sent alone to measure what a step costs by itself.)
     if (pipelined && !run.cancelled && gamma_control_.gamma() > 0 && run.drafted > 0) {

@@ -105,6 +105,8 @@ class GammaController {
   // `alone`: nothing else in flight), or while gamma is 0 a one-draft probe after kProbeEvery
   // runs, then 2x, 4x, 8x as many — none when a draft costs more than a plain step saves.
   int NextGamma(bool alone = true);
+  // Whether the next NextGamma() is a probe (one draft while gamma is 0).
+  bool ProbeDue() const;
   static constexpr int kProbeEvery = 16;
   static constexpr int kRemeasureEvery = 64;
   // A drafter whose draft and row cost at least kHopeEnter plain steps is not probed (even

@@ -107,8 +107,10 @@ TEST(GammaControllerTest, GammaZeroProbesTheDrafterNowAndThen) {
   // One-draft probes, each twice as far from the last as the one before, up to 8 x kProbeEvery.
   std::vector<int> at;
   for (int i = 0; i < 40 * GammaController::kProbeEvery; ++i) {
+    const bool due = c.ProbeDue();  // told a run ahead, so an idle drafter can catch up
     const int g = c.NextGamma();
     ASSERT_LE(g, 1);
+    ASSERT_EQ(due, g == 1) << i;
     if (g == 1) at.push_back(i);
   }
   ASSERT_GE(at.size(), 4u);
