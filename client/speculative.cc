@@ -155,12 +155,12 @@ int GammaController::NextGamma(bool alone) {
 }
 
 void GammaController::Rechoose() {
-  // A draft saves at most one plain step: when drafting it and verifying its row cost about as
-  // much, no acceptance rate could make speculation pay much, and a probe would only cost (a
-  // probe of a costly drafter that has not read the text yet reads all of it first). When the
-  // links slow down so that it could pay again, probing starts over at once. Leaving that state
-  // takes a wider margin than entering it, and both weigh the quietest recent plain step: its
-  // measure moves with the machine's load.
+  // A draft saves at most one plain step: when drafting it and verifying its row cost as much,
+  // no acceptance rate could make speculation pay, and a probe would only cost (a probe of a
+  // costly drafter that has not read the text yet reads all of it first). When the links slow
+  // down so that it could pay again, probing starts over at once. Leaving that state takes a
+  // margin, and both weigh the quietest recent plain step: its measure moves with the machine's
+  // load.
   if (adaptive_ && base_ms_ >= 0) {
     const double plain = quiet_plain_ms_ >= 0 ? quiet_plain_ms_ : base_ms_ + row_ms_;
     const bool hopeless =

@@ -110,9 +110,9 @@ class GammaController {
   static constexpr int kProbeEvery = 16;
   static constexpr int kRemeasureEvery = 64;
   // A drafter whose draft and row cost at least kHopeEnter plain steps is not probed (even
-  // always right, it would gain little), until they cost less than kHopeLeave of one.
-  static constexpr double kHopeEnter = 0.6;
-  static constexpr double kHopeLeave = 0.5;
+  // always right, it could not gain), until they cost less than kHopeLeave of one.
+  static constexpr double kHopeEnter = 1.0;
+  static constexpr double kHopeLeave = 0.8;
   // How many runs to keep in flight, at most `max_runs`: a pass's fixed cost (the network) can be
   // overlapped by about base / (per_row * rows) other runs; the rows themselves compete for the
   // same cores, so when compute dominates, or without drafts, one run at a time.
