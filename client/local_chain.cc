@@ -104,12 +104,12 @@ absl::StatusOr<uint64_t> LocalChain::SubmitVerifiedRun(std::span<const model::Ro
   ASSIGN_OR_RETURN(uint64_t id, SubmitRun(rows, hidden, out_rows));
   Finished& f = runs_[id];
   if (!f.status.ok()) return id;
-  for (size_t i = 1; i < out_rows.size(); ++i) {
-    if (rows[out_rows[i]].pos != rows[out_rows[0]].pos + static_cast<int32_t>(i)) {
-      f.status = absl::InvalidArgumentError(
-          "verification needs out rows at consecutive positions (a chain of drafts)");
-      return id;
-    }
+  std::vector<int32_t> positions;
+  for (int32_t o : out_rows) positions.push_back(rows[o].pos);
+  absl::StatusOr<int64_t> first = model::FirstDecidedPosition(positions);
+  if (!first.ok()) {
+    f.status = first.status();
+    return id;
   }
   if (!verifier_ && stages_.back().span->last() == model_->hparams().n_layer) {
     auto v = model::Verifier::Load(model_, pool_);
@@ -125,7 +125,7 @@ absl::StatusOr<uint64_t> LocalChain::SubmitVerifiedRun(std::span<const model::Ro
     return id;
   }
   model::VerifySpec spec = verify;
-  spec.first_position = out_rows.empty() ? 0 : rows[out_rows[0]].pos + 1;
+  spec.first_position = *first;
   auto tokens = verifier_->Verify(f.hidden.data(), static_cast<int64_t>(out_rows.size()), spec);
   if (tokens.ok()) {
     f.tokens = std::move(*tokens);

@@ -457,10 +457,13 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       }
     }
     const int32_t out_count = run.first + run.count - run.out_first;
-    out.resize(static_cast<size_t>(out_count) * width);
-    absl::Status st = options_.verify_at_last_hop
-                          ? chains_[run.chain]->WaitVerdict(run.id, &verdict)
-                          : chains_[run.chain]->WaitRun(run.id, out.data());
+    absl::Status st;
+    if (options_.verify_at_last_hop) {
+      st = chains_[run.chain]->WaitVerdict(run.id, &verdict);
+    } else {
+      out.resize(static_cast<size_t>(out_count) * width);
+      st = chains_[run.chain]->WaitRun(run.id, out.data());
+    }
     if (run.cancelled || st.code() == absl::StatusCode::kCancelled) {
       stats_.wasted_rows += run.count;
       continue;

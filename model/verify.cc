@@ -52,6 +52,17 @@ int32_t VerifyDraft(const Sampler& sampler, std::span<const float> logits, int64
   return sampler.Sample(logits, position, history);
 }
 
+absl::StatusOr<int64_t> FirstDecidedPosition(std::span<const int32_t> out_positions) {
+  if (out_positions.empty()) return absl::InvalidArgumentError("verification needs an out row");
+  for (size_t i = 1; i < out_positions.size(); ++i) {
+    if (out_positions[i] != out_positions[0] + static_cast<int32_t>(i)) {
+      return absl::InvalidArgumentError(
+          "verification needs out rows at consecutive positions (a chain of drafts)");
+    }
+  }
+  return static_cast<int64_t>(out_positions[0]) + 1;
+}
+
 absl::Status ValidateVerifySpec(const VerifySpec& spec, int64_t rows, int n_vocab) {
   RETURN_IF_ERROR(spec.sampling.Validate());
   if (rows <= 0) return absl::InvalidArgumentError("verification needs at least one row");

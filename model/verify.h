@@ -37,6 +37,10 @@ struct VerifySpec {
   std::vector<int32_t> drafts;
 };
 
+// The position the first of a run's out rows decides (the one after it), given the out rows'
+// positions in order; INVALID_ARGUMENT unless they are consecutive (a chain of drafts).
+absl::StatusOr<int64_t> FirstDecidedPosition(std::span<const int32_t> out_positions);
+
 // INVALID_ARGUMENT when `spec` cannot be verified over `rows` rows of a model with `n_vocab`
 // tokens (sampling parameters, draft count, token ids), naming what is wrong.
 absl::Status ValidateVerifySpec(const VerifySpec& spec, int64_t rows, int n_vocab);

@@ -694,13 +694,10 @@ absl::StatusOr<std::vector<int32_t>> Worker::Verify(const v1::Forward& f, const 
   if (out.empty()) {
     for (int32_t i = 0; i < rows; ++i) out.push_back(i);
   }
-  for (size_t i = 1; i < out.size(); ++i) {
-    if (f.rows(out[i]).pos() != f.rows(out[0]).pos() + static_cast<int32_t>(i)) {
-      return absl::InvalidArgumentError(
-          "verification needs out rows at consecutive positions (a chain of drafts)");
-    }
-  }
+  std::vector<int32_t> positions;
+  for (int32_t o : out) positions.push_back(f.rows(o).pos());
   model::VerifySpec spec;
+  ASSIGN_OR_RETURN(spec.first_position, model::FirstDecidedPosition(positions));
   spec.sampling.temperature = v.temperature();
   spec.sampling.top_k = v.top_k();
   spec.sampling.top_p = v.top_p();
@@ -709,7 +706,6 @@ absl::StatusOr<std::vector<int32_t>> Worker::Verify(const v1::Forward& f, const 
   spec.sampling.repeat_last_n = v.repeat_last_n();
   spec.sampling.seed = v.seed();
   spec.rejection_sampling = v.rejection_sampling();
-  spec.first_position = static_cast<int64_t>(f.rows(out[0]).pos()) + 1;
   spec.history.assign(v.history().begin(), v.history().end());
   spec.drafts.assign(v.drafts().begin(), v.drafts().end());
   RETURN_IF_ERROR(model::ValidateVerifySpec(spec, static_cast<int64_t>(out.size()),

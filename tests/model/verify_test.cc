@@ -100,6 +100,11 @@ TEST(VerifyRowsTest, MalformedVerificationsAreRefused) {
   v.first_position = 0;
   EXPECT_EQ(ValidateVerifySpec(v, 2, kVocab).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ValidateVerifySpec(ok, 0, kVocab).code(), absl::StatusCode::kInvalidArgument);
+  // Out rows decide the positions after them: they must be a chain.
+  EXPECT_EQ(*FirstDecidedPosition(std::vector<int32_t>{7, 8, 9}), 8);
+  EXPECT_EQ(FirstDecidedPosition(std::vector<int32_t>{7, 9}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FirstDecidedPosition({}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
