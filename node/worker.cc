@@ -708,8 +708,6 @@ absl::StatusOr<std::vector<int32_t>> Worker::Verify(const v1::Forward& f, const 
   spec.rejection_sampling = v.rejection_sampling();
   spec.history.assign(v.history().begin(), v.history().end());
   spec.drafts.assign(v.drafts().begin(), v.drafts().end());
-  RETURN_IF_ERROR(model::ValidateVerifySpec(spec, static_cast<int64_t>(out.size()),
-                                            model_->hparams().n_vocab));
   if (!verifier_) {
     verify_pool_ = std::make_unique<ThreadPool>(
         options_.verify_threads > 0 ? options_.verify_threads : ThreadPool::DefaultThreads());
@@ -718,7 +716,7 @@ absl::StatusOr<std::vector<int32_t>> Worker::Verify(const v1::Forward& f, const 
   std::vector<float> picked;
   picked.reserve(out.size() * width);
   for (int32_t o : out) picked.insert(picked.end(), hidden + o * width, hidden + (o + 1) * width);
-  return verifier_->Verify(picked.data(), static_cast<int64_t>(out.size()), spec);
+  return verifier_->Verify(picked.data(), static_cast<int64_t>(out.size()), spec);  // validates
 }
 
 void Worker::DeliverCancelled(const std::string& id, Session& s, const v1::Op& op) {
