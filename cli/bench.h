@@ -34,6 +34,10 @@ struct BenchFlags {
   bool fixed_gamma = false;
   bool spec_paired = false;  // each speculative row against an M0 run made right before it
   std::vector<std::string> spec_drafts;  // draft models: M1 and M3 rows with draft:PATH each
+  // Speculative rows kept (empty: all): by mode ("chain", "tree", "pipelined", "dsi") and by
+  // drafter ("ngram", "self", "draft", "oracle", or a whole name such as "oracle:0.9").
+  std::vector<std::string> spec_modes;
+  std::vector<std::string> spec_drafters;
 };
 
 int RunLocalBench(const BenchFlags& flags);

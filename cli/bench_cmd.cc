@@ -154,6 +154,15 @@ void RegisterBench(CLI::App& app, int* exit_code) {
                   "Spec sweep: a draft model (same vocabulary) to add M1 and M3 rows for; "
                   "repeatable (e.g. one made by `strata quantize`)")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--spec-modes", flags->spec_modes,
+                  "Spec sweep: only the rows of these modes (chain, tree, pipelined, dsi), beside "
+                  "M0")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"chain", "tree", "pipelined", "dsi"}));
+  cmd->add_option("--spec-drafters", flags->spec_drafters,
+                  "Spec sweep: only the rows of these drafters (ngram, self, draft, oracle, or a "
+                  "whole name such as oracle:0.9), beside M0")
+      ->delimiter(',');
   cmd->add_option("--gamma", flags->gamma, "Spec sweep: drafts per pass (start value)")
       ->capture_default_str()
       ->check(CLI::Range(1, 16));

@@ -63,13 +63,29 @@ Config Oracle(const std::string& mode, double a) {
   return {mode, absl::StrFormat("oracle:%.1f", a), a};
 }
 
+// Whether --spec-modes and --spec-drafters keep row `c`. A drafter entry keeps the drafter of
+// that whole name and every drafter of that kind ("draft" keeps "draft:/tmp/d.gguf").
+bool Kept(const BenchFlags& f, const Config& c) {
+  if (IsPlain(c)) return true;
+  if (!f.spec_modes.empty() &&
+      std::find(f.spec_modes.begin(), f.spec_modes.end(), c.mode) == f.spec_modes.end()) {
+    return false;
+  }
+  if (f.spec_drafters.empty()) return true;
+  return std::any_of(f.spec_drafters.begin(), f.spec_drafters.end(), [&](const std::string& d) {
+    return c.drafter == d || c.drafter.starts_with(d + ":");
+  });
+}
+
 // What runs at each delay (M0 first: it gives the reference tokens and the oracle's truth).
-// Full: every mode with ngram and the oracle at 0.7, and chain also with self-speculation and the
-// oracle at 0.5 and 0.9. Quick: every mode with the oracle at 0.7, and chain with ngram.
-// Every draft model adds M1 and M3 rows, verified at the client and by the last hop. M0 runs again last: the two M0 rows bound how much the
-// machine itself drifted while the delay's rows ran.
-std::vector<Config> Matrix(bool quick, const std::string& self,
-                           const std::vector<std::string>& drafts) {
+// Full: every mode with ngram and the oracle at 0.7, chain also with self-speculation and the
+// oracle at 0.5 and 0.9, and pipelined with the oracle at 0.9. Quick: every mode with the oracle
+// at 0.7, and chain with ngram. Every draft model adds M1 and M3 rows, verified at the client and
+// by the last hop. M0 runs again last: the two M0 rows bound how much the machine itself drifted
+// while the delay's rows ran. --spec-modes and --spec-drafters keep a subset (M0 always runs).
+std::vector<Config> Matrix(const BenchFlags& f, const std::string& self) {
+  const bool quick = f.spec_quick;
+  const std::vector<std::string>& drafts = f.spec_drafts;
   std::vector<Config> m = {{"plain", "none"}};
   for (const std::string& d : drafts) {
     m.push_back({"chain", "draft:" + d});
@@ -85,8 +101,10 @@ std::vector<Config> Matrix(bool quick, const std::string& self,
     m.push_back({"chain", self});
     m.push_back(Oracle("chain", 0.5));
     m.push_back(Oracle("chain", 0.9));
+    m.push_back(Oracle("pipelined", 0.9));
   }
   m.push_back({"plain-again", "none"});
+  std::erase_if(m, [&](const Config& c) { return !Kept(f, c); });
   return m;
 }
 
@@ -254,7 +272,10 @@ int RunSpecSweep(const BenchFlags& f) {
   if (!file.ok()) return Fail(std::string(file.status().message()));
   // Self-speculation with the first two thirds of the layers (self:20 of 30, as the tests use).
   const std::string self = StrCat("self:", 2 * (*file)->hparams().n_layer / 3);
-  const std::vector<Config> matrix = Matrix(f.spec_quick, self, f.spec_drafts);
+  const std::vector<Config> matrix = Matrix(f, self);
+  if (std::all_of(matrix.begin(), matrix.end(), IsPlain)) {
+    return Fail("--spec-modes and --spec-drafters leave no speculative row to run");
+  }
 
   const int nodes = 2 * f.nodes;
   auto swarm = StartBenchSwarm(
