@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -138,6 +139,14 @@ struct Totals {
   std::vector<std::vector<int32_t>> outputs;
 };
 
+// Whether the client's drafter and the local nodes need more threads than the machine has cores.
+bool DrafterSharesCores(const BenchFlags& f) {
+  const int cores = std::max(1u, std::thread::hardware_concurrency());
+  const int node_threads = f.node_threads > 0 ? f.node_threads : cores;
+  const int client_threads = f.threads > 0 ? f.threads : cores;
+  return 2 * f.nodes * node_threads + client_threads > cores;
+}
+
 // Runs every prompt with `config`. `plain` (the M0 outputs, null for M0 itself) is the truth the
 // oracle knows.
 absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& f,
@@ -154,6 +163,7 @@ absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& 
     r.speculative.gamma = f.gamma;
     r.speculative.adaptive = !f.fixed_gamma;
     r.speculative.verify_at_last_hop = config.last_hop;
+    r.speculative.drafter_shares_cores = DrafterSharesCores(f);
     std::unique_ptr<client::OracleDrafter> oracle;
     if (config.accuracy > 0) {
       std::vector<int32_t> truth = prompts[i];
@@ -252,6 +262,11 @@ void PrintHeader(const BenchFlags& f, int nodes) {
               f.gamma, f.fixed_gamma ? " (fixed)" : " at the start, then adaptive");
   std::printf("expect: (1 - a^(gamma+1)) / (1 - a) tok/pass for a chain of gamma drafts each right "
               "with probability a (M1 oracle rows; exact with --fixed-gamma)\n");
+  std::printf("%s\n", DrafterSharesCores(f)
+                          ? "the drafter shares the nodes' cores: it drafts ahead of runs in flight "
+                            "only where a draft before a run would pay"
+                          : "the drafter has cores of its own: drafting ahead of runs in flight "
+                            "costs only the rows");
   if (f.spec_paired) {
     std::printf("paired: each speculative row's speedup is against the M0 run made right before "
                 "it (its tok/s under \"M0\")\n");
@@ -298,6 +313,7 @@ int RunSpecSweep(const BenchFlags& f) {
   out["decode_tokens"] = f.decode_tokens;
   out["gamma"] = f.gamma;
   out["adaptive_gamma"] = !f.fixed_gamma;
+  out["drafter_shares_cores"] = DrafterSharesCores(f);
   out["runs"] = nlohmann::json::array();
   out["best"] = nlohmann::json::array();
   if (!f.json) PrintHeader(f, nodes);

@@ -138,6 +138,10 @@ void AddSpeculativeFlags(CLI::App* cmd, SpeculativeOptions* sp) {
   cmd->add_flag("--verify-at-last-hop", sp->verify_at_last_hop,
                 "The node serving the last layers verifies the drafts with the model's head and "
                 "answers with tokens instead of hidden states (chain, pipelined, dsi)");
+  cmd->add_flag("--drafter-shares-cores", sp->drafter_shares_cores,
+                "The drafter runs on the cores the nodes compute on (a local swarm on this "
+                "machine): pipelined runs then draft ahead only as far as a draft before a run "
+                "would pay");
 }
 
 void RegisterGenerate(CLI::App& app, int* exit_code) {

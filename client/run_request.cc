@@ -82,6 +82,7 @@ absl::StatusOr<strata::GenerateResult> RunTokens(std::span<const int32_t> prompt
   o.max_in_flight = so.max_in_flight;
   o.rejection_sampling = so.rejection_sampling;
   o.verify_at_last_hop = so.verify_at_last_hop;
+  o.drafter_shares_cores = so.drafter_shares_cores;
   if (lease && o.adaptive) {
     // The drafter's cost model carries over to its next request.
     // (Per mode and where runs are verified: the pass costs differ.)

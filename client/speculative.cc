@@ -115,11 +115,11 @@ int GammaController::Choose() const {
   return best;
 }
 
-double GammaController::MinSurvival() const {
+double GammaController::MinSurvival(bool drafting_free) const {
   if (!adaptive_ || base_ms_ < 0) return 0;
   // A draft costs its drafting and its row and brings `survival` tokens: worth it while that is
   // at least the rate the controller expects anyway.
-  return (row_ms_ + draft_ms_) * Rate(gamma_);
+  return (row_ms_ + (drafting_free ? 0 : draft_ms_)) * Rate(gamma_);
 }
 
 void GammaController::ObserveVerdict(float confidence, bool accepted) {
@@ -369,7 +369,8 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
         // what is settled. (Free drafters finish first: that costs the answer nothing.)
         const bool interruptible =
             !runs.empty() && gamma_control_.draft_ms() * (want - before) >= 1.0;
-        const double min_survival = gamma_control_.MinSurvival();
+        const double min_survival =
+            gamma_control_.MinSurvival(!runs.empty() && !options_.drafter_shares_cores);
         auto answered = [&] {
           return interruptible && chains_[runs.front().chain]->RunReady(runs.front().id);
         };
@@ -450,7 +451,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       // beyond the last run, up to one more run's worth (off the critical path, so not counted
       // as drafting cost); the next run sends what it found.
       const int32_t limit = certain + (max_runs + 1) * (gamma_control_.gamma() + 1);
-      const double min_survival = gamma_control_.MinSurvival();
+      const double min_survival = gamma_control_.MinSurvival(!options_.drafter_shares_cores);
       while (!chains_[run.chain]->RunReady(run.id) &&
              static_cast<int32_t>(tokens.size()) < limit && survival() >= min_survival &&
              draft_one()) {

@@ -50,6 +50,9 @@ struct SpeculativeOptions {
   // head and answers with them, instead of the client computing logits from returned hidden
   // states (chain, pipelined and dsi; not trees).
   bool verify_at_last_hop = false;
+  // Whether the drafter competes with the chain for the same cores; when it does not, drafts
+  // made while runs are in flight cost only their rows (see GammaController::MinSurvival).
+  bool drafter_shares_cores = false;
   // What earlier requests learned (pass cost, acceptance, drafting cost), used and updated
   // instead of starting afresh when adaptive; not owned. Null: learn from this request alone.
   GammaController* learned = nullptr;
@@ -98,8 +101,10 @@ class GammaController {
   // The chance that a draft of this confidence is accepted (given those before it were).
   double Acceptance(float confidence) const;
   // Another draft beyond drafts that are all accepted with probability `survival` pays for its
-  // drafting and its row only when survival is at least this.
-  double MinSurvival() const;
+  // drafting and its row only when survival is at least this. A draft made while runs are in
+  // flight on a drafter with cores of its own (`drafting_free`) costs only its row: the client
+  // would otherwise wait idle for the answer.
+  double MinSurvival(bool drafting_free = false) const;
   int gamma() const { return gamma_; }
   // Drafts for the next run: gamma(), or 0 for a run that measures a plain step (only when
   // `alone`: nothing else in flight), or while gamma is 0 a one-draft probe after kProbeEvery

@@ -5,12 +5,15 @@
 #
 #   tools/gpu_bundle.sh [BUILD_DIR]     # default build-cuda; writes BUILD_DIR/gpu-bundle
 #
+# STRATA_BUNDLE_TARGETS replaces the list of binaries, e.g. for the CPU swarm benchmarks on that
+# machine's cores: STRATA_BUNDLE_TARGETS="strata strata-linkem" tools/gpu_bundle.sh build
+#
 # Carry BUILD_DIR/gpu-bundle to the GPU machine (it is under an ignored build* folder); the CUDA
 # runtime comes along, the driver (libcuda) and NCCL are taken from the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build-cuda}
-TARGETS="strata cuda_kernels_test cuda_span_test cuda_nccl_test cuda_nccl_handoff_test cuda_tp_span_test cuda_traits_test cuda_tp_plan_test strata-random-model strata-gpu-bench"
+TARGETS=${STRATA_BUNDLE_TARGETS:-"strata cuda_kernels_test cuda_span_test cuda_nccl_test cuda_nccl_handoff_test cuda_tp_span_test cuda_traits_test cuda_tp_plan_test strata-random-model strata-gpu-bench"}
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTRATA_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES="80;90"

@@ -255,6 +255,18 @@ TEST(GammaControllerTest, MinSurvivalFollowsWhatADraftCosts) {
   EXPECT_EQ(GammaController(3, 16, /*adaptive=*/false).MinSurvival(), 0);
 }
 
+TEST(GammaControllerTest, DraftingWhileWaitingOnOwnCoresCostsOnlyTheRow) {
+  // A link of 80 ms a pass, rows of 2 ms, drafts of 8 ms, 90% accepted. Drafting ahead while a
+  // run is in flight, on cores of its own, costs the client nothing: only the row counts, so
+  // drafts four times less likely still pay.
+  GammaController c = Simulate(80, 2, 0.9, 40);
+  c.ObserveDraft(4, 32.0);
+  const double rate = c.MinSurvival() / (c.row_ms() + c.draft_ms());
+  EXPECT_NEAR(c.MinSurvival(/*drafting_free=*/true), c.row_ms() * rate, 1e-9);
+  EXPECT_LT(c.MinSurvival(/*drafting_free=*/true), c.MinSurvival() / 4);
+  EXPECT_GT(c.MinSurvival(/*drafting_free=*/true), 0);
+}
+
 TEST(GammaControllerTest, ADrafterDearerThanAPlainStepIsNeverProbed) {
   // Before it has seen a draft, the controller takes the drafter's own measure of a draft's cost.
   // One plain step of 6 ms against drafts of 7 ms: even an always-right drafter could not gain,

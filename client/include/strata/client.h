@@ -60,6 +60,10 @@ struct SpeculativeOptions {
   // The node serving the last layers decides the tokens with the model's head and answers with
   // them instead of hidden states (chain, pipelined, dsi).
   bool verify_at_last_hop = false;
+  // The drafter runs on cores the swarm also computes on (a local swarm on this machine): then
+  // drafting ahead while runs are in flight slows the runs, and costs as much as drafting before
+  // a run. Otherwise (the client on its own machine) it costs only the rows it adds.
+  bool drafter_shares_cores = false;
 };
 
 struct GenerateRequest {
