@@ -121,7 +121,23 @@ absl::StatusOr<std::unique_ptr<ModelDrafter>> ModelDrafter::Load(const std::stri
     std::sort(steps.begin() + 1, steps.end());
     d->token_ms_ = steps[1 + (steps.size() - 1) / 2];
   }
+  // And what reading costs per token: a batch of 32, as a prompt is read.
+  std::vector<int32_t> batch(32);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    batch[i] = static_cast<int32_t>((7 * i + 3) % hp.n_vocab);
+  }
+  const absl::Time start = absl::Now();
+  if (d->Sync(batch).ok()) {
+    d->read_ms_ = absl::ToDoubleMilliseconds(absl::Now() - start) / batch.size();
+  }
   return d;
+}
+
+int ModelDrafter::Unread(std::span<const int32_t> text) const {
+  const std::vector<int32_t>& have = session_->tokens();
+  size_t common = 0;
+  while (common < have.size() && common < text.size() && have[common] == text[common]) ++common;
+  return static_cast<int>(text.size() - common);
 }
 
 absl::StatusOr<std::span<const float>> ModelDrafter::Sync(std::span<const int32_t> text) {

@@ -40,6 +40,10 @@ class Drafter {
   // What proposing one more token costs, in ms, measured when it was made (0: next to nothing).
   // Before speculation has seen the drafter at work, this tells whether drafting could pay at all.
   virtual double token_ms() const { return 0; }
+  // What reading text costs per token, in ms, read in one batch as a prompt is (0: next to
+  // nothing), and how many tokens of `text` it would read before drafting after it.
+  virtual double read_ms() const { return 0; }
+  virtual int Unread(std::span<const int32_t> text) const { return 0; }
 };
 
 // Prompt lookup: the longest suffix of the text (max_n down to min_n tokens) that occurred
@@ -70,6 +74,8 @@ class ModelDrafter final : public Drafter {
   std::vector<DraftToken> Next(std::span<const int32_t> text, int k) override;
   void Read(std::span<const int32_t> text) override { (void)Sync(text); }
   double token_ms() const override { return token_ms_; }
+  double read_ms() const override { return read_ms_; }
+  int Unread(std::span<const int32_t> text) const override;
 
  private:
   ModelDrafter() = default;
@@ -84,6 +90,7 @@ class ModelDrafter final : public Drafter {
   std::unique_ptr<InferenceSession> session_;
   std::vector<float> logits_;
   double token_ms_ = 0;
+  double read_ms_ = 0;
 };
 
 // For benchmarks only: knows the target's continuation `truth` (prompt + the target's own

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <limits>
 #include <queue>
 
 #include "absl/time/clock.h"
@@ -174,6 +175,17 @@ void GammaController::Rechoose() {
   gamma_ = hopeless_ ? 0 : Choose();
 }
 
+double GammaController::Saving(int tokens, bool at_most) const {
+  if (!adaptive_ || base_ms_ < 0) return std::numeric_limits<double>::infinity();
+  tokens = std::max(0, tokens);
+  if (at_most) {
+    const double plain = quiet_plain_ms_ >= 0 ? quiet_plain_ms_ : 1 / Rate(0);
+    return tokens * std::max(0.0, plain - row_ms_ - draft_ms_);
+  }
+  if (gamma_ == 0) return 0;
+  return tokens * std::max(0.0, 1 / Rate(0) - 1 / Rate(gamma_));
+}
+
 bool GammaController::ProbeDue() const {
   return adaptive_ && gamma_ == 0 && !hopeless_ && idle_passes_ + 1 >= probe_every_;
 }
@@ -316,9 +328,23 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
   // A costly drafter that a fresh cost model has not yet weighed against a plain step waits for
   // one before it reads the text: where a plain step is cheaper than a draft (a fast swarm on
   // the client's own cores), reading the prompt beside the prompt pass would only slow both.
+  // (A drafter is costly for its drafts, or for what it has to read first.)
   gamma_control_.ExpectDraftCost(drafter_->token_ms());
   auto wait_for_plain_step = [&] {
-    return options_.adaptive && gamma_control_.plain_ms() < 0 && drafter_->token_ms() >= 1.0;
+    return options_.adaptive && gamma_control_.plain_ms() < 0 &&
+           (drafter_->token_ms() >= 1.0 || drafter_->read_ms() * drafter_->Unread(tokens) >= 1.0);
+  };
+  // Before a model drafter reads what it has not seen of the text (the prompt of a request, or
+  // what an idle drafter missed before a probe), that reading must be able to pay for itself over
+  // the tokens this request may still generate: at the chosen gamma for a first read, or with
+  // every draft accepted for a probe. Where it cannot (a short request on a fast swarm), the
+  // request goes on without drafts.
+  bool drafting_off = false;
+  auto read_pays = [&](bool probe) {
+    if (!options_.adaptive) return true;
+    const double cost = drafter_->read_ms() * drafter_->Unread(tokens);
+    if (cost <= 0) return true;
+    return gamma_control_.Saving(options.max_tokens - stats_.emitted, probe) > cost;
   };
   std::vector<float> hidden, out;
   std::vector<int32_t> verdict;
@@ -348,7 +374,12 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       }
       // New drafts go beyond everything already drafted, so that runs on different chains
       // verify different positions; a chain that is behind catches up inside its run.
-      const int gamma = gamma_control_.NextGamma(/*alone=*/runs.empty());
+      int gamma = drafting_off ? 0 : gamma_control_.NextGamma(/*alone=*/runs.empty());
+      if (gamma > 0 && drafted_before && drafter_->Unread(tokens) > kCatchUp &&
+          !read_pays(/*probe=*/gamma_control_.gamma() == 0)) {
+        drafting_off = true;  // the drafter would first read more than drafting can save
+        gamma = 0;
+      }
       const int depth_limit = max_runs * (gamma + 1);
       // A run carries gamma + 1 positions beyond everything sent (drafts prepared while earlier
       // runs were in flight are used first). The first run is the prompt alone: a model drafter
@@ -427,7 +458,9 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       // this pass's own token).
       const int gamma = gamma_control_.gamma();
       std::vector<DraftToken> drafts;
-      if (gamma > 0) {
+      if (gamma > 0 && !read_pays(/*probe=*/false)) {
+        drafting_off = true;
+      } else if (gamma > 0) {
         drafts = drafter_->Draft(tokens, gamma);
         run.alone = false;  // it shared the machine with the drafter: no measure of a step
         drafter_saw = static_cast<int32_t>(tokens.size() + drafts.size());
@@ -437,13 +470,17 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
         probs.push_back(d.prob);
       }
       drafted_before = true;
-    } else if (drafted_before && !run.cancelled && gamma_control_.ProbeDue() &&
+    } else if (drafted_before && !drafting_off && !run.cancelled && gamma_control_.ProbeDue() &&
                static_cast<int32_t>(tokens.size()) - drafter_saw > kCatchUp) {
       // The next run probes an idle drafter: it reads the text it missed while this run is in
       // flight, rather than in front of the probe.
-      drafter_->Read(tokens);
-      drafter_saw = static_cast<int32_t>(tokens.size());
-      run.alone = false;
+      if (read_pays(/*probe=*/true)) {
+        drafter_->Read(tokens);
+        drafter_saw = static_cast<int32_t>(tokens.size());
+        run.alone = false;
+      } else {
+        drafting_off = true;  // the probe is left to a request it could pay off in
+      }
     }
     // (Not during a plain step: it is sent alone to measure what a step costs by itself.)
     if (pipelined && !run.cancelled && gamma_control_.gamma() > 0 && run.drafted > 0) {

@@ -112,6 +112,10 @@ class GammaController {
   int NextGamma(bool alone = true);
   // Whether the next NextGamma() is a probe (one draft while gamma is 0).
   bool ProbeDue() const;
+  // What drafting could save over `tokens` more tokens, in ms, against plain steps: at the
+  // chosen gamma, or, `at_most`, with every draft accepted (a draft then saves a plain step less
+  // its own cost and its row). Infinite until a pass has been measured, or when not adaptive.
+  double Saving(int tokens, bool at_most) const;
   static constexpr int kProbeEvery = 16;
   static constexpr int kRemeasureEvery = 64;
   // A drafter whose draft and row cost at least kHopeEnter plain steps is not probed (even

@@ -255,6 +255,28 @@ TEST(GammaControllerTest, MinSurvivalFollowsWhatADraftCosts) {
   EXPECT_EQ(GammaController(3, 16, /*adaptive=*/false).MinSurvival(), 0);
 }
 
+TEST(GammaControllerTest, SavingWeighsDraftsAgainstPlainSteps) {
+  // Nothing measured yet, or gamma fixed: no bound.
+  EXPECT_TRUE(std::isinf(GammaController(4, 16, true).Saving(10, false)));
+  EXPECT_TRUE(std::isinf(GammaController(4, 16, false).Saving(10, true)));
+  // Plain steps of 100 ms (a slow link), rows of 2 ms, drafts of 10 ms: with every draft
+  // accepted a token costs its draft and its row, 88 ms less than a plain step.
+  GammaController c = Simulate(100, 2, 0.9, 40);
+  c.Observe(1, 102, 0, 0);  // a plain step to weigh against
+  c.ObserveDraft(4, 40.0);
+  ASSERT_GT(c.gamma(), 0);
+  EXPECT_NEAR(c.Saving(10, /*at_most=*/true), 10 * (102 - c.row_ms() - c.draft_ms()), 1e-6);
+  // At the chosen gamma, less than that and more than nothing; none for no tokens.
+  EXPECT_GT(c.Saving(10, false), 0);
+  EXPECT_LT(c.Saving(10, false), c.Saving(10, true));
+  EXPECT_EQ(c.Saving(0, false), 0);
+  // Compute-bound steps of 6 ms against drafts of 7 ms: nothing to save, even at best.
+  GammaController busy = Simulate(1, 5, 0.2, 20);
+  busy.ObserveDraft(1, 7.0);
+  EXPECT_EQ(busy.Saving(48, true), 0);
+  EXPECT_EQ(busy.Saving(48, false), 0);
+}
+
 TEST(GammaControllerTest, DraftingWhileWaitingOnOwnCoresCostsOnlyTheRow) {
   // A link of 80 ms a pass, rows of 2 ms, drafts of 8 ms, 90% accepted. Drafting ahead while a
   // run is in flight, on cores of its own, costs the client nothing: only the row counts, so
@@ -624,10 +646,12 @@ TEST_F(LocalSpeculativeTest, TheLastStageVerifiesAndGivesThePlainTokens) {
   EXPECT_EQ(d.Generate(prompt, Options(0)).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-// A drafter that reports a cost and counts what it is asked: it never has a guess.
+// A drafter that reports a cost and counts what it is asked: it never has a guess. It reads
+// nothing, so all of any text is unread, at `read_ms` a token.
 class CountingDrafter final : public Drafter {
  public:
-  explicit CountingDrafter(double token_ms) : token_ms_(token_ms) {}
+  explicit CountingDrafter(double token_ms, double read_ms = 0)
+      : token_ms_(token_ms), read_ms_(read_ms) {}
   std::string name() const override { return "counting"; }
   std::vector<DraftToken> Draft(std::span<const int32_t>, int) override {
     ++asked;
@@ -639,10 +663,14 @@ class CountingDrafter final : public Drafter {
   }
   void Read(std::span<const int32_t>) override { ++asked; }
   double token_ms() const override { return token_ms_; }
+  double read_ms() const override { return read_ms_; }
+  int Unread(std::span<const int32_t> text) const override {
+    return static_cast<int>(text.size());
+  }
   int asked = 0;
 
  private:
-  double token_ms_;
+  double token_ms_, read_ms_;
 };
 
 TEST_F(LocalSpeculativeTest, ACostlyDrafterWaitsForAPlainStepBeforeReadingThePrompt) {
@@ -660,6 +688,42 @@ TEST_F(LocalSpeculativeTest, ACostlyDrafterWaitsForAPlainStepBeforeReadingThePro
     EXPECT_EQ(Speculative(prompt, Options(0, 12), &free_drafter, so, 1), want);
     EXPECT_GE(free_drafter.asked, 1) << int(mode);
   }
+}
+
+TEST_F(LocalSpeculativeTest, ADrafterIsNotAskedWhenReadingThePromptCostsMoreThanItCanSave) {
+  // Drafts of 0.5 ms would pay against local steps, but first the drafter would read the prompt
+  // at 50 ms a token, more than drafting can save over 12 tokens: the request goes on without
+  // it. At a thousandth of a millisecond a token, the same drafter is asked.
+  const auto prompt = Prompt("Name three rivers.");
+  const auto want = Plain(prompt, Options(0, 12));
+  for (Mode mode : {Mode::kChain, Mode::kPipelined}) {
+    SpeculativeOptions so;
+    so.mode = mode;
+    CountingDrafter slow_reader(0.5, 50.0), fast_reader(0.5, 0.001);
+    EXPECT_EQ(Speculative(prompt, Options(0, 12), &slow_reader, so, 1), want);
+    EXPECT_EQ(slow_reader.asked, 0) << int(mode);
+    EXPECT_EQ(Speculative(prompt, Options(0, 12), &fast_reader, so, 1), want);
+    EXPECT_GE(fast_reader.asked, 1) << int(mode);
+  }
+}
+
+TEST(ModelDrafterTest, MeasuresWhatReadingCostsAndKnowsWhatItHasRead) {
+  const std::string path = testing::TempPath("-reader.gguf");
+  ASSERT_TRUE(testing::WriteTinyModel(testing::TinyModelSpec{}, path).ok());
+  auto d = ModelDrafter::Load(path, 0, testing::kTinyVocab, 1);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_GT((*d)->read_ms(), 0);
+  std::vector<int32_t> text = {72, 101, 108, 108, 111, 32, 119};
+  EXPECT_EQ((*d)->Unread(text), static_cast<int>(text.size()));
+  (*d)->Read(text);
+  EXPECT_EQ((*d)->Unread(text), 0);
+  text.push_back(111);
+  text.push_back(114);
+  EXPECT_EQ((*d)->Unread(text), 2);
+  // A text that parts from what was read after two tokens: all but those two are unread.
+  const std::vector<int32_t> other = {72, 101, 7, 8};
+  EXPECT_EQ((*d)->Unread(other), 2);
+  EXPECT_EQ(NgramDrafter().Unread(text), 0);
 }
 
 // End to end on a tiny random model: rejection-sampled generations of two tokens follow the same
