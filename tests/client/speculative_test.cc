@@ -390,6 +390,7 @@ class LocalSpeculativeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     ASSERT_TRUE(testing::DefaultModelPresent());
+    if (lm_ != nullptr) return;  // loaded for a suite before (fixtures derived from this one)
     LocalModelOptions o;
     o.path = testing::DefaultModelPath();
     o.threads = 2;
@@ -673,38 +674,38 @@ class CountingDrafter final : public Drafter {
   double token_ms_, read_ms_;
 };
 
-TEST_F(LocalSpeculativeTest, ACostlyDrafterWaitsForAPlainStepBeforeReadingThePrompt) {
+// Drafters by their cost: what a draft costs, and what reading a token of text costs.
+class DrafterCostTest : public LocalSpeculativeTest {
+ protected:
+  // In chain and pipelined mode, a drafter of costs `unused` is never asked and one of costs
+  // `used` is; both give the plain tokens.
+  void ExpectOnlyTheCheapAsked(std::pair<double, double> unused, std::pair<double, double> used) {
+    const auto prompt = Prompt("Name three rivers.");
+    const auto want = Plain(prompt, Options(0, 12));
+    for (Mode mode : {Mode::kChain, Mode::kPipelined}) {
+      SpeculativeOptions so;
+      so.mode = mode;
+      CountingDrafter never(unused.first, unused.second), asked(used.first, used.second);
+      EXPECT_EQ(Speculative(prompt, Options(0, 12), &never, so, 1), want);
+      EXPECT_EQ(never.asked, 0) << int(mode);
+      EXPECT_EQ(Speculative(prompt, Options(0, 12), &asked, so, 1), want);
+      EXPECT_GE(asked.asked, 1) << int(mode);
+    }
+  }
+};
+
+TEST_F(DrafterCostTest, ACostlyDrafterWaitsForAPlainStepBeforeReadingThePrompt) {
   // Locally a step costs far less than this drafter's 500 ms a draft: a fresh cost model measures
   // a plain step before the drafter reads anything, and then never asks it. A free drafter reads
   // the prompt while the prompt's pass is in flight.
-  const auto prompt = Prompt("Name three rivers.");
-  const auto want = Plain(prompt, Options(0, 12));
-  for (Mode mode : {Mode::kChain, Mode::kPipelined}) {
-    SpeculativeOptions so;
-    so.mode = mode;
-    CountingDrafter costly(500.0), free_drafter(0.0);
-    EXPECT_EQ(Speculative(prompt, Options(0, 12), &costly, so, 1), want);
-    EXPECT_EQ(costly.asked, 0) << int(mode);
-    EXPECT_EQ(Speculative(prompt, Options(0, 12), &free_drafter, so, 1), want);
-    EXPECT_GE(free_drafter.asked, 1) << int(mode);
-  }
+  ExpectOnlyTheCheapAsked({500.0, 0.0}, {0.0, 0.0});
 }
 
-TEST_F(LocalSpeculativeTest, ADrafterIsNotAskedWhenReadingThePromptCostsMoreThanItCanSave) {
+TEST_F(DrafterCostTest, ADrafterIsNotAskedWhenReadingThePromptCostsMoreThanItCanSave) {
   // Drafts of 0.5 ms would pay against local steps, but first the drafter would read the prompt
   // at 50 ms a token, more than drafting can save over 12 tokens: the request goes on without
   // it. At a thousandth of a millisecond a token, the same drafter is asked.
-  const auto prompt = Prompt("Name three rivers.");
-  const auto want = Plain(prompt, Options(0, 12));
-  for (Mode mode : {Mode::kChain, Mode::kPipelined}) {
-    SpeculativeOptions so;
-    so.mode = mode;
-    CountingDrafter slow_reader(0.5, 50.0), fast_reader(0.5, 0.001);
-    EXPECT_EQ(Speculative(prompt, Options(0, 12), &slow_reader, so, 1), want);
-    EXPECT_EQ(slow_reader.asked, 0) << int(mode);
-    EXPECT_EQ(Speculative(prompt, Options(0, 12), &fast_reader, so, 1), want);
-    EXPECT_GE(fast_reader.asked, 1) << int(mode);
-  }
+  ExpectOnlyTheCheapAsked({0.5, 50.0}, {0.5, 0.001});
 }
 
 TEST(ModelDrafterTest, MeasuresWhatReadingCostsAndKnowsWhatItHasRead) {
