@@ -81,9 +81,11 @@ def main():
           f"{t1['completion_tokens']})")
 
     # The same two turns with speculative decoding (n-gram drafts, runs in flight, verified by
-    # the last hop): the same tokens as plain decoding.
+    # the last hop; the drafter shares this machine's cores with the nodes): the same tokens as
+    # plain decoding.
     spec = Chat(args, ["--coordinator", swarm.grpc, "--max-tokens", "300", "--speculative",
-                       "ngram", "--spec-mode", "pipelined", "--verify-at-last-hop"],
+                       "ngram", "--spec-mode", "pipelined", "--verify-at-last-hop",
+                       "--drafter-shares-cores"],
                 "chat_swarm_speculative")
     spec.send("My name is Alice. Please greet me in one sentence.")
     s1 = spec.wait_turn(1)
