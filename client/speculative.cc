@@ -105,9 +105,13 @@ double GammaController::Rate(int g) const {
 
 int GammaController::Choose() const {
   if (!adaptive_ || base_ms_ < 0) return gamma_;
+  // The line is trusted up to twice the largest recent pass, not beyond: where noise makes rows
+  // look free (a compute-bound swarm on busy cores), it would otherwise send as many drafts as
+  // gamma allows. Gamma still doubles pass by pass where longer passes keep paying.
+  const int limit = std::clamp(static_cast<int>(2 * max_rows_) - 1, 1, max_gamma_);
   int best = 0;
   double best_rate = Rate(0);
-  for (int g = 1; g <= max_gamma_; ++g) {
+  for (int g = 1; g <= limit; ++g) {
     if (Rate(g) > best_rate * 1.0001) {
       best_rate = Rate(g);
       best = g;
@@ -237,6 +241,7 @@ void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
     ++plain_samples_;
   }
   constexpr double decay = 0.9;
+  max_rows_ = std::max(static_cast<double>(rows), decay * max_rows_);
   fit_w_ = decay * fit_w_ + 1;
   fit_x_ = decay * fit_x_ + rows;
   fit_y_ = decay * fit_y_ + ms;

@@ -153,6 +153,7 @@ class GammaController {
   int plain_samples_ = 0;
   double base_ms_ = -1, row_ms_ = 0;
   bool slope_known_ = false;
+  double max_rows_ = 0;  // the largest recent measured pass, decayed
   double fit_w_ = 0, fit_x_ = 0, fit_y_ = 0, fit_xx_ = 0, fit_xy_ = 0;  // decayed sums
   double verdicts_[kBuckets] = {}, accepts_[kBuckets] = {};  // decayed, per confidence bucket
 };

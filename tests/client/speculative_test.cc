@@ -71,6 +71,22 @@ TEST(GammaControllerTest, RecoversThePassCostFromTheDecodePasses) {
   EXPECT_NEAR(c.row_ms(), 1.5, 0.05);
 }
 
+TEST(GammaControllerTest, NoiseThatMakesRowsLookFreeDoesNotSendLongRuns) {
+  // A compute-bound swarm (5 ms a pass, 1.5 ms a row) and a free drafter right half the time: a
+  // short gamma.
+  GammaController c = Simulate(/*base=*/5, /*per_row=*/1.5, /*accept=*/0.5, 20);
+  ASSERT_LE(c.gamma(), 2);
+  // Then noise on shared cores makes one- and two-row passes cost the same, so the line through
+  // the recent passes says rows are free. Passes far longer than any seen lately are not sent
+  // on that word alone.
+  for (int i = 0; i < 40; ++i) {
+    c.Observe(1, 8.0, 0, 0);
+    c.Observe(2, 8.0, 1, i % 2);
+  }
+  EXPECT_LT(c.row_ms(), 0.1);
+  EXPECT_LE(c.gamma(), 3);
+}
+
 TEST(GammaControllerTest, SlowLinksGetLongDraftsAndExpensiveRowsNone) {
   // 200 ms a pass, 1.5 ms a row, 70% acceptance: a pass of g drafts yields (1 - 0.7^(g+1)) / 0.3
   // tokens; tokens per ms peaks well above g = 4.
