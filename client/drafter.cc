@@ -133,17 +133,16 @@ absl::StatusOr<std::unique_ptr<ModelDrafter>> ModelDrafter::Load(const std::stri
   return d;
 }
 
-int ModelDrafter::Unread(std::span<const int32_t> text) const {
+size_t ModelDrafter::CommonPrefix(std::span<const int32_t> text) const {
   const std::vector<int32_t>& have = session_->tokens();
   size_t common = 0;
   while (common < have.size() && common < text.size() && have[common] == text[common]) ++common;
-  return static_cast<int>(text.size() - common);
+  return common;
 }
 
 absl::StatusOr<std::span<const float>> ModelDrafter::Sync(std::span<const int32_t> text) {
   const std::vector<int32_t>& have = session_->tokens();
-  size_t common = 0;
-  while (common < have.size() && common < text.size() && have[common] == text[common]) ++common;
+  size_t common = CommonPrefix(text);
   // Keep one token to re-feed so there are logits to return.
   if (common == text.size() && common > 0) --common;
   if (common < have.size()) RETURN_IF_ERROR(session_->Rewind(static_cast<int32_t>(common)));

@@ -75,10 +75,14 @@ class ModelDrafter final : public Drafter {
   void Read(std::span<const int32_t> text) override { (void)Sync(text); }
   double token_ms() const override { return token_ms_; }
   double read_ms() const override { return read_ms_; }
-  int Unread(std::span<const int32_t> text) const override;
+  int Unread(std::span<const int32_t> text) const override {
+    return static_cast<int>(text.size() - CommonPrefix(text));
+  }
 
  private:
   ModelDrafter() = default;
+  // How many tokens `text` shares, from its start, with what the session holds.
+  size_t CommonPrefix(std::span<const int32_t> text) const;
   // Brings the session to exactly `text` and returns the logits after it.
   absl::StatusOr<std::span<const float>> Sync(std::span<const int32_t> text);
 

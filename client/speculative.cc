@@ -318,12 +318,12 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
     return s;
   };
 
+  // A drafter that has more than this of the text left to read (Drafter::Unread) catches up
+  // first.
+  constexpr int kCatchUp = 8;
   // One more draft beyond the text; false when the drafter has no guess.
-  int32_t drafter_saw = 0;  // the text's length when the drafter last drafted
-  constexpr int32_t kCatchUp = 8;
   auto draft_one = [&] {
     std::vector<DraftToken> d = drafter_->Draft(tokens, 1);
-    drafter_saw = static_cast<int32_t>(tokens.size());
     if (d.empty()) return false;
     tokens.push_back(d[0].token);
     probs.push_back(d[0].prob);
@@ -397,7 +397,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       if (static_cast<int32_t>(tokens.size()) < want) {
         // A drafter left idle for a while (gamma 0) first reads the text it missed: that is not
         // what a draft costs.
-        if (static_cast<int32_t>(tokens.size()) - drafter_saw > kCatchUp) drafter_->Read(tokens);
+        if (drafter_->Unread(tokens) > kCatchUp) drafter_->Read(tokens);
         const absl::Time draft_start = absl::Now();
         const int32_t before = static_cast<int32_t>(tokens.size());
         // With runs in flight, an answer that arrives while a costly drafter works comes first:
@@ -468,7 +468,6 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       } else if (gamma > 0) {
         drafts = drafter_->Draft(tokens, gamma);
         run.alone = false;  // it shared the machine with the drafter: no measure of a step
-        drafter_saw = static_cast<int32_t>(tokens.size() + drafts.size());
       }
       for (const DraftToken& d : drafts) {
         tokens.push_back(d.token);
@@ -476,12 +475,11 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       }
       drafted_before = true;
     } else if (drafted_before && !drafting_off && !run.cancelled && gamma_control_.ProbeDue() &&
-               static_cast<int32_t>(tokens.size()) - drafter_saw > kCatchUp) {
+               drafter_->Unread(tokens) > kCatchUp) {
       // The next run probes an idle drafter: it reads the text it missed while this run is in
       // flight, rather than in front of the probe.
       if (read_pays(/*probe=*/true)) {
         drafter_->Read(tokens);
-        drafter_saw = static_cast<int32_t>(tokens.size());
         run.alone = false;
       } else {
         drafting_off = true;  // the probe is left to a request it could pay off in
