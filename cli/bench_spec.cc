@@ -136,6 +136,8 @@ struct Totals {
   int decode_tokens = 0;        // tokens after each request's first
   double decode_s = 0;          // from each request's first token to its last
   std::vector<double> request_ms;  // each prompt's wall time, in order (the first one learns)
+  std::vector<double> first_ms;    // each prompt's time to its first token
+  std::vector<double> tail_ms;     // each prompt's time from its last token to the answer
   std::vector<std::vector<int32_t>> outputs;
 };
 
@@ -179,8 +181,13 @@ absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& 
                        if (token >= 0) emitted.push_back(absl::Now());
                        return true;
                      }));
-    t.wall_s += absl::ToDoubleSeconds(absl::Now() - start);
-    t.request_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
+    const absl::Time end = absl::Now();
+    t.wall_s += absl::ToDoubleSeconds(end - start);
+    t.request_ms.push_back(absl::ToDoubleMilliseconds(end - start));
+    if (!emitted.empty()) {
+      t.first_ms.push_back(absl::ToDoubleMilliseconds(emitted.front() - start));
+      t.tail_ms.push_back(absl::ToDoubleMilliseconds(end - emitted.back()));
+    }
     for (size_t k = 1; k < emitted.size(); ++k) {
       t.gaps_ms.push_back(absl::ToDoubleMilliseconds(emitted[k] - emitted[k - 1]));
     }
@@ -218,6 +225,8 @@ nlohmann::json RowJson(double delay, const Config& c, const Totals& t, double pl
                       {"itl_p50_ms", Percentile(t.gaps_ms, 50)},
                       {"itl_p95_ms", Percentile(t.gaps_ms, 95)},
                       {"request_ms", t.request_ms},
+                      {"first_token_ms", t.first_ms},
+                      {"tail_ms", t.tail_ms},
                       {"tokens_identical", identical}};
   if (IsPlain(c)) return j;
   j["passes"] = t.passes;

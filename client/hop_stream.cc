@@ -39,18 +39,22 @@ void HopStream::ReadLoop() {
   handler_(nullptr, status);
 }
 
-void HopStream::Close(absl::Duration grace) {
+void HopStream::EndWrites() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return;
     closed_ = true;
   }
-  {
-    std::lock_guard<std::mutex> lock(write_mu_);
-    stream_->WritesDone();
-  }
+  std::lock_guard<std::mutex> lock(write_mu_);
+  stream_->WritesDone();
+}
+
+void HopStream::Close(absl::Duration grace) {
+  EndWrites();
   {
     std::unique_lock<std::mutex> lock(mu_);
+    if (joined_) return;
+    joined_ = true;
     if (!cv_.wait_for(lock, absl::ToChronoMilliseconds(grace), [&] { return ended_; })) {
       context_.TryCancel();
     }

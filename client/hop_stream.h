@@ -27,6 +27,9 @@ class HopStream {
   ~HopStream();  // Close()s
 
   bool Write(const v1::SessionRequest& request);
+  // Half-closes: the hop ends the session once it has read everything sent before. No more
+  // writes go out. Returns at once.
+  void EndWrites();
   // Half-closes, waits up to `grace` for the hop to end the stream, then cancels it.
   void Close(absl::Duration grace);
 
@@ -41,7 +44,8 @@ class HopStream {
   std::mutex mu_;
   std::condition_variable cv_;
   bool ended_ = false;   // guarded by mu_
-  bool closed_ = false;  // guarded by mu_
+  bool closed_ = false;  // guarded by mu_: no more writes
+  bool joined_ = false;  // guarded by mu_
   std::mutex write_mu_;
 };
 

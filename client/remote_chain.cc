@@ -99,15 +99,61 @@ absl::StatusOr<std::unique_ptr<RemoteChain>> RemoteChain::Open(const RemoteChain
 
 RemoteChain::~RemoteChain() { Close(); }
 
-void RemoteChain::Close() {
-  std::vector<std::unique_ptr<Hop>> hops;
+void RemoteChain::EndWrites() {
+  std::vector<Hop*> hops;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return;
     closed_ = true;
-    hops.swap(hops_);
+    closing_.swap(hops_);
+    for (auto& h : closing_) hops.push_back(h.get());
+  }
+  for (Hop* h : hops) h->stream->EndWrites();
+}
+
+void RemoteChain::Close() {
+  EndWrites();
+  std::vector<std::unique_ptr<Hop>> hops;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    hops.swap(closing_);
   }
   for (auto& h : hops) h->stream->Close(absl::Seconds(2));
+}
+
+ChainCloser::ChainCloser() : thread_([this] { Loop(); }) {}
+
+ChainCloser::~ChainCloser() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void ChainCloser::Close(std::unique_ptr<RemoteChain> chain) {
+  if (chain == nullptr) return;
+  chain->EndWrites();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(chain));
+  }
+  cv_.notify_all();
+}
+
+void ChainCloser::Loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, nothing left
+    std::vector<std::unique_ptr<RemoteChain>> chains;
+    chains.swap(queue_);
+    lock.unlock();
+    for (auto& c : chains) c->Close();
+    chains.clear();
+    lock.lock();
+  }
 }
 
 absl::StatusOr<std::vector<std::unique_ptr<RemoteChain::Hop>>> RemoteChain::OpenHops(

@@ -20,6 +20,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <variant>
 #include <vector>
 
@@ -84,7 +85,10 @@ class RemoteChain : public Chain {
   void CommitAsync(model::SeqId seq, int32_t until_pos) override;
 
   ChainStats stats() const;
-  // Ends every stream.
+  // Half-closes every stream at once and returns: each hop ends its session once it has read
+  // what was sent before. The chain takes no more ops.
+  void EndWrites();
+  // Ends every stream: EndWrites, then waits for each hop to end it (one round trip for all).
   void Close();
 
   // Asynchronous use (speculative decoding keeps several runs in flight):
@@ -163,6 +167,7 @@ class RemoteChain : public Chain {
 
   RemoteChainOptions options_;
   std::vector<std::unique_ptr<Hop>> hops_;  // the current route
+  std::vector<std::unique_ptr<Hop>> closing_;  // the route once EndWrites took it
   uint64_t next_op_ = 1;
   // Nodes that failed this chain, avoided until a back-off that doubles with each failure
   // (kBanBase, 2 kBanBase, ... up to kBanMax) has passed.
@@ -190,6 +195,27 @@ class RemoteChain : public Chain {
   model::SeqMask spec_seqs_ = 0;  // sequences other than 0 ever used (speculation)
   std::vector<uint64_t> pending_control_;  // async control ops not yet reaped
   bool closed_ = false;
+};
+
+// Closes chains on a thread of its own: a request returns as soon as its last token is known,
+// rather than after every hop has acknowledged the end of its stream.
+class ChainCloser {
+ public:
+  ChainCloser();
+  ~ChainCloser();  // closes the chains still queued
+
+  // Half-closes `chain` now (its hops free the session as soon as the message arrives) and
+  // waits for the hops' acknowledgements in the background.
+  void Close(std::unique_ptr<RemoteChain> chain);
+
+ private:
+  void Loop();
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::unique_ptr<RemoteChain>> queue_;  // guarded by mu_
+  bool stop_ = false;                               // guarded by mu_
+  std::thread thread_;
 };
 
 // 128 random bits as 32 hex digits.

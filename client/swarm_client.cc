@@ -186,6 +186,7 @@ absl::StatusOr<strata::GenerateResult> SwarmClient::Run(const GenerateRequest& r
                    prompt != nullptr ? RunTokens(*prompt, request, context, chains, on_token)
                                      : RunRequest(request, context, chains, on_token));
   out.route = ToRouteHops(owned[0]->Hops());  // the route in use at the end
+  for (auto& chain : owned) closer_->Close(std::move(chain));
   return out;
 }
 

@@ -70,6 +70,8 @@ class SwarmClient final : public Client {
   std::unique_ptr<ThreadPool> pool_;
   std::vector<std::unique_ptr<v1::Coordinator::Stub>> coordinators_;
   std::unique_ptr<DrafterCache> drafters_;
+  // Last: it closes the chains of finished requests before anything else goes.
+  std::unique_ptr<ChainCloser> closer_ = std::make_unique<ChainCloser>();
 };
 
 }  // namespace strata::client

@@ -1,6 +1,7 @@
 // The swarm end to end: real `strata coordinator` and `strata node` processes on loopback, the
 // client SDK in this process. Outputs are compared with local single-process generation by
 // equality (DESIGN.md, Determinism).
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -10,6 +11,7 @@
 #include "client/local_model.h"
 #include "client/prompt.h"
 #include "strata/client.h"
+#include "strata/v1/node.grpc.pb.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/swarm.h"
 
@@ -119,6 +121,27 @@ TEST_F(SwarmTest, ThreeNodesMatchLocalTokensAndLogits) {
       EXPECT_EQ(got->route[2].last_layer, 30);
     }
   }
+  // A request returns once its last token is known and its sessions end behind it, while the
+  // client lives on: every node is left with none open.
+  auto open_sessions = [&] {
+    int open = 0;
+    for (const auto& node : swarm->nodes()) {
+      auto stub = v1::Node::NewStub(
+          grpc::CreateChannel(node->address, grpc::InsecureChannelCredentials()));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      v1::NodeInfo info;
+      if (!stub->Info(&ctx, v1::InfoRequest(), &info).ok()) return -1;
+      open += info.active_sessions();
+    }
+    return open;
+  };
+  int open = -1;
+  for (int i = 0; i < 100 && open != 0; ++i) {
+    if (i > 0) absl::SleepFor(absl::Milliseconds(50));
+    open = open_sessions();
+  }
+  EXPECT_EQ(open, 0) << "sessions of finished requests are still open";
   // Logits bit for bit, through the research-facing Session API.
   auto prompt = client->Tokenize(Request(kPrompts[0], 0, 0));
   ASSERT_TRUE(prompt.ok());
