@@ -280,6 +280,10 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
   std::vector<int32_t> fed(n_chains, 0);        // positions held by each chain
   std::vector<int32_t> confirmed(n_chains, 0);  // of which answered (not in flight)
   std::deque<Run> runs;                         // in flight, in submission order
+  // Runs a rejection cancelled: never waited for (their rows were wasted when they were
+  // cancelled), only collected once answered, so they hold up neither the answers behind them
+  // nor the runs that replace them.
+  std::vector<Run> stale;
   const absl::Time start = absl::Now();
 
   auto in_flight = [&](size_t c) {
@@ -308,6 +312,32 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
         confirmed[c] = std::min(confirmed[c], cut[c]);
       }
     }
+    // The truncates above follow every cancelled run on its chain: whatever a cancelled run
+    // still computes is dropped there, so nothing waits for it.
+    for (auto it = runs.begin(); it != runs.end();) {
+      if (!it->cancelled) {
+        ++it;
+        continue;
+      }
+      stats_.wasted_rows += it->count;
+      stale.push_back(*it);
+      it = runs.erase(it);
+    }
+  };
+  // Collects the stale runs that were answered (without waiting for any).
+  std::vector<float> scratch;
+  std::vector<int32_t> scratch_tokens;
+  auto reap = [&] {
+    std::erase_if(stale, [&](const Run& r) {
+      if (!chains_[r.chain]->RunReady(r.id)) return false;
+      if (options_.verify_at_last_hop) {
+        (void)chains_[r.chain]->WaitVerdict(r.id, &scratch_tokens);
+      } else {
+        scratch.resize(static_cast<size_t>(r.first + r.count - r.out_first) * width);
+        (void)chains_[r.chain]->WaitRun(r.id, scratch.data());
+      }
+      return true;
+    });
   };
 
   // The chance that every draft beyond the settled text is accepted, by the drafter's confidence
@@ -355,6 +385,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
   std::vector<int32_t> verdict;
   bool drafted_before = false;
   while (true) {
+    reap();
     // Keep up to max_runs runs going, drafting ahead of the last one.
     const int max_runs = pipelined ? gamma_control_.Runs(options_.max_in_flight) : 1;
     while (!emitter.done() && static_cast<int>(runs.size()) < max_runs) {
@@ -447,13 +478,19 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       run.count = count;
       run.out_first = out_first;
       run.drafted = std::max(0, end - std::max(first, certain));
-      run.alone = runs.empty();
+      run.alone = runs.empty() && stale.empty();
       run.sent = absl::Now();
       runs.push_back(run);
       fed[c] = end;
       stats_.drafted += run.drafted;
     }
     if (runs.empty()) break;
+    if (emitter.done()) {
+      // Speculation still in flight is not waited for: the request has its tokens, and the
+      // chains are not used again.
+      for (const Run& r : runs) stats_.wasted_rows += r.count;
+      break;
+    }
 
     Run run = runs.front();
     runs.pop_front();

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <set>
 
 #include "client/drafter.h"
 #include "client/generate.h"
@@ -610,6 +611,93 @@ TEST_F(LocalSpeculativeTest, PipelinedRunsAreCancelledOnRejection) {
   EXPECT_EQ(Speculative(prompt, Options(0, 64), &oracle, so, 1, &stats), greedy);
   EXPECT_GT(stats.cancelled_runs, 0);
   EXPECT_GT(stats.wasted_rows, 0);
+}
+
+// A local chain whose cancelled runs answer only when the test says so, as a remote chain's do
+// after a round trip; it counts the waits that would block on one.
+class SlowCancelChain : public Chain {
+ public:
+  explicit SlowCancelChain(Chain* inner) : inner_(inner) {}
+  absl::Status Forward(std::span<const model::Row> rows, const float* hidden,
+                       std::span<const int32_t> out_rows, float* out) override {
+    return inner_->Forward(rows, hidden, out_rows, out);
+  }
+  absl::Status Truncate(model::SeqId seq, int32_t from_pos) override {
+    return inner_->Truncate(seq, from_pos);
+  }
+  absl::Status Commit(model::SeqId seq, int32_t until_pos) override {
+    return inner_->Commit(seq, until_pos);
+  }
+  std::vector<HopInfo> Hops() const override { return inner_->Hops(); }
+  absl::StatusOr<uint64_t> SubmitRun(std::span<const model::Row> rows, const float* hidden,
+                                     std::span<const int32_t> out_rows) override {
+    return inner_->SubmitRun(rows, hidden, out_rows);
+  }
+  absl::Status WaitRun(uint64_t run, float* out) override {
+    if (cancelled_.contains(run)) {
+      if (!RunReady(run)) ++blocking_waits;
+      return absl::CancelledError("cancelled");
+    }
+    return inner_->WaitRun(run, out);
+  }
+  bool RunReady(uint64_t run) override { return !cancelled_.contains(run) || answer_cancelled; }
+  absl::StatusOr<uint64_t> SubmitVerifiedRun(std::span<const model::Row> rows,
+                                             const float* hidden,
+                                             std::span<const int32_t> out_rows,
+                                             const model::VerifySpec& verify) override {
+    return inner_->SubmitVerifiedRun(rows, hidden, out_rows, verify);
+  }
+  absl::Status WaitVerdict(uint64_t run, std::vector<int32_t>* tokens) override {
+    return inner_->WaitVerdict(run, tokens);
+  }
+  void CancelRuns(std::span<const uint64_t> runs) override {
+    cancelled_.insert(runs.begin(), runs.end());
+  }
+  void TruncateAsync(model::SeqId seq, int32_t from_pos) override {
+    inner_->TruncateAsync(seq, from_pos);
+  }
+  void CommitAsync(model::SeqId seq, int32_t until_pos) override {
+    inner_->CommitAsync(seq, until_pos);
+  }
+
+  int cancelled() const { return static_cast<int>(cancelled_.size()); }
+  bool answer_cancelled = false;  // whether cancelled runs have answered (RunReady)
+  int blocking_waits = 0;         // waits for a cancelled run that had not answered
+
+ private:
+  Chain* inner_;
+  std::set<uint64_t> cancelled_;
+};
+
+TEST_F(LocalSpeculativeTest, NothingWaitsForACancelledRun) {
+  // A rejection cancels the runs behind it, and the end of the request those still in flight:
+  // their answers would only hold up the runs that replace them, or the caller.
+  const auto prompt = Prompt("Count from one to twenty.");
+  const auto greedy = Plain(prompt, Options(0, 48));
+  std::vector<int32_t> truth = prompt;
+  truth.insert(truth.end(), greedy.begin(), greedy.end());
+  for (bool answered : {false, true}) {
+    SCOPED_TRACE(answered);
+    OracleDrafter oracle(truth, 0.7, 5, lm_->model().hparams().n_vocab);
+    auto local = lm_->NewChain();
+    ASSERT_TRUE(local.ok());
+    SlowCancelChain chain(local->get());
+    SpeculativeOptions so;
+    so.mode = Mode::kPipelined;
+    so.max_in_flight = 3;
+    so.adaptive = false;
+    SpeculativeDecoder d(&lm_->embedder(), &lm_->head(), {&chain}, &lm_->pool(),
+                         &lm_->tokenizer(), &oracle, so);
+    // Cancelled runs either never answer within the request, or answer before the next wait:
+    // both must give the plain tokens, and only answered ones are collected.
+    chain.answer_cancelled = answered;
+    auto g = d.Generate(prompt, Options(0, 48));
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_EQ(g->tokens, greedy);
+    EXPECT_GT(chain.cancelled(), 0);
+    EXPECT_EQ(chain.blocking_waits, 0);
+    EXPECT_GT(d.stats().wasted_rows, 0);
+  }
 }
 
 TEST_F(LocalSpeculativeTest, TheLastStageVerifiesAndGivesThePlainTokens) {
