@@ -158,6 +158,9 @@ absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& 
   Totals t;
   // A draft model loads once per client, not per request: not part of the timed requests.
   if (config.accuracy == 0) RETURN_IF_ERROR(client.LoadDrafter(config.drafter));
+  // An oracle is made per request (it knows that request's answer); what the requests learn
+  // about it carries over from one to the next, as a draft model's does in the client's cache.
+  client::DrafterCache::Learned oracle_learned;
   for (size_t i = 0; i < prompts.size(); ++i) {
     GenerateRequest r = Request(kPrompts[i], f.decode_tokens);
     r.speculative.drafter = config.drafter;
@@ -177,10 +180,13 @@ absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& 
     std::vector<absl::Time> emitted;
     const absl::Time start = absl::Now();
     ASSIGN_OR_RETURN(GenerateResult g,
-                     client.GenerateWith(r, oracle.get(), [&](int32_t token, std::string_view) {
-                       if (token >= 0) emitted.push_back(absl::Now());
-                       return true;
-                     }));
+                     client.GenerateWith(
+                         r, oracle.get(),
+                         [&](int32_t token, std::string_view) {
+                           if (token >= 0) emitted.push_back(absl::Now());
+                           return true;
+                         },
+                         &oracle_learned));
     const absl::Time end = absl::Now();
     t.wall_s += absl::ToDoubleSeconds(end - start);
     t.request_ms.push_back(absl::ToDoubleMilliseconds(end - start));

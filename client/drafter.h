@@ -130,12 +130,13 @@ class DrafterCache {
   DrafterCache(std::string target_path, int target_vocab, int threads)
       : target_path_(std::move(target_path)), target_vocab_(target_vocab), threads_(threads) {}
 
-  // A drafter, and what speculation learned about it in earlier requests, per mode (opaque
-  // here: the decoder's cost model; a tree's budget and a chain's gamma learn differently), kept
-  // together.
+  // What speculation learned about a drafter in earlier requests, per mode (opaque here: the
+  // decoder's cost model; a tree's budget and a chain's gamma learn differently).
+  using Learned = std::map<std::string, std::shared_ptr<void>>;
+  // A drafter and what was learned about it, kept together.
   struct Entry {
     std::unique_ptr<Drafter> drafter;
-    std::map<std::string, std::shared_ptr<void>> learned;
+    Learned learned;
   };
 
   class Lease {

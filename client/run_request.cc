@@ -83,13 +83,15 @@ absl::StatusOr<strata::GenerateResult> RunTokens(std::span<const int32_t> prompt
   o.rejection_sampling = so.rejection_sampling;
   o.verify_at_last_hop = so.verify_at_last_hop;
   o.drafter_shares_cores = so.drafter_shares_cores;
-  if (lease && o.adaptive) {
-    // The drafter's cost model carries over to its next request.
-    // (Per mode and where runs are verified: the pass costs differ.)
-    std::shared_ptr<void>& learned =
-        lease->learned(so.verify_at_last_hop ? so.mode + ", last hop" : so.mode);
-    if (!learned) learned = std::make_shared<GammaController>(o.gamma, o.max_gamma, true);
-    o.learned = static_cast<GammaController*>(learned.get());
+  // The drafter's cost model carries over to its next request.
+  // (Per mode and where runs are verified: the pass costs differ.)
+  const std::string key = so.verify_at_last_hop ? so.mode + ", last hop" : so.mode;
+  std::shared_ptr<void>* learned = lease                ? &lease->learned(key)
+                                   : context.learned   ? &(*context.learned)[key]
+                                                       : nullptr;
+  if (learned != nullptr && o.adaptive) {
+    if (!*learned) *learned = std::make_shared<GammaController>(o.gamma, o.max_gamma, true);
+    o.learned = static_cast<GammaController*>(learned->get());
   }
   SpeculativeDecoder decoder(context.embedder, context.head, std::move(chains), context.pool,
                              context.tokenizer, drafter, o);

@@ -27,6 +27,9 @@ struct RequestContext {
   Drafter* drafter = nullptr;
   // Where drafters named by the request are taken from (null: made for this request alone).
   DrafterCache* drafters = nullptr;
+  // With `drafter`: what its cost model learned in earlier requests, per mode, carried on to the
+  // next as a cached drafter's is (null: this request learns alone).
+  DrafterCache::Learned* learned = nullptr;
 };
 
 // How many chains `request` wants: its replicas for dsi, else 1.

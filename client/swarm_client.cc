@@ -154,8 +154,9 @@ absl::Status SwarmClient::LoadDrafter(const std::string& spec) {
 }
 
 absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateWith(
-    const GenerateRequest& request, Drafter* drafter, const strata::TokenCallback& on_token) {
-  return Run(request, nullptr, drafter, on_token);
+    const GenerateRequest& request, Drafter* drafter, const strata::TokenCallback& on_token,
+    DrafterCache::Learned* learned) {
+  return Run(request, nullptr, drafter, on_token, learned);
 }
 
 absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateTokens(
@@ -167,7 +168,8 @@ absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateTokens(
 absl::StatusOr<strata::GenerateResult> SwarmClient::Run(const GenerateRequest& request,
                                                         const std::span<const int32_t>* prompt,
                                                         Drafter* drafter,
-                                                        const strata::TokenCallback& on_token) {
+                                                        const strata::TokenCallback& on_token,
+                                                        DrafterCache::Learned* learned) {
   // Replicas (dsi) go over different routes when the swarm has them.
   std::vector<std::unique_ptr<RemoteChain>> owned;
   std::vector<Chain*> chains;
@@ -181,7 +183,8 @@ absl::StatusOr<strata::GenerateResult> SwarmClient::Run(const GenerateRequest& r
     owned.push_back(std::move(*chain));
   }
   RequestContext context{embedder_.get(), head_.get(), tokenizer_.get(), pool_.get(),
-                         options_.model_path, options_.threads, drafter, drafters_.get()};
+                         options_.model_path, options_.threads, drafter, drafters_.get(),
+                         learned};
   ASSIGN_OR_RETURN(strata::GenerateResult out,
                    prompt != nullptr ? RunTokens(*prompt, request, context, chains, on_token)
                                      : RunRequest(request, context, chains, on_token));

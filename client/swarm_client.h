@@ -24,9 +24,11 @@ class SwarmClient final : public Client {
   absl::StatusOr<GenerateResult> Generate(const GenerateRequest& request,
                                           const TokenCallback& on_token) override;
   // Generate with `drafter` (not owned; null: the one request.speculative.drafter names), for
-  // benchmarks whose drafters the public options cannot name (the oracle).
+  // benchmarks whose drafters the public options cannot name (the oracle). `learned` (may be
+  // null) carries what the requests with such drafters learn from one request to the next.
   absl::StatusOr<GenerateResult> GenerateWith(const GenerateRequest& request, Drafter* drafter,
-                                              const TokenCallback& on_token);
+                                              const TokenCallback& on_token,
+                                              DrafterCache::Learned* learned = nullptr);
   // Generate from prompt tokens the caller templated itself (a multi-turn conversation);
   // request.prompt, chat and system are not used.
   absl::StatusOr<GenerateResult> GenerateTokens(std::span<const int32_t> prompt,
@@ -60,7 +62,8 @@ class SwarmClient final : public Client {
   // A request over fresh chains; `prompt` (null: request's own prompt) as for GenerateTokens.
   absl::StatusOr<GenerateResult> Run(const GenerateRequest& request,
                                      const std::span<const int32_t>* prompt, Drafter* drafter,
-                                     const TokenCallback& on_token);
+                                     const TokenCallback& on_token,
+                                     DrafterCache::Learned* learned = nullptr);
 
   ClientOptions options_;
   std::shared_ptr<const model::Model> model_;

@@ -14,6 +14,7 @@
 #include "client/generate.h"
 #include "client/local_model.h"
 #include "client/prompt.h"
+#include "client/run_request.h"
 #include "model/sampling.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/tiny_model.h"
@@ -611,6 +612,34 @@ TEST_F(LocalSpeculativeTest, PipelinedRunsAreCancelledOnRejection) {
   EXPECT_EQ(Speculative(prompt, Options(0, 64), &oracle, so, 1, &stats), greedy);
   EXPECT_GT(stats.cancelled_runs, 0);
   EXPECT_GT(stats.wasted_rows, 0);
+}
+
+TEST_F(LocalSpeculativeTest, WhatACallersOwnDrafterLearnedCarriesOverPerMode) {
+  // A drafter the caller owns (the bench's oracle) learns across requests as a cached one does.
+  const auto prompt = Prompt("Repeat after me: one two three, one two three.");
+  NgramDrafter ngram;
+  DrafterCache::Learned learned;
+  RequestContext context{&lm_->embedder(), &lm_->head(), &lm_->tokenizer(), &lm_->pool(),
+                         testing::DefaultModelPath(), 1, &ngram, nullptr, &learned};
+  GenerateRequest r;
+  r.max_tokens = 16;
+  r.sampling.temperature = 0;
+  r.speculative.drafter = "ngram";
+  r.speculative.mode = "chain";
+  auto run = [&] {
+    auto chain = lm_->NewChain();
+    EXPECT_TRUE(chain.ok());
+    auto got = RunTokens(prompt, r, context, {chain->get()}, nullptr);
+    EXPECT_TRUE(got.ok()) << got.status();
+  };
+  run();
+  ASSERT_NE(learned["chain"], nullptr);
+  const void* first = learned["chain"].get();
+  const auto* model = static_cast<const GammaController*>(first);
+  EXPECT_GE(model->base_ms(), 0) << "the request taught it nothing";
+  run();
+  EXPECT_EQ(learned["chain"].get(), first);  // the same model, not a fresh one
+  EXPECT_EQ(learned.count("pipelined"), 0u);
 }
 
 // A local chain whose cancelled runs answer only when the test says so, as a remote chain's do
