@@ -496,7 +496,9 @@ TEST_F(LocalSpeculativeTest, EveryDrafterAndModeGivesThePlainTokens) {
             SpeculativeStats stats;
             EXPECT_EQ(Speculative(prompt, Options(temperature), drafter, so, chains, &stats),
                       want);
-            if (!adaptive) EXPECT_GT(stats.drafted, 0);
+            if (!adaptive) {
+              EXPECT_GT(stats.drafted, 0);
+            }
           }
         }
       }
