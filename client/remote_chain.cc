@@ -20,6 +20,7 @@ struct RemoteChain::Hop {
   std::string session_id, token;
   std::unique_ptr<HopStream> stream;
   bool opened = false;          // guarded by mu_
+  absl::Time open_deadline = absl::InfiniteFuture();  // for the answer to the open
   bool ended = false;           // guarded by mu_
   absl::Status end_status;      // guarded by mu_
   bool next_lost = false;       // guarded by mu_: it lost its next hop
@@ -74,27 +75,52 @@ absl::StatusOr<std::unique_ptr<RemoteChain>> RemoteChain::Open(const RemoteChain
   if (!options.routes) return absl::InvalidArgumentError("no route provider");
   auto chain = std::unique_ptr<RemoteChain>(new RemoteChain());
   chain->options_ = options;
-  absl::Status last = absl::UnavailableError("no route");
+  // The first op goes out behind the opens, without waiting for them (Wait reopens when a hop
+  // refuses).
+  RETURN_IF_ERROR(chain->OpenRoute(/*wait_for_opens=*/false));
+  return chain;
+}
+
+absl::Status RemoteChain::OpenRoute(bool wait_for_opens, absl::Status refused) {
+  absl::Status last = refused.ok() ? absl::UnavailableError("no route") : refused;
   for (int attempt = 0; attempt < 4; ++attempt) {
     std::vector<std::string> exclude;
     {
-      std::lock_guard<std::mutex> lock(chain->mu_);
-      exclude = chain->ExcludedLocked();
+      std::lock_guard<std::mutex> lock(mu_);
+      exclude = ExcludedLocked();
     }
-    auto routes = options.routes(0, exclude);
+    auto routes = options_.routes(0, exclude);
+    if (!routes.ok() && (attempt > 0 || !refused.ok())) {
+      // The nodes that refused are avoided for a while: their refusal is the news.
+      return absl::Status(last.code(), StrCat(last.message(), " (and no other route: ",
+                                              routes.status().message(), ")"));
+    }
     if (!routes.ok()) return routes.status();
     std::vector<const v1::Route*> candidates = {&routes->route()};
     for (const v1::Route& r : routes->alternates()) candidates.push_back(&r);
     for (const v1::Route* route : candidates) {
-      auto hops = chain->OpenHops(*route, 0, 1, true);
+      auto hops = OpenHops(*route, 0, next_op_, true, wait_for_opens);
       if (hops.ok()) {
-        chain->hops_ = std::move(*hops);
-        return chain;
+        std::lock_guard<std::mutex> lock(mu_);
+        hops_ = std::move(*hops);
+        return absl::OkStatus();
       }
       last = hops.status();
     }
   }
   return last;
+}
+
+absl::Status RemoteChain::Reopen(const Failure& failure) {
+  std::vector<std::unique_ptr<Hop>> old;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    STRATA_LOG(Info) << failure.status << "; opening the session on another route";
+    if (Retryable(failure.status)) BanLocked(hops_[failure.hop]->hop.node_id());
+    old.swap(hops_);
+  }
+  for (auto& h : old) h->stream->Close(absl::Milliseconds(100));
+  return OpenRoute(/*wait_for_opens=*/true, failure.status);
 }
 
 RemoteChain::~RemoteChain() { Close(); }
@@ -157,7 +183,8 @@ void ChainCloser::Loop() {
 }
 
 absl::StatusOr<std::vector<std::unique_ptr<RemoteChain::Hop>>> RemoteChain::OpenHops(
-    const v1::Route& route, int first_index, uint64_t first_op_seq, bool first_from_client) {
+    const v1::Route& route, int first_index, uint64_t first_op_seq, bool first_from_client,
+    bool wait_for_opens) {
   if (route.hops_size() == 0) return absl::UnavailableError("the route has no hops");
   const std::string session_id = RandomHex128(), token = RandomHex128();
   std::vector<std::unique_ptr<Hop>> hops;
@@ -190,6 +217,11 @@ absl::StatusOr<std::vector<std::unique_ptr<RemoteChain::Hop>>> RemoteChain::Open
         [this, h](const v1::SessionResponse* m, const grpc::Status& end) { OnMessage(h, m, end); });
   }
   const absl::Time deadline = absl::Now() + options_.open_timeout;
+  if (!wait_for_opens) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& h : hops) h->open_deadline = deadline;
+    return hops;
+  }
   absl::Status failure;
   {
     std::unique_lock<std::mutex> lock(mu_);
@@ -221,6 +253,14 @@ void RemoteChain::OnMessage(Hop* h, const v1::SessionResponse* m, const grpc::St
     h->ended = true;
     h->end_status = end.ok() ? absl::UnavailableError(StrCat(h->hop.node_id(), " closed the session"))
                              : FromGrpcStatus(end);
+    if (!h->opened && !end.ok()) {
+      // Refused at open. Layers outside the node's span mean a stale route: another may do.
+      const absl::StatusCode code = end.error_code() == grpc::StatusCode::OUT_OF_RANGE
+                                        ? absl::StatusCode::kUnavailable
+                                        : h->end_status.code();
+      h->end_status = absl::Status(code, StrCat("hop ", h->hop.node_id(), " (", h->hop.address(),
+                                                ") refused the session: ", end.error_message()));
+    }
     cv_.notify_all();
     return;
   }
@@ -313,7 +353,9 @@ std::variant<v1::ForwardResult, RemoteChain::Failure> RemoteChain::Await(
     if (r.done) return true;
     for (size_t i = 0; i < hops_.size(); ++i) {
       if (hops_[i]->ended) {
-        failure = {static_cast<int>(i), hops_[i]->end_status, true};
+        // A hop that ended before it opened refused the session (or could not be reached):
+        // the route avoids it, but it is not reported as failed.
+        failure = {static_cast<int>(i), hops_[i]->end_status, hops_[i]->opened};
         return true;
       }
       if (hops_[i]->next_lost && i + 1 < hops_.size()) {
@@ -328,7 +370,28 @@ std::variant<v1::ForwardResult, RemoteChain::Failure> RemoteChain::Await(
     return false;
   };
   const absl::Duration deadline = StepDeadline(rows);
-  if (!cv_.wait_for(lock, absl::ToChronoMilliseconds(deadline), settled)) {
+  const absl::Time until = absl::Now() + deadline;
+  bool answered = false;
+  while (true) {
+    // Hops that have not answered their open yet must do so within the open timeout.
+    absl::Time wake = until;
+    for (const auto& h : hops_) {
+      if (!h->opened && !h->ended) wake = std::min(wake, h->open_deadline);
+    }
+    answered = cv_.wait_until(lock, absl::ToChronoTime(wake), settled);
+    if (answered || absl::Now() >= until) break;
+    for (size_t i = 0; i < hops_.size(); ++i) {
+      const Hop& h = *hops_[i];
+      if (!h.opened && !h.ended && absl::Now() >= h.open_deadline) {
+        return Failure{static_cast<int>(i),
+                       absl::DeadlineExceededError(StrCat("hop ", h.hop.node_id(), " (",
+                                                          h.hop.address(),
+                                                          ") did not answer the open")),
+                       false};
+      }
+    }
+  }
+  if (!answered) {
     // Stuck: the first hop (from where the op entered) that did not pass it on is the culprit.
     size_t stuck = hops_.size() - 1;
     for (size_t i = first_hop; i + 1 < hops_.size(); ++i) {
@@ -433,6 +496,7 @@ absl::StatusOr<v1::ForwardResult> RemoteChain::Wait(uint64_t seq, bool resend) {
       if (recovering) {
         stats_.last_recovery_ms = absl::ToDoubleMilliseconds(absl::Now() - failure_time);
       }
+      answered_any_ = true;
       return std::move(*result);
     }
     Failure failure = std::get<Failure>(outcome);
@@ -440,6 +504,10 @@ absl::StatusOr<v1::ForwardResult> RemoteChain::Wait(uint64_t seq, bool resend) {
       rec->second.completed = true;  // answered (with an error): not in flight any more
       return failure.status;
     }
+    // Before any op was answered, a hop that never opened refused the session or did not answer
+    // its open: the session opens again elsewhere, now waiting for the opens, as a fresh one
+    // would (fails fast with the refusal where no route has room; nothing is reported).
+    const bool refused = !answered_any_ && !hops_[failure.hop]->opened;
     // Every op still in flight is abandoned by the failover.
     std::vector<uint64_t> abandoned;
     for (auto& [s, r] : log_) {
@@ -459,7 +527,7 @@ absl::StatusOr<v1::ForwardResult> RemoteChain::Wait(uint64_t seq, bool resend) {
     }
     if (!recovering) failure_time = absl::Now();
     recovering = true;
-    RETURN_IF_ERROR(Failover(failure, abandoned));
+    RETURN_IF_ERROR(refused ? Reopen(failure) : Failover(failure, abandoned));
     if (!resend) return absl::AbortedError("the route changed while this run was in flight");
     seq = Submit(std::move(again), std::move(rows), std::move(hidden));
   }

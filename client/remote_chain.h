@@ -1,7 +1,9 @@
 // A Chain over a route of remote nodes, surviving node failures.
 //
 // The client opens a Session stream to every hop and sends every op to the first; hidden states
-// then flow node to node and the last hop answers. Intermediate hops send the client a copy of
+// then flow node to node and the last hop answers. The first op follows the opens at once
+// (nodes hold a push that comes before its session's open), so a request pays no round trip
+// for opening. Intermediate hops send the client a copy of
 // what they forwarded, so the client holds the input of every span boundary of its route.
 //
 // When a hop fails (its stream breaks, the hop before it loses it, it stops answering within the
@@ -142,11 +144,13 @@ class RemoteChain : public Chain {
   // control ops answered before it.
   absl::StatusOr<v1::ForwardResult> AwaitRun(uint64_t run);
   // Opens sessions for `route` as hops [first_index, ...) of this chain, starting at op
-  // `first_op_seq`. Returns the new hops (not yet added) once all accepted.
+  // `first_op_seq`. Returns the new hops (not yet added) once all accepted, or, without
+  // `wait_for_opens`, at once (ops may follow the opens; Await watches for their answers).
   absl::StatusOr<std::vector<std::unique_ptr<Hop>>> OpenHops(const v1::Route& route,
                                                              int first_index,
                                                              uint64_t first_op_seq,
-                                                             bool first_from_client);
+                                                             bool first_from_client,
+                                                             bool wait_for_opens = true);
   void OnMessage(Hop* hop, const v1::SessionResponse* message, const grpc::Status& end);
   // Sends `op` (op_seq assigned here), with failover; the forward's input rows and hidden
   // states at boundary 0 come with it.
@@ -157,6 +161,11 @@ class RemoteChain : public Chain {
                                                  std::unique_lock<std::mutex>& lock,
                                                  Reply* reply, size_t first_hop = 0);
   absl::Status Failover(Failure failure, const std::vector<uint64_t>& abandoned);
+  // Opens the session over a route from layer 0 (hops_ must be empty), trying alternates;
+  // `refused` is why an earlier route was dropped (reported if no other route is found).
+  absl::Status OpenRoute(bool wait_for_opens, absl::Status refused = absl::OkStatus());
+  // A hop refused the session before any op was answered: drops the route, opens another.
+  absl::Status Reopen(const Failure& failure);
   // The cells the KV of the hop starting at `boundary` must hold, from the inputs kept for it;
   // nullopt when an input is missing.
   std::optional<std::vector<Cell>> History(int boundary) const;
@@ -169,6 +178,7 @@ class RemoteChain : public Chain {
   std::vector<std::unique_ptr<Hop>> hops_;  // the current route
   std::vector<std::unique_ptr<Hop>> closing_;  // the route once EndWrites took it
   uint64_t next_op_ = 1;
+  bool answered_any_ = false;  // guarded by mu_: an op was answered (every hop had opened)
   // Nodes that failed this chain, avoided until a back-off that doubles with each failure
   // (kBanBase, 2 kBanBase, ... up to kBanMax) has passed.
   struct Ban {

@@ -155,10 +155,15 @@ void Worker::Loop() {
   for (const std::string& id : ids) {
     CloseSession(id, Grpc(absl::StatusCode::kUnavailable, "node shutting down"));
   }
+  while (!held_pushes_.empty()) {
+    DropHeldPush(held_pushes_.begin()->first,
+                 Grpc(absl::StatusCode::kUnavailable, "node shutting down"));
+  }
   UpdateStats();
 }
 
 void Worker::Handle(Event& event) {
+  if (HoldBehindPush(event)) return;
   if (auto* e = std::get_if<OpenEvent>(&event)) {
     HandleOpen(*e);
   } else if (auto* e = std::get_if<OpEvent>(&event)) {
@@ -239,6 +244,11 @@ void Worker::HandleOpen(OpenEvent& e) {
   auto refuse = [&](absl::StatusCode code, const std::string& msg) {
     stats_.errors.fetch_add(1, std::memory_order_relaxed);
     e.client->Close(Grpc(code, msg));
+    if (code != absl::StatusCode::kAlreadyExists) {
+      DropHeldPush(o.session_id(), Grpc(absl::StatusCode::kNotFound,
+                                        StrCat("the open of session '", o.session_id(),
+                                               "' was refused: ", msg)));
+    }
   };
   if (o.protocol_version() != static_cast<int>(kProtocolVersion)) {
     return refuse(absl::StatusCode::kFailedPrecondition,
@@ -302,11 +312,66 @@ void Worker::HandleOpen(OpenEvent& e) {
   r.mutable_opened()->set_last_layer(o.last_layer());
   s.client->Send(std::move(r));
   sessions_.emplace(o.session_id(), std::move(s));
+  ReleaseHeldPush(o.session_id());
+}
+
+bool Worker::HoldBehindPush(Event& event) {
+  const std::string* id = nullptr;
+  const UpstreamLink* upstream = nullptr;
+  if (auto* e = std::get_if<OpEvent>(&event); e != nullptr && e->source == Source::kPush) {
+    id = &e->session_id;
+    upstream = e->upstream;
+  } else if (auto* e = std::get_if<PushOfferEvent>(&event)) {
+    id = &e->session_id;
+    upstream = e->upstream;
+  } else if (auto* e = std::get_if<PushGoneEvent>(&event)) {
+    id = &e->session_id;
+    upstream = e->upstream.get();
+  }
+  if (id == nullptr) return false;
+  auto it = held_pushes_.find(*id);
+  if (it == held_pushes_.end() || it->second.open.upstream.get() != upstream) return false;
+  if (std::holds_alternative<PushGoneEvent>(event)) {
+    // The previous hop gave up before the session opened here.
+    DropHeldPush(*id, Grpc(absl::StatusCode::kNotFound, StrCat("unknown session '", *id, "'")));
+  } else {
+    it->second.behind.push_back(std::move(event));
+  }
+  return true;
+}
+
+void Worker::ReleaseHeldPush(const std::string& session_id) {
+  auto it = held_pushes_.find(session_id);
+  if (it == held_pushes_.end()) return;
+  HeldPush held = std::move(it->second);
+  held_pushes_.erase(it);
+  HandlePushOpen(held.open);
+  for (Event& e : held.behind) Handle(e);
+}
+
+void Worker::DropHeldPush(const std::string& session_id, const grpc::Status& status) {
+  auto it = held_pushes_.find(session_id);
+  if (it == held_pushes_.end()) return;
+  HeldPush held = std::move(it->second);
+  held_pushes_.erase(it);
+  held.open.upstream->Close(status);
+  for (Event& e : held.behind) {
+    if (auto* offer = std::get_if<PushOfferEvent>(&e)) offer->answer(false);
+  }
 }
 
 void Worker::HandlePushOpen(PushOpenEvent& e) {
   auto it = sessions_.find(e.session_id);
   if (it == sessions_.end()) {
+    // The client's open may still be on its way: the stream waits for it, within bounds.
+    if (!held_pushes_.contains(e.session_id) &&
+        static_cast<int>(held_pushes_.size()) < options_.max_sessions &&
+        options_.push_before_open > absl::ZeroDuration()) {
+      std::string id = e.session_id;
+      held_pushes_.emplace(std::move(id), HeldPush{std::move(e), {},
+                                                   options_.clock->Now() + options_.push_before_open});
+      return;
+    }
     e.upstream->Close(Grpc(absl::StatusCode::kNotFound,
                            StrCat("unknown session '", e.session_id, "'")));
     return;
@@ -746,6 +811,15 @@ void Worker::ExpireIdle() {
     STRATA_LOG(Info) << "session " << id << " idle for " << options_.idle_timeout
                      << "; closing it";
     CloseSession(id, Grpc(absl::StatusCode::kDeadlineExceeded, "session idle timeout"));
+  }
+  std::vector<std::string> unopened;
+  for (const auto& [id, held] : held_pushes_) {
+    if (now >= held.deadline) unopened.push_back(id);
+  }
+  for (const std::string& id : unopened) {
+    DropHeldPush(id, Grpc(absl::StatusCode::kNotFound,
+                          StrCat("unknown session '", id, "' (not opened within ",
+                                 absl::FormatDuration(options_.push_before_open), ")")));
   }
   std::lock_guard<std::mutex> lock(peers_mu_);
   for (auto it = peers_.begin(); it != peers_.end();) {

@@ -36,6 +36,9 @@ struct WorkerOptions {
   int max_rows_per_op = 8192;
   size_t max_queue = 4096;                   // events waiting for the worker
   absl::Duration idle_timeout = absl::Minutes(10);
+  // How long a push stream from the previous hop may wait for its session's open: a client sends
+  // its first op without waiting for the opens, so the previous hop can be ahead of it.
+  absl::Duration push_before_open = absl::Seconds(3);
   Clock* clock = Clock::Real();
   // Threads of the model's head for last-hop verification (0: one per core).
   int verify_threads = 0;
@@ -171,6 +174,12 @@ class Worker {
   };
   using Event = std::variant<OpenEvent, OpEvent, ClientGoneEvent, PushOpenEvent, PushOfferEvent,
                              DownstreamFailedEvent, PushGoneEvent, DrainEvent, StateEvent>;
+  // A push stream that named a session not open here yet, with what came on it since, in order.
+  struct HeldPush {
+    PushOpenEvent open;
+    std::vector<Event> behind;  // its ops and offers
+    absl::Time deadline;
+  };
 
   struct Session {
     v1::OpenSession open;
@@ -194,6 +203,12 @@ class Worker {
   void HandleOpen(OpenEvent& e);
   void HandleOp(OpEvent& e);
   void HandlePushOpen(PushOpenEvent& e);
+  // Keeps an event of a held push stream behind its open; false for any other event.
+  bool HoldBehindPush(Event& event);
+  // The session opened: its held push stream is taken as if it came now, then what came on it.
+  void ReleaseHeldPush(const std::string& session_id);
+  // Refuses a held push stream (its offers are declined, its ops dropped).
+  void DropHeldPush(const std::string& session_id, const grpc::Status& status);
   void CloseSession(const std::string& id, grpc::Status status);
   // Applies ready non-forward ops and runs batches until nothing is ready.
   void RunReady();
@@ -225,6 +240,7 @@ class Worker {
   std::unique_ptr<model::Verifier> verifier_;
   CancelBoard cancels_;
   std::map<std::string, Session> sessions_;  // worker thread only
+  std::map<std::string, HeldPush> held_pushes_;  // by session id; worker thread only
   WorkerStats stats_;
   std::atomic<bool> draining_{false};
   std::atomic<int> first_layer_{0};

@@ -205,6 +205,72 @@ TEST_F(FailoverTest, ReplacementWithDifferentSpanBoundaries) {
   EXPECT_EQ(Boundaries((*session)->route()), (std::set<int>{0, 10, 25}));
 }
 
+// A session's first op follows the opens at once: opening costs no round trip, and the tokens
+// are the same.
+TEST_F(FailoverTest, TheFirstOpDoesNotWaitForTheOpens) {
+  auto swarm = Swarm({"0:10", "10:20", "20:30"}, /*links=*/true);
+  ASSERT_TRUE(swarm->SetDelay(300).ok());
+  const auto prompt = Prompt("Name a planet.");
+  const auto want = Reference(prompt, 4);
+  auto client = Connect(swarm->coordinators(), /*open_timeout_ms=*/15000);
+  {
+    // Connects the client to every node (a connection's setup crosses the links).
+    auto warm = client->OpenSession();
+    ASSERT_TRUE(warm.ok()) << warm.status();
+    ASSERT_TRUE(Decode(**warm, prompt, 1, [](int) {}).ok());
+  }
+  const absl::Time start = absl::Now();
+  auto session = client->OpenSession();
+  const absl::Duration open = absl::Now() - start;
+  ASSERT_TRUE(session.ok()) << session.status();
+  // Waiting for the opens' answers would take a round trip through a link: 600 ms.
+  EXPECT_LT(open, absl::Milliseconds(300));
+  auto got = Decode(**session, prompt, 4, [](int) {});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, want);
+}
+
+// A node that refuses the session (here: it is full) is routed around, as before the first op
+// was sent without waiting; where no route has room, the refusal comes back as a clear error.
+TEST_F(FailoverTest, AHopThatRefusesTheSessionIsRoutedAround) {
+  auto swarm = testing::StartSwarm();
+  NodeSpec full;
+  full.layers = "10:20";
+  full.extra_args = {"--max-sessions", "1"};
+  for (const NodeSpec& spec : {NodeSpec{.layers = "0:10"}, full, NodeSpec{.layers = "20:30"}}) {
+    ASSERT_TRUE(swarm->AddNode(spec).ok());
+  }
+  ASSERT_TRUE(swarm->WaitUntilServing(3).ok());
+  const auto prompt = Prompt("Name a river.");
+  const auto want = Reference(prompt, 4);
+  auto client = Connect(swarm->coordinators());
+  auto first = client->OpenSession();  // takes the full node's only place
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(Decode(**first, prompt, 1, [](int) {}).ok());
+
+  auto second = client->OpenSession();
+  ASSERT_TRUE(second.ok()) << second.status();  // opens are answered later
+  auto refused = Decode(**second, prompt, 1, [](int) {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("refused the session"), std::string::npos)
+      << refused.status();
+  EXPECT_NE(refused.status().message().find("limit of 1 sessions"), std::string::npos)
+      << refused.status();
+
+  NodeSpec other;
+  other.layers = "10:20";
+  ASSERT_TRUE(swarm->AddNode(other).ok());
+  ASSERT_TRUE(swarm->WaitUntilServing(4).ok());
+  auto third = client->OpenSession();
+  ASSERT_TRUE(third.ok()) << third.status();
+  auto got = Decode(**third, prompt, 4, [](int) {});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, want);
+  // The full node was not reported as failed: the first session still runs through it.
+  auto more = Decode(**first, prompt, 2, [](int) {});
+  EXPECT_TRUE(more.ok()) << more.status();
+}
+
 TEST_F(FailoverTest, FailureDuringTheReplay) {
   auto swarm = Swarm({"0:10", "10:20", "10:20", "20:30"}, /*links=*/true);
   const auto prompt = Prompt("Describe a thunderstorm.");

@@ -295,6 +295,81 @@ TEST_F(NodeInputTest, PushStreamsNeedAKnownSessionAndItsToken) {
   EXPECT_EQ(push_status("", "").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+// A client sends its first op without waiting for the opens, so the previous hop's push can
+// reach a node before the client's open does: the node holds it, with its ops, until the open.
+TEST_F(NodeInputTest, APushThatComesBeforeItsOpenWaitsForIt) {
+  auto stub = Stub(1);
+  grpc::ClientContext pctx;
+  pctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto push = stub->Push(&pctx);
+  v1::PushRequest first;
+  first.set_session_id("early");
+  first.set_token("secret");
+  *first.mutable_op() = ForwardOp(1, 3, width_);
+  ASSERT_TRUE(push->Write(first));
+  absl::SleepFor(absl::Milliseconds(300));  // the push and its op are there first
+
+  grpc::ClientContext ctx;
+  auto stream = OpenOk(stub.get(), &ctx, Open(1, "early"));
+  v1::SessionResponse resp;
+  bool answered = false;
+  while (!answered && stream->Read(&resp)) {
+    ASSERT_FALSE(resp.has_error()) << resp.DebugString();
+    if (resp.has_result()) {
+      EXPECT_EQ(resp.result().op_seq(), 1u);
+      answered = true;
+    }
+  }
+  EXPECT_TRUE(answered) << "the held op was not applied";
+}
+
+TEST_F(NodeInputTest, AHeldPushIsRefusedWhenItsOpenIsRefusedOrNeverComes) {
+  auto stub = Stub(1);
+  auto start_push = [&](grpc::ClientContext* ctx, const std::string& session) {
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    auto push = stub->Push(ctx);
+    v1::PushRequest first;
+    first.set_session_id(session);
+    first.set_token("secret");
+    *first.mutable_op() = ForwardOp(1, 1, width_);
+    EXPECT_TRUE(push->Write(first));
+    return push;
+  };
+  auto finish = [](auto& push) {
+    v1::PushResponse r;
+    while (push->Read(&r)) {
+    }
+    return push->Finish();
+  };
+
+  // The open comes, but for a model this node does not serve: the push goes with it.
+  grpc::ClientContext c1;
+  auto refused = start_push(&c1, "refused-open");
+  absl::SleepFor(absl::Milliseconds(300));
+  v1::OpenSession bad = Open(1, "refused-open");
+  bad.set_model_id("some-other-model");
+  EXPECT_EQ(OpenStatus(bad, 1).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  grpc::Status st = finish(refused);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
+  EXPECT_NE(st.error_message().find("was refused"), std::string::npos) << st.error_message();
+
+  // No open ever comes: refused after the node's wait (a few seconds), not kept.
+  grpc::ClientContext c2;
+  const absl::Time start = absl::Now();
+  auto orphan = start_push(&c2, "never-opened");
+  st = finish(orphan);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
+  EXPECT_NE(st.error_message().find("not opened within"), std::string::npos) << st.error_message();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(15));
+
+  // The node serves as before.
+  grpc::ClientContext c3;
+  v1::OpenSession o = Open(1, "after-held");
+  o.set_hop_index(0);
+  auto stream = OpenOk(stub.get(), &c3, o);
+  EXPECT_EQ(SendOp(stream.get(), ForwardOp(1, 2, width_)), 0);
+}
+
 TEST_F(NodeInputTest, GarbageBytesAreRejectedAndTheNodeKeepsServing) {
   // Start a real generation first and keep it going across the attacks.
   ClientOptions co;
