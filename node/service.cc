@@ -243,6 +243,11 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
 
 // The client side of a Push stream to the next hop. Kept alive by the session's reference and,
 // until the call completes, by itself.
+//
+// The worker thread writes (and half-closes) while the call may be ending on a gRPC thread. gRPC
+// ends the call (and destroys its side) before OnDone, so a write started in between would touch
+// a finished call: a hold keeps the call from ending until no write can be started any more,
+// that is once the stream is half-closed or the next hop ended it.
 class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v1::PushResponse>,
                                public DownstreamLink,
                                public std::enable_shared_from_this<DownstreamStream> {
@@ -252,7 +257,10 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
       : on_response_(std::move(on_response)),
         on_failed_(std::move(on_failed)),
         outbox_([this](const v1::PushRequest* m) { StartWrite(m); },
-                [this](grpc::Status) { StartWritesDone(); }) {}
+                [this](grpc::Status) {
+                  StartWritesDone();
+                  ReleaseHold();  // nothing is written after the half-close
+                }) {}
 
   void Start(std::shared_ptr<grpc::Channel> channel) {
     self_ = shared_from_this();
@@ -260,6 +268,7 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
     // Sessions can live for hours; idle sessions are closed by the nodes long before this.
     context_.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(24));
     stub_->async()->Push(&context_, this);
+    AddHold();
     StartRead(&response_);
     StartCall();
   }
@@ -273,7 +282,13 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
   void OnWriteDone(bool ok) override { outbox_.WriteDone(ok); }
   void OnWritesDoneDone(bool) override {}
   void OnReadDone(bool ok) override {
-    if (!ok) return;
+    if (!ok) {
+      // The next hop ended the stream: no write may start any more (waits for one being
+      // started), then the call may end.
+      outbox_.Gone();
+      ReleaseHold();
+      return;
+    }
     if (on_response_) on_response_(response_);
     StartRead(&response_);
   }
@@ -288,6 +303,10 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
   }
 
  private:
+  void ReleaseHold() {
+    if (!hold_released_.exchange(true)) RemoveHold();
+  }
+
   std::function<void(const v1::PushResponse&)> on_response_;
   std::function<void(grpc::Status)> on_failed_;
   Outbox<v1::PushRequest> outbox_;
@@ -295,6 +314,7 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
   grpc::ClientContext context_;
   v1::PushResponse response_;
   std::atomic<bool> closed_{false};
+  std::atomic<bool> hold_released_{false};
   std::shared_ptr<DownstreamStream> self_;
 };
 
