@@ -15,6 +15,7 @@ namespace {
 struct QuantizeFlags {
   std::string in, out, type;
   bool keep_embeddings = false;
+  int layers = 0;
 };
 
 int RunQuantize(const QuantizeFlags& f) {
@@ -23,6 +24,7 @@ int RunQuantize(const QuantizeFlags& f) {
   model::RequantizeOptions options;
   options.type = *type;
   options.keep_embeddings = f.keep_embeddings;
+  options.layers = f.layers;
   if (isatty(STDERR_FILENO)) {
     options.progress = [](int done, int total) {
       std::fprintf(stderr, "\rquantizing: %d/%d matrices", done, total);
@@ -33,6 +35,9 @@ int RunQuantize(const QuantizeFlags& f) {
   if (!report.ok()) return Fail(std::string(report.status().message()));
   std::printf("%s: %d matrices as %s, %d tensors kept", f.out.c_str(), report->converted,
               f.type.c_str(), report->kept);
+  if (report->dropped > 0) {
+    std::printf(" (the first %d layers: %d tensors left out)", f.layers, report->dropped);
+  }
   if (report->unfit > 0) {
     std::printf(" (%d matrices whose rows do not split into %s blocks)", report->unfit,
                 f.type.c_str());
@@ -55,6 +60,10 @@ void RegisterQuantize(CLI::App& app, int* exit_code) {
       ->required();
   cmd->add_flag("--keep-embeddings", flags->keep_embeddings,
                 "Leave the token embeddings (and a tied output head) as they are");
+  cmd->add_option("--layers", flags->layers,
+                  "Keep only the first N layers (with the embeddings, final norm and head): "
+                  "the model exiting early after N layers")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([flags, exit_code] { *exit_code = RunQuantize(*flags); });
 }
 

@@ -1,5 +1,6 @@
 #include "model/requantize.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <vector>
 
@@ -52,6 +53,19 @@ absl::StatusOr<RequantizeReport> Requantize(const std::string& in, const std::st
     return absl::InvalidArgumentError(StrCat("the output ", out, " is the input file"));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(in));
+  ASSIGN_OR_RETURN(std::string_view arch, file->GetString("general.architecture"));
+  const std::string block_count = StrCat(arch, ".block_count");
+  ASSIGN_OR_RETURN(const uint64_t n_layer, file->GetUint(block_count));
+  if (options.layers < 0 || static_cast<uint64_t>(options.layers) > n_layer) {
+    return absl::InvalidArgumentError(
+        StrCat("cannot keep ", options.layers, " layers of ", n_layer));
+  }
+  const int keep_layers = options.layers == 0 ? static_cast<int>(n_layer) : options.layers;
+  // blk.N.* for N >= keep_layers is left out.
+  auto dropped = [&](const std::string& name) {
+    int n = 0;
+    return std::sscanf(name.c_str(), "blk.%d.", &n) == 1 && n >= keep_layers;
+  };
 
   GgufWriter w;
   if (file->alignment() != GgufWriter::kDefaultAlignment) {
@@ -61,12 +75,17 @@ absl::StatusOr<RequantizeReport> Requantize(const std::string& in, const std::st
     RETURN_IF_ERROR(w.SetValue(key, *file->Find(key)));
   }
   if (const int ft = FileType(options.type); ft >= 0) w.SetUint32("general.file_type", ft);
+  w.SetUint32(block_count, static_cast<uint32_t>(keep_layers));
 
   RequantizeReport report;
   int converted_done = 0;
   int to_convert = 0;
   const int block = kernels::Info(options.type).block_size;
   for (const GgufTensorInfo& t : file->tensors()) {
+    if (dropped(t.name)) {
+      ++report.dropped;
+      continue;
+    }
     const int64_t cols = t.shape[t.ndim - 1];
     std::vector<int64_t> shape(t.shape.begin(), t.shape.begin() + t.ndim);
     const bool matrix = t.ndim >= 2;

@@ -15,6 +15,7 @@
 #include "client/local_model.h"
 #include "client/prompt.h"
 #include "client/run_request.h"
+#include "model/requantize.h"
 #include "model/sampling.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/tiny_model.h"
@@ -860,6 +861,45 @@ TEST(ModelDrafterTest, MeasuresWhatReadingCostsAndKnowsWhatItHasRead) {
   const std::vector<int32_t> other = {72, 101, 7, 8};
   EXPECT_EQ((*d)->Unread(other), 2);
   EXPECT_EQ(NgramDrafter().Unread(text), 0);
+}
+
+// `strata quantize --layers K` writes the model that exits after K layers: as a draft model it
+// proposes exactly what self-speculation from the first K layers of the whole file does.
+TEST(ModelDrafterTest, AModelCutToItsFirstLayersDraftsLikeSelfSpeculation) {
+  const std::string whole = testing::TempPath("-whole.gguf");
+  const std::string cut = testing::TempPath("-cut.gguf");
+  testing::TinyModelSpec spec;
+  spec.n_layer = 4;
+  ASSERT_TRUE(testing::WriteTinyModel(spec, whole).ok());
+  model::RequantizeOptions options;
+  options.type = spec.weight_type;  // matrices already of that type are copied as they are
+  options.keep_embeddings = true;
+  options.layers = 2;
+  auto report = model::Requantize(whole, cut, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->converted, 0);
+  EXPECT_GT(report->dropped, 0);
+
+  auto from_cut = ModelDrafter::Load(cut, 0, testing::kTinyVocab, 1);
+  auto self = ModelDrafter::Load(whole, 2, testing::kTinyVocab, 1);
+  auto full = ModelDrafter::Load(whole, 0, testing::kTinyVocab, 1);
+  ASSERT_TRUE(from_cut.ok() && self.ok() && full.ok());
+  std::vector<int32_t> text = {72, 101, 108, 108, 111, 32, 119, 111};
+  bool differs_from_full = false;
+  for (int step = 0; step < 6; ++step) {
+    const std::vector<DraftToken> a = (*from_cut)->Next(text, 4);
+    const std::vector<DraftToken> b = (*self)->Next(text, 4);
+    const std::vector<DraftToken> c = (*full)->Next(text, 4);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].token, b[i].token) << "step " << step << ", candidate " << i;
+      EXPECT_EQ(a[i].prob, b[i].prob) << "step " << step << ", candidate " << i;
+    }
+    differs_from_full |= a[0].token != c[0].token || a[0].prob != c[0].prob;
+    text.push_back(a[0].token);
+  }
+  // Two layers are not four: the comparison would notice a cut that kept every layer.
+  EXPECT_TRUE(differs_from_full);
 }
 
 // End to end on a tiny random model: rejection-sampled generations of two tokens follow the same

@@ -122,6 +122,38 @@ TEST_F(RequantizeTest, RowsThatDoNotSplitIntoBlocksAreKept) {
   EXPECT_EQ((*(*b)->FindTensor("blk.0.attn_q.weight"))->dtype, DType::kQ4_1);
 }
 
+TEST_F(RequantizeTest, KeepsOnlyTheFirstLayersWhenAsked) {
+  const std::string out = testing::TempPath(".gguf");
+  model::RequantizeOptions options;
+  options.type = DType::kQ8_0;
+  options.layers = 3;
+  auto report = model::Requantize(in_, out, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  auto a = model::GgufFile::Open(in_);
+  auto b = model::GgufFile::Open(out);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*(*a)->GetUint("llama.block_count"), 4u);
+  EXPECT_EQ(*(*b)->GetUint("llama.block_count"), 3u);
+  int per_layer = 0;
+  for (const model::GgufTensorInfo& t : (*a)->tensors()) {
+    per_layer += t.name.rfind("blk.3.", 0) == 0;
+    const bool kept = (*b)->FindTensor(t.name).ok();
+    EXPECT_EQ(kept, t.name.rfind("blk.3.", 0) != 0) << t.name;
+  }
+  EXPECT_GT(per_layer, 0);
+  EXPECT_EQ(report->dropped, per_layer);
+  auto m = model::Model::Open(out);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->hparams().n_layer, 3);
+
+  for (int bad : {-1, 5}) {
+    options.layers = bad;
+    EXPECT_EQ(model::Requantize(in_, testing::TempPath(".gguf"), options).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
+}
+
 TEST_F(RequantizeTest, BadRequestsFailClearly) {
   model::RequantizeOptions options;
   options.type = DType::kQ8_K;  // activations only
