@@ -114,6 +114,20 @@ class NodeInputTest : public ::testing::Test {
     return -1;
   }
 
+  // Starts a push stream as the previous hop of `session` would, its first message carrying
+  // `op`.
+  std::unique_ptr<grpc::ClientReaderWriter<v1::PushRequest, v1::PushResponse>> StartPush(
+      v1::Node::Stub* stub, grpc::ClientContext* ctx, const std::string& session, v1::Op op) {
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    auto push = stub->Push(ctx);
+    v1::PushRequest first;
+    first.set_session_id(session);
+    first.set_token("secret");
+    *first.mutable_op() = std::move(op);
+    EXPECT_TRUE(push->Write(first));
+    return push;
+  }
+
   static testing::LocalSwarm* swarm_;
   static std::string* model_id_;
   static int width_;
@@ -300,13 +314,7 @@ TEST_F(NodeInputTest, PushStreamsNeedAKnownSessionAndItsToken) {
 TEST_F(NodeInputTest, APushThatComesBeforeItsOpenWaitsForIt) {
   auto stub = Stub(1);
   grpc::ClientContext pctx;
-  pctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-  auto push = stub->Push(&pctx);
-  v1::PushRequest first;
-  first.set_session_id("early");
-  first.set_token("secret");
-  *first.mutable_op() = ForwardOp(1, 3, width_);
-  ASSERT_TRUE(push->Write(first));
+  auto push = StartPush(stub.get(), &pctx, "early", ForwardOp(1, 3, width_));
   absl::SleepFor(absl::Milliseconds(300));  // the push and its op are there first
 
   grpc::ClientContext ctx;
@@ -326,14 +334,7 @@ TEST_F(NodeInputTest, APushThatComesBeforeItsOpenWaitsForIt) {
 TEST_F(NodeInputTest, AHeldPushIsRefusedWhenItsOpenIsRefusedOrNeverComes) {
   auto stub = Stub(1);
   auto start_push = [&](grpc::ClientContext* ctx, const std::string& session) {
-    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-    auto push = stub->Push(ctx);
-    v1::PushRequest first;
-    first.set_session_id(session);
-    first.set_token("secret");
-    *first.mutable_op() = ForwardOp(1, 1, width_);
-    EXPECT_TRUE(push->Write(first));
-    return push;
+    return StartPush(stub.get(), ctx, session, ForwardOp(1, 1, width_));
   };
   auto finish = [](auto& push) {
     v1::PushResponse r;
