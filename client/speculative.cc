@@ -202,6 +202,10 @@ void GammaController::ObserveDraft(int tokens, double ms) {
   Rechoose();
 }
 
+void GammaController::ObservePrefill(int rows, double ms) {
+  if (rows > 0 && ms >= 0) prefill_row_ms_ = ms / rows;
+}
+
 void GammaController::ExpectDraftCost(double ms) {
   if (draft_ms_ == 0 && ms > 0) draft_ms_ = ms;
 }
@@ -398,7 +402,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       const int32_t most_fed = *std::max_element(fed.begin(), fed.begin() + usable);
       auto eligible = [&](size_t i) {
         return fed[i] == most_fed ||
-               gamma_control_.row_ms() * (most_fed - fed[i]) < gamma_control_.base_ms();
+               gamma_control_.catch_up_row_ms() * (most_fed - fed[i]) < gamma_control_.base_ms();
       };
       size_t c = 0;
       while (!eligible(c)) ++c;
@@ -563,6 +567,10 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       return absl::InternalError("a verified run came back without tokens");
     }
     confirmed[run.chain] = std::max(confirmed[run.chain], run.first + run.count);
+    if (run.first == 0 && run.drafted == 0 && run.count > 1) {
+      gamma_control_.ObservePrefill(run.count,
+                                    absl::ToDoubleMilliseconds(absl::Now() - run.sent));
+    }
     if (result.prefill_ms == 0) result.prefill_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
     // Verified at the last hop: its tokens from the first out row on, up to its first rejection.
     const int32_t decided = options_.verify_at_last_hop

@@ -19,6 +19,8 @@
 // so speculation is not slower than plain decoding.
 #pragma once
 
+#include <algorithm>
+
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -94,6 +96,11 @@ class GammaController {
   void Observe(int rows, double ms, int drafted, int accepted);
   // The drafter took `ms` to propose `tokens` tokens.
   void ObserveDraft(int tokens, double ms);
+  // The prompt's pass (`rows` rows) took `ms`, whatever else shared the machine meanwhile.
+  void ObservePrefill(int rows, double ms);
+  // What computing one row costs at least, for rows that only catch a chain up: the line through
+  // the decode passes can say rows are free (noise on shared cores), the prompt's pass cannot.
+  double catch_up_row_ms() const { return std::max(row_ms_, prefill_row_ms_); }
   // What a draft is known to cost before any was observed here (the drafter's own measure).
   void ExpectDraftCost(double ms);
   // A draft the drafter gave probability `confidence` was accepted or rejected.
@@ -154,6 +161,7 @@ class GammaController {
   double base_ms_ = -1, row_ms_ = 0;
   bool slope_known_ = false;
   double max_rows_ = 0;  // the largest recent measured pass, decayed
+  double prefill_row_ms_ = 0;  // the last prompt pass, per row (its fixed cost included)
   double fit_w_ = 0, fit_x_ = 0, fit_y_ = 0, fit_xx_ = 0, fit_xy_ = 0;  // decayed sums
   double verdicts_[kBuckets] = {}, accepts_[kBuckets] = {};  // decayed, per confidence bucket
 };

@@ -90,6 +90,25 @@ TEST(GammaControllerTest, NoiseThatMakesRowsLookFreeDoesNotSendLongRuns) {
   EXPECT_LE(c.gamma(), 3);
 }
 
+TEST(GammaControllerTest, CatchingAChainUpCostsAtLeastWhatThePromptsRowsCost) {
+  // The same compute-bound swarm, whose prompt of 40 rows took 60 ms.
+  GammaController c = Simulate(/*base=*/5, /*per_row=*/1.5, /*accept=*/0.5, 20);
+  c.ObservePrefill(40, 60.0);
+  for (int i = 0; i < 40; ++i) {
+    c.Observe(1, 8.0, 0, 0);
+    c.Observe(2, 8.0, 1, i % 2);
+  }
+  ASSERT_LT(c.row_ms(), 0.1);  // the decode passes' line says rows are free
+  // A replica chain 40 rows behind would cost a whole prompt pass to catch up, not nothing:
+  // far more than the few ms a concurrent run could save.
+  EXPECT_DOUBLE_EQ(c.catch_up_row_ms(), 1.5);
+  EXPECT_GT(c.catch_up_row_ms() * 40, c.base_ms());
+  // Where the line knows rows cost more, it is used.
+  GammaController slow = Simulate(/*base=*/200, /*per_row=*/3, /*accept=*/0.7, 20);
+  slow.ObservePrefill(40, 60.0);
+  EXPECT_NEAR(slow.catch_up_row_ms(), 3, 0.1);
+}
+
 TEST(GammaControllerTest, SlowLinksGetLongDraftsAndExpensiveRowsNone) {
   // 200 ms a pass, 1.5 ms a row, 70% acceptance: a pass of g drafts yields (1 - 0.7^(g+1)) / 0.3
   // tokens; tokens per ms peaks well above g = 4.
