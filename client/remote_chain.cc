@@ -116,7 +116,7 @@ absl::Status RemoteChain::Reopen(const Failure& failure) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     STRATA_LOG(Info) << failure.status << "; opening the session on another route";
-    if (Retryable(failure.status)) BanLocked(hops_[failure.hop]->hop.node_id());
+    BanLocked(hops_[failure.hop]->hop.node_id());  // (Wait returns refusals that are final)
     old.swap(hops_);
   }
   for (auto& h : old) h->stream->Close(absl::Milliseconds(100));

@@ -18,8 +18,8 @@ struct RequantizeOptions {
   // Leave token_embd (and so a tied output head) as it is.
   bool keep_embeddings = false;
   // Keep only the first `layers` transformer blocks (0: all), with the embeddings, the final norm
-  // and the head: the model early exit after that many layers gives (self-speculation in a
-  // file of its own, or a stand-in target whose compute is small next to its links).
+  // and the head: the model that exits early after that many layers (self-speculation in a file
+  // of its own, or a stand-in target whose compute is small next to its links).
   int layers = 0;
   // Called after each converted matrix is written: (matrices done, matrices to convert).
   std::function<void(int done, int total)> progress;

@@ -367,9 +367,9 @@ void Worker::HandlePushOpen(PushOpenEvent& e) {
     if (!held_pushes_.contains(e.session_id) &&
         static_cast<int>(held_pushes_.size()) < options_.max_sessions &&
         options_.push_before_open > absl::ZeroDuration()) {
-      std::string id = e.session_id;
-      held_pushes_.emplace(std::move(id), HeldPush{std::move(e), {},
-                                                   options_.clock->Now() + options_.push_before_open});
+      std::string id = e.session_id;  // (the event is moved into the map)
+      const absl::Time deadline = options_.clock->Now() + options_.push_before_open;
+      held_pushes_.emplace(std::move(id), HeldPush{std::move(e), {}, deadline});
       return;
     }
     e.upstream->Close(Grpc(absl::StatusCode::kNotFound,
