@@ -103,12 +103,16 @@ double GammaController::Rate(int g) const {
   return tokens / std::max(1e-3, base_ms_ + row_ms_ * (g + 1) + draft_ms_ * g);
 }
 
-int GammaController::Choose() const {
-  if (!adaptive_ || base_ms_ < 0) return gamma_;
+int GammaController::TrustedGamma() const {
   // The line is trusted up to twice the largest recent pass, not beyond: where noise makes rows
   // look free (a compute-bound swarm on busy cores), it would otherwise send as many drafts as
   // gamma allows. Gamma still doubles pass by pass where longer passes keep paying.
-  const int limit = std::clamp(static_cast<int>(2 * max_rows_) - 1, 1, max_gamma_);
+  return std::clamp(static_cast<int>(2 * max_rows_) - 1, 1, max_gamma_);
+}
+
+int GammaController::Choose() const {
+  if (!adaptive_ || base_ms_ < 0) return gamma_;
+  const int limit = TrustedGamma();
   int best = 0;
   double best_rate = Rate(0);
   for (int g = 1; g <= limit; ++g) {
@@ -210,12 +214,45 @@ void GammaController::ExpectDraftCost(double ms) {
   if (draft_ms_ == 0 && ms > 0) draft_ms_ = ms;
 }
 
-int GammaController::Runs(int max_runs) const {
-  if (!adaptive_ || max_runs <= 1) return std::max(1, max_runs);
-  if (gamma_ == 0) return 1;
-  if (!slope_known_) return 1;  // until the passes' sizes have varied, assume compute dominates
-  const double overlap = base_ms_ / std::max(1e-3, row_ms_ * (gamma_ + 1));
-  return std::clamp(1 + static_cast<int>(overlap), 1, max_runs);
+double GammaController::PipelinedSpacing(int g, bool drafter_shares_cores) const {
+  const double drafting = g * draft_ms_, rows = row_ms_ * (g + 1);
+  return std::max(drafter_shares_cores ? drafting + rows : std::max(drafting, rows), 1e-3);
+}
+
+int GammaController::PipelinedRuns(int g, int max_runs, bool drafter_shares_cores) const {
+  // Only whole runs' worth of the fixed cost is overlapped: part of it may be compute (the line
+  // cannot tell a pass's fixed compute from the network), which runs in flight would share.
+  const double more = std::floor(base_ms_ / PipelinedSpacing(g, drafter_shares_cores));
+  return static_cast<int>(std::clamp(1 + more, 1.0, static_cast<double>(max_runs)));
+}
+
+double GammaController::PipelinedRate(int g, int runs, bool drafter_shares_cores) const {
+  const double a = std::clamp(accept_rate_, 0.01, 0.99);
+  const double pass = base_ms_ + row_ms_ * (g + 1);
+  const double spacing = std::max(PipelinedSpacing(g, drafter_shares_cores), pass / runs);
+  // The run that holds the next rejection is the k-th, k geometric with success 1 - a^g.
+  const double cycle = g * draft_ms_ + pass + spacing * (1 / (1 - std::pow(a, g)) - 1);
+  return 1 / (1 - a) / std::max(1e-3, cycle);
+}
+
+GammaController::Pipeline GammaController::PlanPipeline(int max_runs,
+                                                        bool drafter_shares_cores) const {
+  max_runs = std::max(1, max_runs);
+  if (!adaptive_) return {gamma_, max_runs};
+  // Without drafts worth sending (gamma 0), or until the passes' sizes have varied (the split
+  // of a pass into its fixed cost and its rows is unknown), one run at a time.
+  if (gamma_ == 0 || base_ms_ < 0 || !slope_known_ || max_runs == 1) return {gamma_, 1};
+  Pipeline best{gamma_, 1};
+  double best_rate = 0;
+  for (int g = 1; g <= TrustedGamma(); ++g) {
+    const int runs = PipelinedRuns(g, max_runs, drafter_shares_cores);
+    const double rate = PipelinedRate(g, runs, drafter_shares_cores);
+    if (rate > best_rate * 1.0001) {
+      best_rate = rate;
+      best = {g, runs};
+    }
+  }
+  return best;
 }
 
 void GammaController::Observe(int rows, double ms, int drafted, int accepted) {
@@ -391,7 +428,11 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
   while (true) {
     reap();
     // Keep up to max_runs runs going, drafting ahead of the last one.
-    const int max_runs = pipelined ? gamma_control_.Runs(options_.max_in_flight) : 1;
+    const GammaController::Pipeline plan =
+        pipelined ? gamma_control_.PlanPipeline(options_.max_in_flight,
+                                                options_.drafter_shares_cores)
+                  : GammaController::Pipeline{gamma_control_.gamma(), 1};
+    const int max_runs = plan.runs;
     while (!emitter.done() && static_cast<int>(runs.size()) < max_runs) {
       // The least busy chain among as many as there are runs to keep going (with one run at a
       // time only the first: a second chain would first have to catch up on the whole text),
@@ -415,6 +456,8 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       // New drafts go beyond everything already drafted, so that runs on different chains
       // verify different positions; a chain that is behind catches up inside its run.
       int gamma = drafting_off ? 0 : gamma_control_.NextGamma(/*alone=*/runs.empty());
+      // Pipelined runs carry the plan's drafts (a plain step or a probe stays as it is).
+      if (gamma > 0 && gamma == gamma_control_.gamma()) gamma = plan.gamma;
       if (gamma > 0 && drafted_before && drafter_->Unread(tokens) > kCatchUp &&
           !read_pays(/*probe=*/gamma_control_.gamma() == 0)) {
         drafting_off = true;  // the drafter would first read more than drafting can save
@@ -502,7 +545,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       // While a pass is in flight (the prompt's, or after a first plain step the next one): the
       // drafter reads the text and drafts the next run's tokens (the first is checked against
       // this pass's own token).
-      const int gamma = gamma_control_.gamma();
+      const int gamma = plan.gamma;
       std::vector<DraftToken> drafts;
       if (gamma > 0 && !read_pays(/*probe=*/false)) {
         drafting_off = true;
@@ -531,7 +574,7 @@ absl::StatusOr<Generation> SpeculativeDecoder::GenerateRuns(
       // Continuous speculation: while the oldest run is in flight, the drafter keeps going
       // beyond the last run, up to one more run's worth (off the critical path, so not counted
       // as drafting cost); the next run sends what it found.
-      const int32_t limit = certain + (max_runs + 1) * (gamma_control_.gamma() + 1);
+      const int32_t limit = certain + (max_runs + 1) * (plan.gamma + 1);
       const double min_survival = gamma_control_.MinSurvival(!options_.drafter_shares_cores);
       while (!chains_[run.chain]->RunReady(run.id) &&
              static_cast<int32_t>(tokens.size()) < limit && survival() >= min_survival &&

@@ -45,7 +45,7 @@ struct SpeculativeOptions {
   bool adaptive = true;
   int tree_budget = 16;     // draft nodes per tree (at most 63 leaves)
   int tree_branch = 3;      // alternatives tried per node
-  int max_in_flight = 3;    // pipelined runs
+  int max_in_flight = 6;    // pipelined runs
   bool rejection_sampling = false;
   // Last-hop verification: the node serving the last layers decides the tokens with the model's
   // head and answers with them, instead of the client computing logits from returned hidden
@@ -128,10 +128,26 @@ class GammaController {
   // always right, it could not gain), until they cost less than kHopeLeave of one.
   static constexpr double kHopeEnter = 1.0;
   static constexpr double kHopeLeave = 0.8;
-  // How many runs to keep in flight, at most `max_runs`: a pass's fixed cost (the network) can be
-  // overlapped by about base / (per_row * rows) other runs; the rows themselves compete for the
-  // same cores, so when compute dominates, or without drafts, one run at a time.
-  int Runs(int max_runs) const;
+  // Pipelined speculation (M3): drafts per run and runs in flight, at most `max_runs`.
+  //
+  // A run can follow the one before every s ms, s the time its g drafts take or its g + 1 rows
+  // take on the chain, whichever is longer (their sum when the drafter shares the chain's
+  // cores). Runs in flight overlap a pass's fixed cost: one more for each s in it. After a
+  // rejection the first run is
+  // drafted afresh and waits a whole pass; the runs behind it follow s apart, and the one that
+  // holds the next rejection (each run is wholly accepted with probability a^g) ends the cycle,
+  // which brings 1 / (1 - a) tokens on average. So, unlike one run at a time, where a longer run
+  // spreads the pass's fixed cost over more drafts, shorter runs often pay here: a rejection is
+  // seen sooner, and the runs behind it were drafted while the first was in flight.
+  struct Pipeline {
+    int gamma = 0;
+    int runs = 1;
+  };
+  Pipeline PlanPipeline(int max_runs, bool drafter_shares_cores = false) const;
+  // The runs PlanPipeline keeps in flight.
+  int Runs(int max_runs, bool drafter_shares_cores = false) const {
+    return PlanPipeline(max_runs, drafter_shares_cores).runs;
+  }
   double base_ms() const { return base_ms_; }
   double row_ms() const { return row_ms_; }
   double plain_ms() const { return plain_ms_; }
@@ -145,6 +161,13 @@ class GammaController {
   void Rechoose();
   // Expected tokens per ms with g drafts per pass.
   double Rate(int g) const;
+  // The longest pass the fitted line is trusted for, in drafts.
+  int TrustedGamma() const;
+  // For pipelined runs of g drafts: how often one can be sent, how many keep the drafter and
+  // the chain busy, and the expected tokens per ms.
+  double PipelinedSpacing(int g, bool drafter_shares_cores) const;
+  int PipelinedRuns(int g, int max_runs, bool drafter_shares_cores) const;
+  double PipelinedRate(int g, int runs, bool drafter_shares_cores) const;
 
   int gamma_, max_gamma_;
   bool adaptive_;
