@@ -294,11 +294,9 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
   }
   void OnDone(const grpc::Status& status) override {
     outbox_.Gone();
-    if (!closed_ && on_failed_) {
-      on_failed_(status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                            "the next hop closed the stream")
-                             : status);
-    }
+    // OK: the next hop ended its session (its client closed it, as every hop is told at once
+    // when a chain closes), which is no failure of the link.
+    if (!closed_ && on_failed_) on_failed_(status);
     self_.reset();  // may destroy this
   }
 

@@ -189,16 +189,24 @@ void Worker::Handle(Event& event) {
     Session& s = it->second;
     if (e->generation != s.downstream_generation) return;  // a link already replaced
     s.downstream.reset();
-    STRATA_LOG(Warning) << "session " << e->session_id << ": next hop " << s.next_address
-                        << " failed: " << e->status.error_message();
+    // The next hop ending its session (OK) is how a chain closes, usually just before this hop
+    // hears of it too; only a broken link is an error.
+    const bool ended = e->status.ok();
+    const std::string what = ended ? StrCat("next hop ", s.next_address, " ended the session")
+                                   : StrCat("next hop ", s.next_address,
+                                            " failed: ", e->status.error_message());
+    if (ended) {
+      STRATA_LOG(Debug) << "session " << e->session_id << ": " << what;
+    } else {
+      STRATA_LOG(Warning) << "session " << e->session_id << ": " << what;
+    }
     if (!s.detached) {
       // Keep applying ops so every hop sees the same order; the client re-points us (Redirect).
       s.detached = true;
-      stats_.errors.fetch_add(1, std::memory_order_relaxed);
+      if (!ended) stats_.errors.fetch_add(1, std::memory_order_relaxed);
       v1::SessionResponse r;
       r.mutable_next_hop_lost()->set_last_op_seq(s.next_op - 1);
-      r.mutable_next_hop_lost()->set_message(
-          StrCat("next hop ", s.next_address, " failed: ", e->status.error_message()));
+      r.mutable_next_hop_lost()->set_message(what);
       s.client->Send(std::move(r));
     }
   } else if (auto* e = std::get_if<StateEvent>(&event)) {

@@ -11,6 +11,7 @@
 #include "client/prompt.h"
 #include "model/llama.h"
 #include "strata/client.h"
+#include "strata/v1/coordinator.grpc.pb.h"
 #include "strata/v1/node.grpc.pb.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/swarm.h"
@@ -329,6 +330,64 @@ TEST_F(NodeInputTest, APushThatComesBeforeItsOpenWaitsForIt) {
     }
   }
   EXPECT_TRUE(answered) << "the held op was not applied";
+}
+
+TEST_F(NodeInputTest, ANextHopEndingItsSessionIsNoError) {
+  // A chain closes by telling every hop at once, so a hop often sees its next hop end the push
+  // stream (its session ended) before its own client's end arrives. The hop hears of it, but it
+  // is no error in the counters the coordinator shows; a broken link would be.
+  auto errors = [&]() -> int64_t {
+    auto coordinator = v1::Coordinator::NewStub(
+        grpc::CreateChannel(swarm_->coordinator(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::SwarmSnapshot snapshot;
+    if (!coordinator->GetSwarm(&ctx, v1::SwarmRequest(), &snapshot).ok()) return -1;
+    for (const v1::NodeStatus& n : snapshot.nodes()) {
+      if (n.first_layer() == 0) return n.load().errors();
+    }
+    return -1;
+  };
+  absl::SleepFor(absl::Seconds(1));  // heartbeats bring what earlier tests counted
+  const int64_t before = errors();
+  ASSERT_GE(before, 0);
+
+  auto last_stub = Stub(1);
+  grpc::ClientContext last_ctx;
+  auto last = OpenOk(last_stub.get(), &last_ctx, Open(1, "ends-first"));
+  auto first_stub = Stub(0);
+  grpc::ClientContext first_ctx;
+  v1::OpenSession open = Open(0, "ends-first");
+  open.set_next_address(swarm_->nodes()[1]->address);
+  auto first = OpenOk(first_stub.get(), &first_ctx, open);
+  v1::SessionRequest req;
+  *req.mutable_op() = ForwardOp(1, 2, width_);
+  ASSERT_TRUE(first->Write(req));
+  v1::SessionResponse resp;
+  bool answered = false;
+  while (!answered && last->Read(&resp)) answered = resp.has_result();
+  ASSERT_TRUE(answered) << "the op did not come through the first hop";
+
+  // The last hop's client ends its session first.
+  last->WritesDone();
+  while (last->Read(&resp)) {
+  }
+  EXPECT_TRUE(last->Finish().ok());
+  bool told = false;
+  while (!told && first->Read(&resp)) {
+    if (resp.has_next_hop_lost()) {
+      told = true;
+      EXPECT_NE(resp.next_hop_lost().message().find("ended the session"), std::string::npos)
+          << resp.next_hop_lost().message();
+    }
+  }
+  EXPECT_TRUE(told) << "the first hop was not told that its next hop ended the session";
+  first->WritesDone();
+  while (first->Read(&resp)) {
+  }
+  EXPECT_TRUE(first->Finish().ok());
+  absl::SleepFor(absl::Seconds(1));  // a few heartbeats
+  EXPECT_EQ(errors(), before);
 }
 
 TEST_F(NodeInputTest, AHeldPushIsRefusedWhenItsOpenIsRefusedOrNeverComes) {
