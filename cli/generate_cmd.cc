@@ -127,7 +127,8 @@ void AddSpeculativeFlags(CLI::App* cmd, SpeculativeOptions* sp) {
   cmd->add_option("--tree-budget", sp->tree_budget, "Draft nodes per tree")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
-  cmd->add_option("--in-flight", sp->max_in_flight, "Runs in flight (pipelined, dsi)")
+  cmd->add_option("--in-flight", sp->max_in_flight,
+                  "Most runs in flight (pipelined, dsi; fewer where the links are fast)")
       ->capture_default_str()
       ->check(CLI::Range(1, 16));
   cmd->add_option("--replicas", sp->replicas, "Chains for dsi")

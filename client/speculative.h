@@ -45,7 +45,7 @@ struct SpeculativeOptions {
   bool adaptive = true;
   int tree_budget = 16;     // draft nodes per tree (at most 63 leaves)
   int tree_branch = 3;      // alternatives tried per node
-  int max_in_flight = 6;    // pipelined runs
+  int max_in_flight = 6;    // most pipelined runs in flight (PlanPipeline picks)
   bool rejection_sampling = false;
   // Last-hop verification: the node serving the last layers decides the tokens with the model's
   // head and answers with them, instead of the client computing logits from returned hidden

@@ -54,7 +54,7 @@ struct SpeculativeOptions {
   int gamma = 4;                 // drafts per pass (start value; adapts to latency/acceptance)
   bool adaptive = true;
   int tree_budget = 16;          // draft nodes per tree
-  int max_in_flight = 6;         // runs in flight (pipelined, dsi)
+  int max_in_flight = 6;         // most runs in flight (pipelined, dsi)
   int replicas = 2;              // chains for dsi
   bool rejection_sampling = false;  // accept with p/q instead of exact match
   // The node serving the last layers decides the tokens with the model's head and answers with
