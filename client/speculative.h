@@ -144,10 +144,6 @@ class GammaController {
     int runs = 1;
   };
   Pipeline PlanPipeline(int max_runs, bool drafter_shares_cores = false) const;
-  // The runs PlanPipeline keeps in flight.
-  int Runs(int max_runs, bool drafter_shares_cores = false) const {
-    return PlanPipeline(max_runs, drafter_shares_cores).runs;
-  }
   double base_ms() const { return base_ms_; }
   double row_ms() const { return row_ms_; }
   double plain_ms() const { return plain_ms_; }

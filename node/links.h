@@ -37,8 +37,8 @@ class DownstreamLink {
   virtual void Close() = 0;
 };
 
-// Opens a Push stream to `address`. `on_failed` runs (on any thread) if the stream ends with an
-// error before Close.
+// Opens a Push stream to `address`. `on_failed` runs (on any thread) if the stream ends before
+// Close: with an error, or OK when the next hop ended its session.
 using DownstreamFactory = std::function<std::shared_ptr<DownstreamLink>(
     const std::string& address, std::function<void(grpc::Status)> on_failed)>;
 

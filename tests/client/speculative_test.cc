@@ -121,13 +121,13 @@ TEST(GammaControllerTest, SlowLinksGetLongDraftsAndExpensiveRowsNone) {
 
 TEST(GammaControllerTest, RunsInFlightOverlapTheNetworkNotTheCompute) {
   // 200 ms of a pass is waiting: the most runs allowed overlap it.
-  EXPECT_EQ(Simulate(200, 1.5, 0.7, 20).Runs(3), 3);
+  EXPECT_EQ(Simulate(200, 1.5, 0.7, 20).PlanPipeline(3).runs, 3);
   // A pass is mostly compute on shared cores: runs in flight would only queue behind each other.
-  EXPECT_EQ(Simulate(5, 2.5, 0.9, 20).Runs(3), 1);
+  EXPECT_EQ(Simulate(5, 2.5, 0.9, 20).PlanPipeline(3).runs, 1);
   // No drafts worth sending: plain decoding, one step at a time.
-  EXPECT_EQ(Simulate(1, 10, 0.2, 20).Runs(3), 1);
+  EXPECT_EQ(Simulate(1, 10, 0.2, 20).PlanPipeline(3).runs, 1);
   // A fixed gamma keeps as many runs going as allowed.
-  EXPECT_EQ(GammaController(4, 16, /*adaptive=*/false).Runs(3), 3);
+  EXPECT_EQ(GammaController(4, 16, /*adaptive=*/false).PlanPipeline(3).runs, 3);
 }
 
 // Tokens per ms of pipelined speculation, by an event-by-event simulation rather than the
@@ -196,7 +196,7 @@ TEST(GammaControllerTest, PipelinedRunsAreShortAndManyWhereTheLinkDominates) {
     }
     EXPECT_GE(rate(plan.gamma, plan.runs), 0.9 * best) << plan.gamma << " x " << plan.runs;
     // And at least what one run at a time with the chain mode's gamma gives there.
-    EXPECT_GE(rate(plan.gamma, plan.runs), rate(c.gamma(), c.Runs(1)));
+    EXPECT_GE(rate(plan.gamma, plan.runs), rate(c.gamma(), 1));
   }
   // One run at a time wants long runs to spread the pass's fixed cost; pipelined runs want
   // shorter ones, several in flight.
