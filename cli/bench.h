@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "deploy/local_swarm.h"
+#include "harness/local_swarm.h"
 #include "strata/client.h"
 
 namespace strata::cli {
@@ -55,17 +55,17 @@ double Percentile(std::vector<double> v, double p);
 // Starts a coordinator and one `strata node` per spec (this binary, serving `model`) and waits
 // until they all serve. When any of `delays_ms` is above zero, every node gets a link emulator
 // in front of it (see SetBenchDelay).
-absl::StatusOr<std::unique_ptr<deploy::LocalSwarm>> StartBenchSwarm(
+absl::StatusOr<std::unique_ptr<harness::LocalSwarm>> StartBenchSwarm(
     const std::string& model, const std::vector<double>& delays_ms,
-    const std::vector<deploy::NodeSpec>& nodes);
+    const std::vector<harness::NodeSpec>& nodes);
 // Node specs for `spans` contiguous spans covering `n_layers` layers, each span served by
 // `replicas` nodes: a killed node has a replacement, and DSI finds disjoint chains.
-std::vector<deploy::NodeSpec> ReplicatedSpans(int n_layers, int spans, int replicas,
+std::vector<harness::NodeSpec> ReplicatedSpans(int n_layers, int spans, int replicas,
                                               int threads);
 // Sets the one-way delay of every link; nothing to do for a swarm without links (all delays 0).
-absl::Status SetBenchDelay(deploy::LocalSwarm& swarm, double delay_ms);
+absl::Status SetBenchDelay(harness::LocalSwarm& swarm, double delay_ms);
 // Client options for a benchmark against `swarm`.
-ClientOptions BenchClientOptions(const deploy::LocalSwarm& swarm, const std::string& model,
+ClientOptions BenchClientOptions(const harness::LocalSwarm& swarm, const std::string& model,
                                  int threads);
 
 }  // namespace strata::cli

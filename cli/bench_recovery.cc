@@ -44,7 +44,7 @@ int VictimHop(int r, int hops, std::string* kind) {
 // One repeat: a session on a fresh route takes `prompt` and a few tokens, loses a hop to
 // kill -9 and decodes the next token through the replacement. The killed node is restarted and
 // the swarm serves again before this returns.
-absl::StatusOr<Sample> OneFailure(client::SwarmClient& client, deploy::LocalSwarm& swarm,
+absl::StatusOr<Sample> OneFailure(client::SwarmClient& client, harness::LocalSwarm& swarm,
                                   const std::vector<int32_t>& prompt, int repeat) {
   client::RemoteChain* chain = nullptr;
   ASSIGN_OR_RETURN(std::unique_ptr<client::InferenceSession> session,

@@ -15,7 +15,7 @@
 #include "client/local_model.h"
 #include "client/swarm_client.h"
 #include "common/status.h"
-#include "deploy/local_swarm.h"
+#include "harness/local_swarm.h"
 #include "model/sampling.h"
 #include "nlohmann/json.hpp"
 
@@ -100,28 +100,28 @@ nlohmann::json ToJson(const RunStats& r) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<deploy::LocalSwarm>> StartBenchSwarm(
+absl::StatusOr<std::unique_ptr<harness::LocalSwarm>> StartBenchSwarm(
     const std::string& model, const std::vector<double>& delays_ms,
-    const std::vector<deploy::NodeSpec>& nodes) {
-  deploy::LocalSwarmOptions so;
+    const std::vector<harness::NodeSpec>& nodes) {
+  harness::LocalSwarmOptions so;
   const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
   so.strata_binary = self.string();
   so.linkem_binary = (self.parent_path() / "strata-linkem").string();
   so.model_path = model;
   so.links = std::any_of(delays_ms.begin(), delays_ms.end(), [](double d) { return d > 0; });
   so.stderr_path = "/dev/null";
-  ASSIGN_OR_RETURN(std::unique_ptr<deploy::LocalSwarm> swarm, deploy::LocalSwarm::Start(so));
-  for (const deploy::NodeSpec& spec : nodes) RETURN_IF_ERROR(swarm->AddNode(spec).status());
+  ASSIGN_OR_RETURN(std::unique_ptr<harness::LocalSwarm> swarm, harness::LocalSwarm::Start(so));
+  for (const harness::NodeSpec& spec : nodes) RETURN_IF_ERROR(swarm->AddNode(spec).status());
   RETURN_IF_ERROR(swarm->WaitUntilServing(static_cast<int>(nodes.size())));
   return swarm;
 }
 
-std::vector<deploy::NodeSpec> ReplicatedSpans(int n_layers, int spans, int replicas,
+std::vector<harness::NodeSpec> ReplicatedSpans(int n_layers, int spans, int replicas,
                                               int threads) {
-  std::vector<deploy::NodeSpec> out;
+  std::vector<harness::NodeSpec> out;
   for (int r = 0; r < replicas; ++r) {
     for (int i = 0; i < spans; ++i) {
-      deploy::NodeSpec spec;
+      harness::NodeSpec spec;
       spec.layers = absl::StrFormat("%d:%d", n_layers * i / spans, n_layers * (i + 1) / spans);
       spec.threads = threads;
       spec.kv_memory_mib = kNodeKvMib;
@@ -131,12 +131,12 @@ std::vector<deploy::NodeSpec> ReplicatedSpans(int n_layers, int spans, int repli
   return out;
 }
 
-absl::Status SetBenchDelay(deploy::LocalSwarm& swarm, double delay_ms) {
+absl::Status SetBenchDelay(harness::LocalSwarm& swarm, double delay_ms) {
   if (!swarm.options().links) return absl::OkStatus();
   return swarm.SetDelay(delay_ms);
 }
 
-ClientOptions BenchClientOptions(const deploy::LocalSwarm& swarm, const std::string& model,
+ClientOptions BenchClientOptions(const harness::LocalSwarm& swarm, const std::string& model,
                                  int threads) {
   ClientOptions co;
   co.coordinators = swarm.coordinators();
@@ -162,11 +162,11 @@ int RunSwarmBench(const BenchFlags& f) {
   if (!local_stats.ok()) return Fail(std::string(local_stats.status().message()));
   local->reset();
 
-  deploy::NodeSpec spec;
+  harness::NodeSpec spec;
   spec.max_layers = (n_layers + f.nodes - 1) / f.nodes;
   spec.threads = f.node_threads;
   spec.kv_memory_mib = kNodeKvMib;
-  auto swarm = StartBenchSwarm(model, f.delays_ms, std::vector<deploy::NodeSpec>(f.nodes, spec));
+  auto swarm = StartBenchSwarm(model, f.delays_ms, std::vector<harness::NodeSpec>(f.nodes, spec));
   if (!swarm.ok()) return Fail(std::string(swarm.status().message()));
   auto client = client::SwarmClient::Create(BenchClientOptions(**swarm, model, f.threads));
   if (!client.ok()) return Fail(std::string(client.status().message()));

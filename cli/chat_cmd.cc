@@ -203,8 +203,8 @@ class Chat {
   }
 
  private:
-  std::vector<model::ChatMessage> Conversation() const {
-    std::vector<model::ChatMessage> all;
+  std::vector<text::ChatMessage> Conversation() const {
+    std::vector<text::ChatMessage> all;
     if (!flags_.system.empty()) all.push_back({"system", flags_.system});
     all.insert(all.end(), messages_.begin(), messages_.end());
     return all;
@@ -303,7 +303,7 @@ class Chat {
   const ChatFlags& flags_;
   std::unique_ptr<Engine> engine_;
   Signals* signals_;
-  std::vector<model::ChatMessage> messages_;  // user and assistant turns, oldest first
+  std::vector<text::ChatMessage> messages_;  // user and assistant turns, oldest first
   std::ofstream json_log_;
   int turns_ = 0;
 };

@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "model/chat_template.h"
-#include "model/tokenizer.h"
+#include "text/chat_template.h"
+#include "text/tokenizer.h"
 
 namespace strata::cli {
 
@@ -17,6 +17,6 @@ namespace strata::cli {
 // client::PromptTokens gives for a chat request). A model without a template gets plain chatml.
 // INVALID_ARGUMENT when the conversation is empty or the template rejects it.
 absl::StatusOr<std::vector<int32_t>> ConversationTokens(
-    const model::Tokenizer& tokenizer, const std::vector<model::ChatMessage>& messages);
+    const text::Tokenizer& tokenizer, const std::vector<text::ChatMessage>& messages);
 
 }  // namespace strata::cli

@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "cli/commands.h"
-#include "deploy/local_swarm.h"
+#include "harness/local_swarm.h"
 #include "model/llama.h"
 #include "strata/client.h"
 
@@ -52,16 +52,16 @@ int RunDemo(const DemoFlags& f) {
   const int n_layers = (*opened)->hparams().n_layer;
   if (f.nodes > n_layers) return Fail("more nodes than layers");
 
-  deploy::LocalSwarmOptions so;
+  harness::LocalSwarmOptions so;
   so.strata_binary = std::filesystem::read_symlink("/proc/self/exe").string();
   so.model_path = model;
   so.stderr_path = "/dev/null";
-  auto swarm = deploy::LocalSwarm::Start(so);
+  auto swarm = harness::LocalSwarm::Start(so);
   if (!swarm.ok()) return Fail(std::string(swarm.status().message()));
   std::printf("coordinator  %s  (swarm JSON at http://%s/api/swarm)\n",
               (*swarm)->coordinator().c_str(), (*swarm)->http().c_str());
   // One node at a time, so each joins seeing the previous ones' coverage.
-  deploy::NodeSpec spec;
+  harness::NodeSpec spec;
   spec.max_layers = (n_layers + f.nodes - 1) / f.nodes;
   spec.threads = f.threads;
   spec.kv_memory_mib = 512;

@@ -43,7 +43,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Local(const std::string& model_p
   return e;
 }
 
-const model::Tokenizer& Engine::tokenizer() const {
+const text::Tokenizer& Engine::tokenizer() const {
   return local_ ? local_->tokenizer() : swarm_->tokenizer();
 }
 

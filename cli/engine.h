@@ -13,7 +13,7 @@
 #include "client/session.h"
 #include "client/swarm_client.h"
 #include "model/llama.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace strata::cli {
 
@@ -28,7 +28,7 @@ class Engine {
                                                        int threads,
                                                        bool show_progress);
 
-  const model::Tokenizer& tokenizer() const;
+  const text::Tokenizer& tokenizer() const;
   const model::Model& model() const { return *model_; }
   // Positions a session may hold (the model's training context).
   int context_length() const;

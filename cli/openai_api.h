@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "model/chat_template.h"
+#include "text/chat_template.h"
 #include "nlohmann/json.hpp"
 #include "strata/client.h"
 
@@ -52,7 +52,7 @@ struct CompletionRequest {
   std::vector<int32_t> prompt_ids;
   bool prompt_is_ids = false;
   // Chat: the conversation.
-  std::vector<model::ChatMessage> messages;
+  std::vector<text::ChatMessage> messages;
   std::optional<int> max_tokens;  // unset: the endpoint's default
   SamplingOptions sampling;       // seed filled in by the caller when !seed_given
   bool seed_given = false;

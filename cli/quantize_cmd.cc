@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
-#include "model/requantize.h"
+#include "gguf/requantize.h"
 
 namespace strata::cli {
 namespace {
@@ -21,7 +21,7 @@ struct QuantizeFlags {
 int RunQuantize(const QuantizeFlags& f) {
   auto type = kernels::WeightDTypeFromName(f.type);
   if (!type.ok()) return Fail(std::string(type.status().message()));
-  model::RequantizeOptions options;
+  gguf::RequantizeOptions options;
   options.type = *type;
   options.keep_embeddings = f.keep_embeddings;
   options.layers = f.layers;
@@ -31,7 +31,7 @@ int RunQuantize(const QuantizeFlags& f) {
       if (done == total) std::fprintf(stderr, "\n");
     };
   }
-  auto report = model::Requantize(f.in, f.out, options);
+  auto report = gguf::Requantize(f.in, f.out, options);
   if (!report.ok()) return Fail(std::string(report.status().message()));
   std::printf("%s: %d matrices as %s, %d tensors kept", f.out.c_str(), report->converted,
               f.type.c_str(), report->kept);

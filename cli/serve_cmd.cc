@@ -159,7 +159,7 @@ class Server {
 
   // The prompt's token ids, and the request's max_tokens resolved against the context.
   absl::StatusOr<std::vector<int32_t>> PromptIds(const CompletionRequest& r) const {
-    const model::Tokenizer& tok = engine_->tokenizer();
+    const text::Tokenizer& tok = engine_->tokenizer();
     if (r.endpoint == Endpoint::kChatCompletions) return ConversationTokens(tok, r.messages);
     if (r.prompt_is_ids) {
       for (int32_t id : r.prompt_ids) {

@@ -25,7 +25,7 @@ size_t PendingStopPrefix(std::string_view text, const std::vector<std::string>& 
 
 }  // namespace
 
-Emitter::Emitter(const model::Tokenizer& tokenizer, const GenerateOptions& options,
+Emitter::Emitter(const text::Tokenizer& tokenizer, const GenerateOptions& options,
                  const strata::TokenCallback& on_token, Generation* out)
     : tokenizer_(tokenizer),
       options_(options),
@@ -90,7 +90,7 @@ void Emitter::Finish() {
   }
 }
 
-absl::StatusOr<Generation> Generate(InferenceSession& session, const model::Tokenizer& tokenizer,
+absl::StatusOr<Generation> Generate(InferenceSession& session, const text::Tokenizer& tokenizer,
                                     std::span<const int32_t> prompt,
                                     const GenerateOptions& options,
                                     const strata::TokenCallback& on_token) {

@@ -12,7 +12,7 @@
 #include "absl/time/time.h"
 #include "client/session.h"
 #include "model/sampling.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "strata/client.h"
 
 namespace strata::client {
@@ -39,7 +39,7 @@ struct Generation {
 // Shared by plain and speculative decoding so both end a generation the same way.
 class Emitter {
  public:
-  Emitter(const model::Tokenizer& tokenizer, const GenerateOptions& options,
+  Emitter(const text::Tokenizer& tokenizer, const GenerateOptions& options,
           const strata::TokenCallback& on_token, Generation* out);
   // Takes the next sampled token; false when the generation is over (finish_reason is set).
   bool Push(int32_t token);
@@ -49,11 +49,11 @@ class Emitter {
   void MarkFirstToken();
 
  private:
-  const model::Tokenizer& tokenizer_;
+  const text::Tokenizer& tokenizer_;
   const GenerateOptions& options_;
   const strata::TokenCallback& on_token_;
   Generation* out_;
-  model::StreamDecoder decoder_;
+  text::StreamDecoder decoder_;
   std::string visible_;  // decoded text, stop strings not yet cut
   size_t emitted_ = 0;   // bytes of visible_ already passed to the callback
   bool done_ = false;
@@ -62,7 +62,7 @@ class Emitter {
 
 // Feeds `prompt` to the (fresh) session and generates. The session holds the text afterwards.
 absl::StatusOr<Generation> Generate(InferenceSession& session,
-                                        const model::Tokenizer& tokenizer,
+                                        const text::Tokenizer& tokenizer,
                                         std::span<const int32_t> prompt,
                                         const GenerateOptions& options,
                                     const strata::TokenCallback& on_token = nullptr);

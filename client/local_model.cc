@@ -10,7 +10,7 @@ absl::StatusOr<std::unique_ptr<LocalModel>> LocalModel::Load(const LocalModelOpt
   auto lm = std::unique_ptr<LocalModel>(new LocalModel());
   lm->options_ = options;
   ASSIGN_OR_RETURN(lm->model_, model::Model::Open(options.path));
-  ASSIGN_OR_RETURN(lm->tokenizer_, model::Tokenizer::FromGguf(lm->model_->gguf()));
+  ASSIGN_OR_RETURN(lm->tokenizer_, text::Tokenizer::FromGguf(lm->model_->gguf()));
   ASSIGN_OR_RETURN(lm->embedder_, model::Embedder::Load(lm->model_));
   ASSIGN_OR_RETURN(lm->head_, model::Head::Load(lm->model_));
   ASSIGN_OR_RETURN(auto span, model::LayerSpan::Load(lm->model_, 0, lm->model_->hparams().n_layer));

@@ -10,7 +10,7 @@
 #include "client/session.h"
 #include "common/thread_pool.h"
 #include "model/llama.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace strata::client {
 
@@ -26,7 +26,7 @@ class LocalModel {
   static absl::StatusOr<std::unique_ptr<LocalModel>> Load(const LocalModelOptions& options);
 
   const model::Model& model() const { return *model_; }
-  const model::Tokenizer& tokenizer() const { return *tokenizer_; }
+  const text::Tokenizer& tokenizer() const { return *tokenizer_; }
   ThreadPool& pool() { return *pool_; }
   // A fresh session over a fresh KV cache.
   absl::StatusOr<std::unique_ptr<InferenceSession>> NewSession();
@@ -39,7 +39,7 @@ class LocalModel {
  private:
   LocalModelOptions options_;
   std::shared_ptr<const model::Model> model_;
-  std::unique_ptr<model::Tokenizer> tokenizer_;
+  std::unique_ptr<text::Tokenizer> tokenizer_;
   std::unique_ptr<model::Embedder> embedder_;
   std::unique_ptr<model::Head> head_;
   std::unique_ptr<ThreadPool> pool_;

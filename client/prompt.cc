@@ -1,16 +1,16 @@
 #include "client/prompt.h"
 
-#include "model/chat_template.h"
+#include "text/chat_template.h"
 
 namespace strata::client {
 
-absl::StatusOr<std::vector<int32_t>> PromptTokens(const model::Tokenizer& tokenizer,
+absl::StatusOr<std::vector<int32_t>> PromptTokens(const text::Tokenizer& tokenizer,
                                                   const GenerateRequest& request) {
   if (!request.chat) return tokenizer.Encode(request.prompt, /*add_special=*/true, false);
-  std::vector<model::ChatMessage> messages;
+  std::vector<text::ChatMessage> messages;
   if (!request.system.empty()) messages.push_back({"system", request.system});
   messages.push_back({"user", request.prompt});
-  auto text = model::ApplyChatTemplate(tokenizer, messages, /*add_generation_prompt=*/true);
+  auto text = text::ApplyChatTemplate(tokenizer, messages, /*add_generation_prompt=*/true);
   if (!text.ok()) return text.status();
   return tokenizer.EncodeChatPrompt(*text);
 }

@@ -6,13 +6,13 @@
 
 #include "absl/status/statusor.h"
 #include "client/generate.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "strata/client.h"
 
 namespace strata::client {
 
 // Plain prompts get the model's BOS when it wants one; chat prompts go through its template.
-absl::StatusOr<std::vector<int32_t>> PromptTokens(const model::Tokenizer& tokenizer,
+absl::StatusOr<std::vector<int32_t>> PromptTokens(const text::Tokenizer& tokenizer,
                                                   const GenerateRequest& request);
 
 GenerateOptions ToGenerateOptions(const GenerateRequest& request);

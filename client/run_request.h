@@ -10,7 +10,7 @@
 #include "client/drafter.h"
 #include "common/thread_pool.h"
 #include "model/llama.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "strata/client.h"
 
 namespace strata::client {
@@ -18,7 +18,7 @@ namespace strata::client {
 struct RequestContext {
   const model::Embedder* embedder = nullptr;
   const model::Head* head = nullptr;
-  const model::Tokenizer* tokenizer = nullptr;
+  const text::Tokenizer* tokenizer = nullptr;
   ThreadPool* pool = nullptr;
   std::string model_path;  // the target file at the client (self:K drafts from it)
   int threads = 0;         // for a draft model

@@ -28,7 +28,7 @@ struct SpeculativeDecoder::Run {
 
 SpeculativeDecoder::SpeculativeDecoder(const model::Embedder* embedder, const model::Head* head,
                                        std::vector<Chain*> chains, ThreadPool* pool,
-                                       const model::Tokenizer* tokenizer, Drafter* drafter,
+                                       const text::Tokenizer* tokenizer, Drafter* drafter,
                                        SpeculativeOptions options)
     : embedder_(embedder),
       head_(head),

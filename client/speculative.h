@@ -30,7 +30,7 @@
 #include "client/generate.h"
 #include "common/thread_pool.h"
 #include "model/llama.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "model/verify.h"
 
 namespace strata::client {
@@ -189,7 +189,7 @@ class SpeculativeDecoder {
   // `chains`: one, or several over replicated spans (DSI). None is owned; each must start empty.
   SpeculativeDecoder(const model::Embedder* embedder, const model::Head* head,
                      std::vector<Chain*> chains, ThreadPool* pool,
-                     const model::Tokenizer* tokenizer, Drafter* drafter,
+                     const text::Tokenizer* tokenizer, Drafter* drafter,
                      SpeculativeOptions options);
 
   absl::StatusOr<Generation> Generate(std::span<const int32_t> prompt,
@@ -223,7 +223,7 @@ class SpeculativeDecoder {
   const model::Head* head_;
   std::vector<Chain*> chains_;
   ThreadPool* pool_;
-  const model::Tokenizer* tokenizer_;
+  const text::Tokenizer* tokenizer_;
   Drafter* drafter_;
   SpeculativeOptions options_;
   std::unique_ptr<model::Sampler> sampler_;

@@ -52,7 +52,7 @@ absl::StatusOr<std::unique_ptr<SwarmClient>> SwarmClient::Create(const ClientOpt
   auto c = std::unique_ptr<SwarmClient>(new SwarmClient());
   c->options_ = options;
   ASSIGN_OR_RETURN(c->model_, model::Model::Open(options.model_path));
-  ASSIGN_OR_RETURN(c->tokenizer_, model::Tokenizer::FromGguf(c->model_->gguf()));
+  ASSIGN_OR_RETURN(c->tokenizer_, text::Tokenizer::FromGguf(c->model_->gguf()));
   ASSIGN_OR_RETURN(c->embedder_, model::Embedder::Load(c->model_));
   ASSIGN_OR_RETURN(c->head_, model::Head::Load(c->model_));
   c->pool_ = std::make_unique<ThreadPool>(options.threads > 0 ? options.threads

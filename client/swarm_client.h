@@ -11,7 +11,7 @@
 #include "client/session.h"
 #include "common/thread_pool.h"
 #include "model/llama.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "strata/client.h"
 #include "strata/v1/coordinator.grpc.pb.h"
 
@@ -55,7 +55,7 @@ class SwarmClient final : public Client {
   absl::StatusOr<std::unique_ptr<InferenceSession>> NewInferenceSession(
       std::vector<HopInfo>* route = nullptr, RemoteChain** chain = nullptr);
 
-  const model::Tokenizer& tokenizer() const { return *tokenizer_; }
+  const text::Tokenizer& tokenizer() const { return *tokenizer_; }
 
  private:
   SwarmClient() = default;
@@ -67,7 +67,7 @@ class SwarmClient final : public Client {
 
   ClientOptions options_;
   std::shared_ptr<const model::Model> model_;
-  std::unique_ptr<model::Tokenizer> tokenizer_;
+  std::unique_ptr<text::Tokenizer> tokenizer_;
   std::unique_ptr<model::Embedder> embedder_;
   std::unique_ptr<model::Head> head_;
   std::unique_ptr<ThreadPool> pool_;

@@ -6,7 +6,7 @@
 namespace strata::model {
 namespace {
 
-absl::StatusOr<int> GetPositiveInt(const GgufFile& f, const std::string& key, int64_t max) {
+absl::StatusOr<int> GetPositiveInt(const gguf::GgufFile& f, const std::string& key, int64_t max) {
   ASSIGN_OR_RETURN(uint64_t v, f.GetUint(key));
   if (v == 0 || v > static_cast<uint64_t>(max)) {
     return absl::InvalidArgumentError(
@@ -17,7 +17,7 @@ absl::StatusOr<int> GetPositiveInt(const GgufFile& f, const std::string& key, in
 
 }  // namespace
 
-absl::StatusOr<HParams> HParams::FromGguf(const GgufFile& f) {
+absl::StatusOr<HParams> HParams::FromGguf(const gguf::GgufFile& f) {
   HParams hp;
   ASSIGN_OR_RETURN(std::string_view arch, f.GetString("general.architecture"));
   hp.arch_name = std::string(arch);
@@ -31,7 +31,7 @@ absl::StatusOr<HParams> HParams::FromGguf(const GgufFile& f) {
     return absl::InvalidArgumentError(
         StrCat(f.name(), ": architecture '", arch, "' is not supported (llama, qwen2)"));
   }
-  if (const GgufValue* name = f.Find("general.name"); name && name->type == GgufType::kString) {
+  if (const gguf::GgufValue* name = f.Find("general.name"); name && name->type == gguf::GgufType::kString) {
     hp.model_name = std::string(name->str);
   }
   const std::string p = hp.arch_name + ".";
@@ -75,8 +75,8 @@ absl::StatusOr<HParams> HParams::FromGguf(const GgufFile& f) {
     return absl::InvalidArgumentError(StrCat(f.name(), ": RoPE base ", base, " out of range"));
   }
   hp.rope_base = static_cast<float>(base);
-  if (const GgufValue* type = f.Find(p + "rope.scaling.type")) {
-    if (type->type != GgufType::kString) {
+  if (const gguf::GgufValue* type = f.Find(p + "rope.scaling.type")) {
+    if (type->type != gguf::GgufType::kString) {
       return absl::InvalidArgumentError(StrCat(f.name(), ": rope.scaling.type is not a string"));
     }
     if (type->str == "linear") {
@@ -96,10 +96,10 @@ absl::StatusOr<HParams> HParams::FromGguf(const GgufFile& f) {
   }
   ASSIGN_OR_RETURN(hp.n_ctx_train, GetPositiveInt(f, p + "context_length", 1 << 24));
 
-  ASSIGN_OR_RETURN(const GgufTensorInfo* embd, f.FindTensor("token_embd.weight"));
+  ASSIGN_OR_RETURN(const gguf::GgufTensorInfo* embd, f.FindTensor("token_embd.weight"));
   if (embd->ndim != 2 || embd->shape[1] != hp.n_embd) {
     return absl::InvalidArgumentError(StrCat(f.name(), ": token_embd.weight has shape ",
-                                             GgufFile::View(*embd).ShapeString(),
+                                             gguf::GgufFile::View(*embd).ShapeString(),
                                              ", expected {vocab, ", hp.n_embd, "}"));
   }
   hp.n_vocab = static_cast<int>(embd->shape[0]);

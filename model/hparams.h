@@ -5,7 +5,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "model/gguf.h"
+#include "gguf/reader.h"
 
 namespace strata::model {
 
@@ -36,7 +36,7 @@ struct HParams {
 
   // Reads and validates every value; INVALID_ARGUMENT naming the key when a value is missing,
   // of the wrong type, or inconsistent (e.g. heads not dividing the width).
-  static absl::StatusOr<HParams> FromGguf(const GgufFile& file);
+  static absl::StatusOr<HParams> FromGguf(const gguf::GgufFile& file);
 };
 
 }  // namespace strata::model

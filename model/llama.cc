@@ -49,7 +49,7 @@ bool IsMatMulType(DType t) {
 absl::StatusOr<std::shared_ptr<const Model>> Model::Open(const std::string& path) {
   std::shared_ptr<Model> model(new Model());
   model->path_ = path;
-  ASSIGN_OR_RETURN(model->file_, GgufFile::Open(path));
+  ASSIGN_OR_RETURN(model->file_, gguf::GgufFile::Open(path));
   ASSIGN_OR_RETURN(model->hparams_, HParams::FromGguf(*model->file_));
   // FNV-1a over the size and the header bytes.
   uint64_t h = 1469598103934665603ull;
@@ -69,8 +69,8 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Open(const std::string& path
 
 absl::StatusOr<Tensor> Model::Weight(const std::string& name,
                                      std::initializer_list<int64_t> shape) const {
-  ASSIGN_OR_RETURN(const GgufTensorInfo* info, file_->FindTensor(name));
-  Tensor t = GgufFile::View(*info);
+  ASSIGN_OR_RETURN(const gguf::GgufTensorInfo* info, file_->FindTensor(name));
+  Tensor t = gguf::GgufFile::View(*info);
   bool same = t.ndim == static_cast<int>(shape.size());
   int i = 0;
   for (int64_t d : shape) same = same && t.shape[i++] == d;

@@ -17,7 +17,7 @@
 #include "common/thread_pool.h"
 #include "kernels/ops.h"
 #include "kernels/tensor.h"
-#include "model/gguf.h"
+#include "gguf/reader.h"
 #include "model/hparams.h"
 #include "model/kv_cache.h"
 
@@ -29,7 +29,7 @@ class Model {
   static absl::StatusOr<std::shared_ptr<const Model>> Open(const std::string& path);
 
   const HParams& hparams() const { return hparams_; }
-  const GgufFile& gguf() const { return *file_; }
+  const gguf::GgufFile& gguf() const { return *file_; }
   const std::string& path() const { return path_; }
   // Identifies the model for a swarm: "<name>-<16 hex digits>" where the digits hash the file
   // size and every byte before the tensor data (metadata and tensor table). Two files with the
@@ -44,7 +44,7 @@ class Model {
   Model() = default;
   std::string path_;
   std::string id_;
-  std::unique_ptr<GgufFile> file_;
+  std::unique_ptr<gguf::GgufFile> file_;
   HParams hparams_;
 };
 

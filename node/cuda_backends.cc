@@ -1,5 +1,5 @@
-// `--device cuda:N`: spans on one GPU (model/cuda_span.h) with device-memory KV pools.
-// `--devices cuda:0,cuda:1,...`: tensor-parallel spans over several (model/cuda_tp_span.h).
+// `--device cuda:N`: spans on one GPU (model/cuda/span.h) with device-memory KV pools.
+// `--devices cuda:0,cuda:1,...`: tensor-parallel spans over several (model/cuda/tp_span.h).
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -7,8 +7,8 @@
 #include "absl/strings/strip.h"
 #include "common/strings.h"
 #include "kernels/cuda/device.h"
-#include "model/cuda_span.h"
-#include "model/cuda_tp_span.h"
+#include "model/cuda/span.h"
+#include "model/cuda/tp_span.h"
 #include "node/node_server.h"
 
 namespace strata::node {

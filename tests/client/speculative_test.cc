@@ -17,7 +17,7 @@
 #include "client/local_model.h"
 #include "client/prompt.h"
 #include "client/run_request.h"
-#include "model/requantize.h"
+#include "gguf/requantize.h"
 #include "model/sampling.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/tiny_model.h"
@@ -508,10 +508,10 @@ TEST(VerifyDraftTest, RejectionSamplingPreservesTheDistribution) {
 class LocalSpeculativeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_TRUE(testing::DefaultModelPresent());
+    ASSERT_TRUE(testkit::DefaultModelPresent());
     if (lm_ != nullptr) return;  // loaded for a suite before (fixtures derived from this one)
     LocalModelOptions o;
-    o.path = testing::DefaultModelPath();
+    o.path = testkit::DefaultModelPath();
     o.threads = 2;
     lm_ = LocalModel::Load(o)->release();
   }
@@ -567,8 +567,8 @@ TEST_F(LocalSpeculativeTest, EveryDrafterAndModeGivesThePlainTokens) {
   const auto prompt = Prompt("Repeat after me: red, green, blue, red, green, blue.");
   NgramDrafter ngram;
   auto draft_model =
-      ModelDrafter::Load(testing::DefaultModelPath(), 0, lm_->model().hparams().n_vocab, 1);
-  auto self = ModelDrafter::Load(testing::DefaultModelPath(), 20, lm_->model().hparams().n_vocab, 1);
+      ModelDrafter::Load(testkit::DefaultModelPath(), 0, lm_->model().hparams().n_vocab, 1);
+  auto self = ModelDrafter::Load(testkit::DefaultModelPath(), 20, lm_->model().hparams().n_vocab, 1);
   ASSERT_TRUE(draft_model.ok() && self.ok());
   const auto truth_greedy = Plain(prompt, Options(0, 200));
   std::vector<int32_t> truth = prompt;
@@ -723,7 +723,7 @@ TEST_F(LocalSpeculativeTest, WhatACallersOwnDrafterLearnedCarriesOverPerMode) {
   NgramDrafter ngram;
   DrafterCache::Learned learned;
   RequestContext context{&lm_->embedder(), &lm_->head(), &lm_->tokenizer(), &lm_->pool(),
-                         testing::DefaultModelPath(), 1, &ngram, nullptr, &learned};
+                         testkit::DefaultModelPath(), 1, &ngram, nullptr, &learned};
   GenerateRequest r;
   r.max_tokens = 16;
   r.sampling.temperature = 0;
@@ -838,7 +838,7 @@ TEST_F(LocalSpeculativeTest, TheLastStageVerifiesAndGivesThePlainTokens) {
   const auto prompt = Prompt("Repeat after me: red, green, blue, red, green, blue.");
   NgramDrafter ngram;
   auto draft_model =
-      ModelDrafter::Load(testing::DefaultModelPath(), 0, lm_->model().hparams().n_vocab, 1);
+      ModelDrafter::Load(testkit::DefaultModelPath(), 0, lm_->model().hparams().n_vocab, 1);
   ASSERT_TRUE(draft_model.ok());
   const auto truth_greedy = Plain(prompt, Options(0, 200));
   std::vector<int32_t> truth = prompt;
@@ -945,9 +945,9 @@ TEST_F(DrafterCostTest, ADrafterIsNotAskedWhenReadingThePromptCostsMoreThanItCan
 }
 
 TEST(ModelDrafterTest, MeasuresWhatReadingCostsAndKnowsWhatItHasRead) {
-  const std::string path = testing::TempPath("-reader.gguf");
-  ASSERT_TRUE(testing::WriteTinyModel(testing::TinyModelSpec{}, path).ok());
-  auto d = ModelDrafter::Load(path, 0, testing::kTinyVocab, 1);
+  const std::string path = testkit::TempPath("-reader.gguf");
+  ASSERT_TRUE(testkit::WriteTinyModel(testkit::TinyModelSpec{}, path).ok());
+  auto d = ModelDrafter::Load(path, 0, testkit::kTinyVocab, 1);
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_GT((*d)->read_ms(), 0);
   std::vector<int32_t> text = {72, 101, 108, 108, 111, 32, 119};
@@ -966,23 +966,23 @@ TEST(ModelDrafterTest, MeasuresWhatReadingCostsAndKnowsWhatItHasRead) {
 // `strata quantize --layers K` writes the model that exits after K layers: as a draft model it
 // proposes exactly what self-speculation from the first K layers of the whole file does.
 TEST(ModelDrafterTest, AModelCutToItsFirstLayersDraftsLikeSelfSpeculation) {
-  const std::string whole = testing::TempPath("-whole.gguf");
-  const std::string cut = testing::TempPath("-cut.gguf");
-  testing::TinyModelSpec spec;
+  const std::string whole = testkit::TempPath("-whole.gguf");
+  const std::string cut = testkit::TempPath("-cut.gguf");
+  testkit::TinyModelSpec spec;
   spec.n_layer = 4;
-  ASSERT_TRUE(testing::WriteTinyModel(spec, whole).ok());
-  model::RequantizeOptions options;
+  ASSERT_TRUE(testkit::WriteTinyModel(spec, whole).ok());
+  gguf::RequantizeOptions options;
   options.type = spec.weight_type;  // matrices already of that type are copied as they are
   options.keep_embeddings = true;
   options.layers = 2;
-  auto report = model::Requantize(whole, cut, options);
+  auto report = gguf::Requantize(whole, cut, options);
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_EQ(report->converted, 0);
   EXPECT_GT(report->dropped, 0);
 
-  auto from_cut = ModelDrafter::Load(cut, 0, testing::kTinyVocab, 1);
-  auto self = ModelDrafter::Load(whole, 2, testing::kTinyVocab, 1);
-  auto full = ModelDrafter::Load(whole, 0, testing::kTinyVocab, 1);
+  auto from_cut = ModelDrafter::Load(cut, 0, testkit::kTinyVocab, 1);
+  auto self = ModelDrafter::Load(whole, 2, testkit::kTinyVocab, 1);
+  auto full = ModelDrafter::Load(whole, 0, testkit::kTinyVocab, 1);
   ASSERT_TRUE(from_cut.ok() && self.ok() && full.ok());
   std::vector<int32_t> text = {72, 101, 108, 108, 111, 32, 119, 111};
   bool differs_from_full = false;
@@ -1005,10 +1005,10 @@ TEST(ModelDrafterTest, AModelCutToItsFirstLayersDraftsLikeSelfSpeculation) {
 // End to end on a tiny random model: rejection-sampled generations of two tokens follow the same
 // distribution as plain sampling.
 TEST(RejectionSamplingTest, ShortContinuationsMatchPlainSampling) {
-  const std::string path = testing::TempPath("-spec.gguf");
-  testing::TinyModelSpec spec;
+  const std::string path = testkit::TempPath("-spec.gguf");
+  testkit::TinyModelSpec spec;
   spec.n_layer = 2;
-  ASSERT_TRUE(testing::WriteTinyModel(spec, path).ok());
+  ASSERT_TRUE(testkit::WriteTinyModel(spec, path).ok());
   LocalModelOptions o;
   o.path = path;
   o.threads = 1;
@@ -1018,7 +1018,7 @@ TEST(RejectionSamplingTest, ShortContinuationsMatchPlainSampling) {
   // The model itself, drafting greedily: at a high temperature (its logits spread widely) its
   // argmax is the target's token only part of the time, so both acceptance and the residual
   // draw are exercised.
-  auto greedy = ModelDrafter::Load(path, 0, testing::kTinyVocab, 1);
+  auto greedy = ModelDrafter::Load(path, 0, testkit::kTinyVocab, 1);
   ASSERT_TRUE(greedy.ok()) << greedy.status();
   int drafted = 0, accepted = 0;
   // Verified at the client, and by the chain's last stage (last-hop verification).

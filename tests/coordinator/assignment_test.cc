@@ -7,10 +7,10 @@
 namespace strata::coordinator {
 namespace {
 
-using testing::AddNode;
-using testing::AutoJoin;
-using testing::EmptySwarm;
-using testing::FixedJoin;
+using testkit::AddNode;
+using testkit::AutoJoin;
+using testkit::EmptySwarm;
+using testkit::FixedJoin;
 using ::testing::HasSubstr;
 
 LayerRange Choose(const v1::SwarmSnapshot& swarm, int max_layers) {
@@ -97,9 +97,9 @@ TEST(AssignmentTest, FixedSpanIsValidated) {
 
 // Moves of running nodes. Three movable nodes of 15 layers on 30: two serve [0,15), one [15,30).
 v1::SwarmSnapshot TwoToOne(double lone_layer_ms) {
-  v1::SwarmSnapshot s = testing::EmptySwarm(30);
+  v1::SwarmSnapshot s = testkit::EmptySwarm(30);
   for (auto [id, first, ms] : {std::tuple{"a", 0, 1.0}, {"b", 0, 1.0}, {"c", 15, lone_layer_ms}}) {
-    v1::NodeStatus* n = testing::AddNode(s, {id, first, first + 15, ms});
+    v1::NodeStatus* n = testkit::AddNode(s, {id, first, first + 15, ms});
     n->mutable_node()->set_movable(true);
     n->mutable_node()->set_max_layers(15);
   }

@@ -112,7 +112,7 @@ class Child {
   std::string err_text_;
 };
 
-std::string StrataBinary() { return strata::testing::BinaryDir() + "/strata"; }
+std::string StrataBinary() { return strata::testkit::BinaryDir() + "/strata"; }
 
 TEST(CoordinatorCliTest, ServesOnTheAnnouncedPortsAndExitsCleanly) {
   Child coordinator({StrataBinary(),
@@ -122,7 +122,7 @@ TEST(CoordinatorCliTest, ServesOnTheAnnouncedPortsAndExitsCleanly) {
                      "--http",
                      "127.0.0.1:0",
                      "--model-id",
-                     testing::kModel,
+                     testkit::kModel,
                      "--ttl-ms",
                      "2000",
                      "--heartbeat-ms",
@@ -147,11 +147,11 @@ TEST(CoordinatorCliTest, ServesOnTheAnnouncedPortsAndExitsCleanly) {
   };
   v1::JoinResponse joined;
   grpc::Status st =
-      stub->Join(call().get(), testing::AutoJoin("n1", "127.0.0.1:7001", 30, 10), &joined);
+      stub->Join(call().get(), testkit::AutoJoin("n1", "127.0.0.1:7001", 30, 10), &joined);
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(joined.heartbeat_interval_ms(), 500);
   EXPECT_EQ(joined.ttl_ms(), 2000);
-  v1::JoinRequest other = testing::AutoJoin("n2", "127.0.0.1:7002", 30, 10);
+  v1::JoinRequest other = testkit::AutoJoin("n2", "127.0.0.1:7002", 30, 10);
   other.mutable_node()->set_model_id("another-model");
   EXPECT_EQ(stub->Join(call().get(), other, &joined).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
@@ -187,9 +187,9 @@ TEST(CoordinatorCliTest, BadAddressIsAOneLineError) {
 // A node that cannot start (here: an unknown device, found after the model is opened) exits
 // with a one-line error and status 1, not a crash.
 TEST(NodeCliTest, BadDeviceIsAOneLineErrorNotACrash) {
-  ASSERT_TRUE(strata::testing::DefaultModelPresent());
+  ASSERT_TRUE(strata::testkit::DefaultModelPresent());
   for (const std::string device : {"tpu:0", "cuda:x"}) {
-    Child node({StrataBinary(), "node", "--model", strata::testing::DefaultModelPath(), "--layers",
+    Child node({StrataBinary(), "node", "--model", strata::testkit::DefaultModelPath(), "--layers",
                 "0:10", "--device", device, "--listen", "127.0.0.1:0"});
     EXPECT_EQ(node.Wait(absl::Seconds(60)), 1) << device << ": " << node.err_text();
     EXPECT_THAT(node.err_text(), StartsWith("error: ")) << device;

@@ -12,8 +12,8 @@
 namespace strata::coordinator {
 namespace {
 
-using testing::AutoJoin;
-using testing::FixedJoin;
+using testkit::AutoJoin;
+using testkit::FixedJoin;
 using ::testing::HasSubstr;
 
 class HttpTest : public ::testing::Test {
@@ -76,7 +76,7 @@ TEST_F(HttpTest, SwarmShowsTheNode) {
   clock_.Advance(absl::Milliseconds(1500));
 
   nlohmann::json swarm = GetJson("/api/swarm");
-  EXPECT_EQ(swarm["model_id"], testing::kModel);
+  EXPECT_EQ(swarm["model_id"], testkit::kModel);
   EXPECT_EQ(swarm["num_layers"], 30);
   ASSERT_EQ(swarm["nodes"].size(), 1u);
   const nlohmann::json& node = swarm["nodes"][0];

@@ -10,11 +10,11 @@
 namespace strata::coordinator {
 namespace {
 
-using testing::AutoJoin;
+using testkit::AutoJoin;
 using ::testing::ElementsAre;
-using testing::FixedJoin;
+using testkit::FixedJoin;
 using ::testing::HasSubstr;
-using testing::kModel;
+using testkit::kModel;
 
 v1::HeartbeatRequest Beat(const std::string& id,
                           int first = 0,

@@ -9,11 +9,11 @@
 namespace strata::coordinator {
 namespace {
 
-using testing::AddNode;
-using testing::EmptySwarm;
+using testkit::AddNode;
+using testkit::EmptySwarm;
 using ::testing::HasSubstr;
-using testing::Hops;
-using testing::kNowMs;
+using testkit::Hops;
+using testkit::kNowMs;
 
 v1::RouteRequest Request(int start_layer = 0, int alternates = 0) {
   v1::RouteRequest r;
@@ -209,7 +209,7 @@ TEST(RouterTest, BadRequests) {
   v1::RouteRequest other_model = Request();
   other_model.set_model_id("llama-70b");
   EXPECT_EQ(PlanRoute(swarm, other_model).status().code(), absl::StatusCode::kFailedPrecondition);
-  other_model.set_model_id(testing::kModel);
+  other_model.set_model_id(testkit::kModel);
   EXPECT_TRUE(PlanRoute(swarm, other_model).ok());
   absl::StatusOr<v1::RouteResponse> empty = PlanRoute(v1::SwarmSnapshot(), Request());
   EXPECT_EQ(empty.status().code(), absl::StatusCode::kUnavailable);

@@ -15,7 +15,7 @@
 namespace strata::coordinator {
 namespace {
 
-using testing::AutoJoin;
+using testkit::AutoJoin;
 using ::testing::HasSubstr;
 
 class ServiceTest : public ::testing::Test {
@@ -86,7 +86,7 @@ TEST_F(ServiceTest, JoinHeartbeatRouteSnapshotLeave) {
   ASSERT_TRUE(st.ok()) << st.error_message();
   ASSERT_EQ(swarm.nodes_size(), 1);
   EXPECT_EQ(swarm.nodes(0).state(), v1::NODE_STATE_ONLINE);
-  EXPECT_EQ(swarm.model_id(), testing::kModel);
+  EXPECT_EQ(swarm.model_id(), testkit::kModel);
 
   v1::FailureReport report;
   report.set_node_id(joined.node_id());

@@ -6,7 +6,7 @@
 #include "coordinator/assignment.h"
 #include "strata/v1/coordinator.pb.h"
 
-namespace strata::coordinator::testing {
+namespace strata::coordinator::testkit {
 
 inline constexpr const char* kModel = "smollm2-135m@b179c952";
 inline constexpr int64_t kNowMs = 1'000'000;
@@ -88,4 +88,4 @@ inline std::string Hops(const v1::Route& route) {
   return out;
 }
 
-}  // namespace strata::coordinator::testing
+}  // namespace strata::coordinator::testkit

@@ -14,7 +14,7 @@ namespace strata::kernels {
 inline void PrintTo(DType t, std::ostream* os) { *os << Info(t).name; }
 }  // namespace strata::kernels
 
-namespace strata::testing {
+namespace strata::testkit {
 
 // GTEST_SKIP()s the current test when no CUDA device is usable (no driver, no GPU).
 #define STRATA_SKIP_WITHOUT_GPU()                                            \
@@ -57,4 +57,4 @@ class DeviceVec {
   size_t n_ = 0;
 };
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

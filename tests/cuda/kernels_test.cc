@@ -30,7 +30,7 @@ namespace {
 
 namespace cu = kernels::cuda;
 using kernels::DType;
-using testing::DeviceVec;
+using testkit::DeviceVec;
 
 std::vector<float> Normal(size_t n, uint64_t seed, float scale = 1.0f) {
   std::mt19937_64 rng(seed);

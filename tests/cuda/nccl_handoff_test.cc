@@ -35,28 +35,28 @@ TwoHops Start(const std::string& device_a, const std::string& device_b, bool ncc
   o.nccl = nccl;
   o.device = device_a;
   o.node_id = "hop-a-" + device_a;
-  h.a = testing::StartSpanNode(o, 0, 15);
+  h.a = testkit::StartSpanNode(o, 0, 15);
   o.device = device_b;
   o.node_id = "hop-b-" + device_b;
-  h.b = testing::StartSpanNode(o, 15, 30);
+  h.b = testkit::StartSpanNode(o, 15, 30);
   return h;
 }
 
 TEST(NcclHandoff, CudaNodesLinkOrFallBackWithTheSameTokens) {
   STRATA_SKIP_WITHOUT_GPU();
-  ASSERT_TRUE(testing::DefaultModelPresent());
-  ASSERT_NE(testing::SharedClientModel(), nullptr);
+  ASSERT_TRUE(testkit::DefaultModelPresent());
+  ASSERT_NE(testkit::SharedClientModel(), nullptr);
   const int gpus = *cu::DeviceCount();
   const std::string dev_b = gpus >= 2 ? "cuda:1" : "cuda:0";
   const absl::StatusOr<std::string> nccl = cu::NcclVersion();
   std::cout << gpus << " GPU(s); NCCL " << (nccl.ok() ? *nccl : nccl.status().ToString()) << "\n";
-  const std::vector<int32_t> prompt = testing::TestPrompt();
+  const std::vector<int32_t> prompt = testkit::TestPrompt();
 
   std::vector<int32_t> grpc_tokens;
   {
     TwoHops plain = Start("cuda:0", dev_b, /*nccl=*/false);
     ASSERT_TRUE(plain.a && plain.b);
-    auto t = testing::GreedyOverRoute(plain.nodes(), prompt, kSteps);
+    auto t = testkit::GreedyOverRoute(plain.nodes(), prompt, kSteps);
     ASSERT_TRUE(t.ok()) << t.status();
     grpc_tokens = *t;
   }
@@ -65,12 +65,12 @@ TEST(NcclHandoff, CudaNodesLinkOrFallBackWithTheSameTokens) {
   ASSERT_TRUE(linked.a && linked.b);
   v1::DownstreamLinkInfo after_first, at_end;
   int failovers = -1;
-  auto t = testing::GreedyOverRoute(
+  auto t = testkit::GreedyOverRoute(
       linked.nodes(),
       prompt,
       kSteps,
-      [&] { after_first = testing::SettledLink(*linked.a); },
-      [&] { at_end = testing::SettledLink(*linked.a); },
+      [&] { after_first = testkit::SettledLink(*linked.a); },
+      [&] { at_end = testkit::SettledLink(*linked.a); },
       &failovers);
   ASSERT_TRUE(t.ok()) << t.status();
   std::cout << "link cuda:0 -> " << dev_b << ": " << at_end.transport() << " ("
@@ -108,11 +108,11 @@ TEST(NcclHandoff, CudaNodesLinkOrFallBackWithTheSameTokens) {
   {
     node::NodeOptions o;
     o.threads = 2;
-    cpu.a = testing::StartSpanNode(o, 0, 15);
-    cpu.b = testing::StartSpanNode(o, 15, 30);
+    cpu.a = testkit::StartSpanNode(o, 0, 15);
+    cpu.b = testkit::StartSpanNode(o, 15, 30);
   }
   ASSERT_TRUE(cpu.a && cpu.b);
-  auto c = testing::GreedyOverRoute(cpu.nodes(), prompt, kSteps);
+  auto c = testkit::GreedyOverRoute(cpu.nodes(), prompt, kSteps);
   ASSERT_TRUE(c.ok()) << c.status();
   int same = 0;
   while (same < kSteps && (*c)[same] == (*t)[same]) ++same;
@@ -146,11 +146,11 @@ v1::DownstreamLinkInfo InfoLink(const std::string& address) {
 std::vector<int32_t> ProcessRoute(const std::string& dev_b,
                                   bool nccl,
                                   v1::DownstreamLinkInfo* link) {
-  auto swarm = testing::StartSwarm();
+  auto swarm = testkit::StartSwarm();
   if (!swarm) return {};
   for (const auto& [layers, device] :
        {std::pair<std::string, std::string>{"0:15", "cuda:0"}, {"15:30", dev_b}}) {
-    testing::NodeSpec spec;
+    testkit::NodeSpec spec;
     spec.layers = layers;
     spec.extra_args = {"--device", device};
     if (!nccl) spec.extra_args.push_back("--no-nccl");
@@ -161,7 +161,7 @@ std::vector<int32_t> ProcessRoute(const std::string& dev_b,
   EXPECT_TRUE(swarm->WaitUntilServing(2).ok());
   ClientOptions co;
   co.coordinators = {swarm->coordinator()};
-  co.model_path = testing::DefaultModelPath();
+  co.model_path = testkit::DefaultModelPath();
   co.threads = 1;
   auto client = Client::Connect(co);
   EXPECT_TRUE(client.ok()) << client.status();
@@ -169,7 +169,7 @@ std::vector<int32_t> ProcessRoute(const std::string& dev_b,
   auto session = (*client)->OpenSession();
   EXPECT_TRUE(session.ok()) << session.status();
   if (!session.ok()) return {};
-  const std::vector<int32_t> prompt = testing::TestPrompt();
+  const std::vector<int32_t> prompt = testkit::TestPrompt();
   auto logits = (*session)->Feed(std::span<const int32_t>(prompt.data(), 1));
   EXPECT_TRUE(logits.ok()) << logits.status();
   std::string first_hop;
@@ -191,8 +191,8 @@ std::vector<int32_t> ProcessRoute(const std::string& dev_b,
 
 TEST(NcclHandoff, NodeProcessesLinkOrFallBackWithTheSameTokens) {
   STRATA_SKIP_WITHOUT_GPU();
-  ASSERT_TRUE(testing::DefaultModelPresent());
-  ASSERT_NE(testing::SharedClientModel(), nullptr);
+  ASSERT_TRUE(testkit::DefaultModelPresent());
+  ASSERT_NE(testkit::SharedClientModel(), nullptr);
   const int gpus = *cu::DeviceCount();
   const std::string dev_b = gpus >= 2 ? "cuda:1" : "cuda:0";
   const bool nccl = cu::NcclVersion().ok();

@@ -13,7 +13,7 @@ namespace strata {
 namespace {
 
 namespace cu = kernels::cuda;
-using testing::DeviceVec;
+using testkit::DeviceVec;
 
 #define SKIP_WITHOUT_NCCL()                              \
   do {                                                   \

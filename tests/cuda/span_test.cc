@@ -18,9 +18,9 @@
 #include <random>
 
 #include "kernels/dtype.h"
-#include "model/cuda_span.h"
+#include "model/cuda/span.h"
 #include "model/llama.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "tests/cuda/gpu_testing.h"
 #include "tests/cuda/span_testing.h"
 #include "tests/testing/model_runner.h"
@@ -38,12 +38,12 @@ using model::SeqBit;
 
 constexpr size_t kKvBytes = size_t{512} << 20;
 
-using testing::BitEqual;
-using testing::Distance;
-using testing::Measure;
-using testing::RandomTokens;
-using testing::Rows;
-using testing::TinyModel;
+using testkit::BitEqual;
+using testkit::Distance;
+using testkit::Measure;
+using testkit::RandomTokens;
+using testkit::Rows;
+using testkit::TinyModel;
 
 // The tolerance stated at the top: CUDA against exact, bounded by the CPU's own error.
 void ExpectClose(const std::vector<float>& gpu, const std::vector<float>& cpu,
@@ -61,7 +61,7 @@ void ExpectClose(const std::vector<float>& gpu, const std::vector<float>& cpu,
 // One model with both backends and their KV pools.
 struct Pair {
   std::string path;
-  std::unique_ptr<testing::ModelRunner> runner;  // embeddings, CPU head, thread pool
+  std::unique_ptr<testkit::ModelRunner> runner;  // embeddings, CPU head, thread pool
   std::unique_ptr<LayerSpan> cpu;
   std::unique_ptr<model::CudaSpanBackend> gpu;
   std::unique_ptr<model::KvPool> cpu_pool, gpu_pool;
@@ -69,7 +69,7 @@ struct Pair {
 
   void Init(const std::string& p, int first, int last, bool fuse = true) {
     path = p;
-    runner = std::make_unique<testing::ModelRunner>(p, 2);
+    runner = std::make_unique<testkit::ModelRunner>(p, 2);
     auto c = LayerSpan::Load(runner->shared_model(), first, last);
     ASSERT_TRUE(c.ok()) << c.status();
     cpu = std::move(*c);
@@ -102,8 +102,8 @@ struct Pair {
   int n_embd() const { return runner->model().hparams().n_embd; }
 };
 
-testing::TinyModelSpec Spec(DType w, int width = 64, const char* arch = "llama") {
-  testing::TinyModelSpec s;
+testkit::TinyModelSpec Spec(DType w, int width = 64, const char* arch = "llama") {
+  testkit::TinyModelSpec s;
   s.arch = arch;
   s.weight_type = w;
   s.n_embd = width;
@@ -117,7 +117,7 @@ testing::TinyModelSpec Spec(DType w, int width = 64, const char* arch = "llama")
 
 struct TinyCase {
   const char* name;
-  testing::TinyModelSpec spec;
+  testkit::TinyModelSpec spec;
 };
 
 void PrintTo(const TinyCase& c, std::ostream* os) { *os << c.name; }
@@ -129,12 +129,12 @@ TEST_P(CudaVsCpu, PrefillThenDecodeAgreeWithinTolerance) {
   Pair p, twin;
   p.Init(TinyModel(GetParam().spec), 0, GetParam().spec.n_layer);
   if (HasFatalFailure()) return;
-  testing::TinyModelSpec exact_spec = GetParam().spec;
+  testkit::TinyModelSpec exact_spec = GetParam().spec;
   exact_spec.dequantized_f32 = true;
   twin.Init(TinyModel(exact_spec), 0, exact_spec.n_layer);
   if (HasFatalFailure()) return;
   auto cc = p.CpuCache(), gc = p.GpuCache(), xc = twin.CpuCache();
-  const std::vector<int32_t> tokens = RandomTokens(13, testing::kTinyVocab, 3);
+  const std::vector<int32_t> tokens = RandomTokens(13, testkit::kTinyVocab, 3);
   const std::vector<Row> prefill = Rows(0, 9);
   const std::vector<float> h = p.Embed(std::span(tokens).first(9));
   ExpectClose(p.GpuForward(*gc, prefill, h), p.CpuForward(*cc, prefill, h),
@@ -165,16 +165,16 @@ INSTANTIATE_TEST_SUITE_P(Tiny,
 // tokens as the CPU.
 TEST(CudaDefaultModel, GreedyTokensMatchCpu) {
   STRATA_SKIP_WITHOUT_GPU();
-  if (!testing::DefaultModelPresent()) {
-    GTEST_SKIP() << "default model not present at " << testing::DefaultModelPath()
+  if (!testkit::DefaultModelPresent()) {
+    GTEST_SKIP() << "default model not present at " << testkit::DefaultModelPath()
                  << " (set STRATA_MODEL)";
   }
   Pair p;
-  auto model = model::Model::Open(testing::DefaultModelPath());
+  auto model = model::Model::Open(testkit::DefaultModelPath());
   ASSERT_TRUE(model.ok()) << model.status();
-  p.Init(testing::DefaultModelPath(), 0, (*model)->hparams().n_layer);
+  p.Init(testkit::DefaultModelPath(), 0, (*model)->hparams().n_layer);
   if (HasFatalFailure()) return;
-  auto tok = model::Tokenizer::FromGguf((*model)->gguf());
+  auto tok = text::Tokenizer::FromGguf((*model)->gguf());
   ASSERT_TRUE(tok.ok()) << tok.status();
   const std::vector<int32_t> prompt =
       (*tok)->Encode("The capital of France is Paris. The capital of Italy is", false, false);
@@ -225,9 +225,9 @@ TEST_P(CudaBatchInvariance, RowAloneEqualsRowInBatchesAndSessions) {
   p.Init(TinyModel(Spec(t, width)), 0, 5);
   if (HasFatalFailure()) return;
   const int64_t e = p.n_embd();
-  const std::vector<int32_t> a = RandomTokens(6, testing::kTinyVocab, 1);
-  const std::vector<int32_t> b = RandomTokens(7, testing::kTinyVocab, 2);
-  const std::vector<int32_t> c = RandomTokens(5, testing::kTinyVocab, 3);
+  const std::vector<int32_t> a = RandomTokens(6, testkit::kTinyVocab, 1);
+  const std::vector<int32_t> b = RandomTokens(7, testkit::kTinyVocab, 2);
+  const std::vector<int32_t> c = RandomTokens(5, testkit::kTinyVocab, 3);
 
   // Reference: session A alone, prefill of 5 then one decode row.
   auto ref_kv = p.GpuCache();
@@ -264,7 +264,7 @@ TEST_P(CudaBatchInvariance, RowAloneEqualsRowInBatchesAndSessions) {
 
   // Another session whose cells sit in other slots (a truncated draft left holes).
   auto kd = p.GpuCache();
-  p.GpuForward(*kd, Rows(0, 8, SeqBit(1)), p.Embed(RandomTokens(8, testing::kTinyVocab, 9)));
+  p.GpuForward(*kd, Rows(0, 8, SeqBit(1)), p.Embed(RandomTokens(8, testkit::kTinyVocab, 9)));
   const std::vector<float> d_prefill =
       p.GpuForward(*kd, Rows(0, 5), p.Embed(std::span(a).first(5)));
   kd->Truncate(1, 0);
@@ -307,7 +307,7 @@ class CudaKv : public ::testing::Test {
     STRATA_SKIP_WITHOUT_GPU();
     p_.Init(TinyModel(Spec(DType::kQ8_0)), 1, 4);  // a middle span
     e_ = p_.n_embd();
-    tokens_ = RandomTokens(10, testing::kTinyVocab, 7);
+    tokens_ = RandomTokens(10, testkit::kTinyVocab, 7);
   }
   std::vector<float> H(int first, int n) { return p_.Embed(std::span(tokens_).subspan(first, n)); }
   Pair p_;
@@ -334,7 +334,7 @@ TEST_F(CudaKv, ForkSharesThePrefix) {
 }
 
 TEST_F(CudaKv, TruncateThenRewriteEqualsFreshPrefill) {
-  std::vector<int32_t> other = RandomTokens(3, testing::kTinyVocab, 99);
+  std::vector<int32_t> other = RandomTokens(3, testkit::kTinyVocab, 99);
   auto kv = p_.GpuCache();
   p_.GpuForward(*kv, Rows(0, 8), H(0, 8));
   kv->Truncate(0, 5);

@@ -15,7 +15,7 @@
 #include "model/llama.h"
 #include "tests/testing/tiny_model.h"
 
-namespace strata::testing {
+namespace strata::testkit {
 
 // A tiny random model written to a temporary file.
 inline std::string TinyModel(const TinyModelSpec& spec) {
@@ -62,4 +62,4 @@ inline Distance Measure(const std::vector<float>& x, const std::vector<float>& r
   return d;
 }
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

@@ -2,7 +2,7 @@
 // (host arithmetic only; runs without a GPU).
 #include <gtest/gtest.h>
 
-#include "model/cuda_tp_span.h"
+#include "model/cuda/tp_span.h"
 
 namespace strata {
 namespace {

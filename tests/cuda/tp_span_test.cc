@@ -18,8 +18,8 @@
 
 #include "kernels/cuda/nccl_link.h"
 #include "kernels/dtype.h"
-#include "model/cuda_span.h"
-#include "model/cuda_tp_span.h"
+#include "model/cuda/span.h"
+#include "model/cuda/tp_span.h"
 #include "model/llama.h"
 #include "tests/cuda/gpu_testing.h"
 #include "tests/cuda/span_testing.h"
@@ -39,18 +39,18 @@ using model::TpReducer;
 
 constexpr size_t kKvBytes = size_t{256} << 20;
 
-using testing::BitEqual;
-using testing::Distance;
-using testing::Measure;
-using testing::RandomTokens;
-using testing::Rows;
-using testing::TinyModel;
+using testkit::BitEqual;
+using testkit::Distance;
+using testkit::Measure;
+using testkit::RandomTokens;
+using testkit::Rows;
+using testkit::TinyModel;
 
 // Four KV heads, so two or four shards can split them; K-quants need 256-column slices, hence
 // the wider model.
-testing::TinyModelSpec Spec(DType w, const char* arch = "llama") {
+testkit::TinyModelSpec Spec(DType w, const char* arch = "llama") {
   const bool k_quant = w == DType::kQ4_K || w == DType::kQ6_K;
-  testing::TinyModelSpec s;
+  testkit::TinyModelSpec s;
   s.arch = arch;
   s.weight_type = w;
   s.n_embd = k_quant ? 512 : 128;
@@ -64,7 +64,7 @@ testing::TinyModelSpec Spec(DType w, const char* arch = "llama") {
 // A model with the single-device span and a tensor-parallel one, each with its KV pool.
 struct Spans {
   std::string path;
-  std::unique_ptr<testing::ModelRunner> runner;
+  std::unique_ptr<testkit::ModelRunner> runner;
   std::unique_ptr<model::CudaSpanBackend> single;
   std::unique_ptr<model::CudaTpSpanBackend> tp;
   std::unique_ptr<model::KvPool> single_pool, tp_pool;
@@ -74,7 +74,7 @@ struct Spans {
             TpReducer reducer = TpReducer::kCopy,
             bool fuse = true) {
     path = p;
-    runner = std::make_unique<testing::ModelRunner>(p, 2);
+    runner = std::make_unique<testkit::ModelRunner>(p, 2);
     const int n_layer = runner->n_layer();
     auto s = model::CudaSpanBackend::Load(runner->shared_model(), 0, n_layer);
     ASSERT_TRUE(s.ok()) << s.status();
@@ -113,14 +113,14 @@ struct Spans {
 
 // The exact reference: the CPU span of the dequantized F32 twin.
 struct Exact {
-  std::unique_ptr<testing::ModelRunner> runner;
+  std::unique_ptr<testkit::ModelRunner> runner;
   std::unique_ptr<LayerSpan> span;
   std::unique_ptr<model::KvPool> pool;
   model::ForwardScratch scratch;
 
-  void Init(testing::TinyModelSpec spec) {
+  void Init(testkit::TinyModelSpec spec) {
     spec.dequantized_f32 = true;
-    runner = std::make_unique<testing::ModelRunner>(TinyModel(spec), 2);
+    runner = std::make_unique<testkit::ModelRunner>(TinyModel(spec), 2);
     auto s = LayerSpan::Load(runner->shared_model(), 0, spec.n_layer);
     ASSERT_TRUE(s.ok()) << s.status();
     span = std::move(*s);
@@ -169,7 +169,7 @@ void ExpectClose(DType t,
 
 struct TpCase {
   const char* name;
-  testing::TinyModelSpec spec;
+  testkit::TinyModelSpec spec;
 };
 void PrintTo(const TpCase& c, std::ostream* os) { *os << c.name; }
 
@@ -177,7 +177,7 @@ class TpVsSingle : public ::testing::TestWithParam<TpCase> {};
 
 TEST_P(TpVsSingle, PrefillThenDecodeAgree) {
   STRATA_SKIP_WITHOUT_GPU();
-  const testing::TinyModelSpec& spec = GetParam().spec;
+  const testkit::TinyModelSpec& spec = GetParam().spec;
   Spans p;
   p.Init(TinyModel(spec), {0, 0});
   if (HasFatalFailure()) return;
@@ -194,7 +194,7 @@ TEST_P(TpVsSingle, PrefillThenDecodeAgree) {
   auto exact = [&](std::span<const Row> rows, const std::vector<float>& h) {
     return xc ? x.Run(*xc, rows, h) : std::vector<float>();
   };
-  const std::vector<int32_t> tokens = RandomTokens(13, testing::kTinyVocab, 3);
+  const std::vector<int32_t> tokens = RandomTokens(13, testkit::kTinyVocab, 3);
   const std::vector<Row> prefill = Rows(0, 9);
   const std::vector<float> h = p.Embed(std::span(tokens).first(9));
   ExpectClose(spec.weight_type, p.Tp(*tc, prefill, h), p.Single(*sc, prefill, h),
@@ -230,7 +230,7 @@ void ExpectOneShardBitIdentical(TpReducer reducer) {
   p.Init(TinyModel(Spec(DType::kQ4_1)), {0}, reducer);
   if (::testing::Test::HasFatalFailure()) return;
   const int64_t e = p.n_embd();
-  const std::vector<int32_t> tokens = RandomTokens(8, testing::kTinyVocab, 5);
+  const std::vector<int32_t> tokens = RandomTokens(8, testkit::kTinyVocab, 5);
   auto tc = p.TpCache(), sc = p.SingleCache();
   const std::vector<float> h = p.Embed(std::span(tokens).first(6));
   EXPECT_TRUE(BitEqual(p.Tp(*tc, Rows(0, 6), h).data(), p.Single(*sc, Rows(0, 6), h).data(), 6 * e))
@@ -264,7 +264,7 @@ TEST(TpSeveralGpus, NcclEqualsCopiesEqualsSharedDevice) {
   if (!count.ok() || *count < 2) GTEST_SKIP() << "needs two GPUs";
   if (auto v = kernels::cuda::NcclVersion(); !v.ok()) GTEST_SKIP() << v.status().message();
   const std::string path = TinyModel(Spec(DType::kQ8_0));
-  const std::vector<int32_t> tokens = RandomTokens(7, testing::kTinyVocab, 11);
+  const std::vector<int32_t> tokens = RandomTokens(7, testkit::kTinyVocab, 11);
   std::vector<std::vector<float>> outs;
   for (auto [devices, reducer] : {std::pair{std::vector<int>{0, 1}, TpReducer::kNccl},
                                   std::pair{std::vector<int>{0, 1}, TpReducer::kCopy},
@@ -293,9 +293,9 @@ TEST_P(TpBatchInvariance, RowAloneEqualsRowInBatchesAndSessions) {
   p.Init(TinyModel(Spec(GetParam())), {0, 0});
   if (HasFatalFailure()) return;
   const int64_t e = p.n_embd();
-  const std::vector<int32_t> a = RandomTokens(6, testing::kTinyVocab, 1);
-  const std::vector<int32_t> b = RandomTokens(7, testing::kTinyVocab, 2);
-  const std::vector<int32_t> c = RandomTokens(5, testing::kTinyVocab, 3);
+  const std::vector<int32_t> a = RandomTokens(6, testkit::kTinyVocab, 1);
+  const std::vector<int32_t> b = RandomTokens(7, testkit::kTinyVocab, 2);
+  const std::vector<int32_t> c = RandomTokens(5, testkit::kTinyVocab, 3);
 
   auto ref_kv = p.TpCache();
   const std::vector<float> ref_prefill = p.Tp(*ref_kv, Rows(0, 5), p.Embed(std::span(a).first(5)));
@@ -358,7 +358,7 @@ class TpKv : public ::testing::Test {
     STRATA_SKIP_WITHOUT_GPU();
     p_.Init(TinyModel(Spec(DType::kQ8_0)), {0, 0});
     e_ = p_.n_embd();
-    tokens_ = RandomTokens(10, testing::kTinyVocab, 7);
+    tokens_ = RandomTokens(10, testkit::kTinyVocab, 7);
   }
   std::vector<float> H(int first, int n) { return p_.Embed(std::span(tokens_).subspan(first, n)); }
   Spans p_;
@@ -439,7 +439,7 @@ TEST_F(TpKv, CancelKeepsNoCells) {
 
 TEST(TpLoad, RejectsSplitsThatDoNotDivide) {
   STRATA_SKIP_WITHOUT_GPU();
-  auto load = [](const testing::TinyModelSpec& spec,
+  auto load = [](const testkit::TinyModelSpec& spec,
                  std::vector<int> devices,
                  TpReducer reducer = TpReducer::kCopy) {
     auto model = model::Model::Open(TinyModel(spec));
@@ -449,14 +449,14 @@ TEST(TpLoad, RejectsSplitsThatDoNotDivide) {
     o.reducer = reducer;
     return model::CudaTpSpanBackend::Load(*model, 0, spec.n_layer, o).status();
   };
-  const testing::TinyModelSpec q4 = Spec(DType::kQ4_0);  // 4 KV heads of 16, n_ff 256
+  const testkit::TinyModelSpec q4 = Spec(DType::kQ4_0);  // 4 KV heads of 16, n_ff 256
   // 4 KV heads over 3 devices.
   absl::Status st = load(q4, {0, 0, 0});
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
   EXPECT_NE(st.message().find("KV heads"), std::string::npos) << st;
   // Whole heads, but wo's slice of 2 heads x 16 = 32 columns splits only in two: 4 ways leaves
   // 16 columns, half a quant block.
-  testing::TinyModelSpec narrow = q4;
+  testkit::TinyModelSpec narrow = q4;
   narrow.n_embd = 64;
   narrow.n_head = 4;
   narrow.n_head_kv = 4;

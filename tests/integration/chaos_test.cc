@@ -24,12 +24,12 @@ constexpr int kSessions = 12;
 constexpr int kTokens = 96;
 
 TEST(ChaosTest, SessionsSurviveRandomKillsWithIdenticalTokens) {
-  ASSERT_TRUE(testing::DefaultModelPresent());
+  ASSERT_TRUE(testkit::DefaultModelPresent());
   // Every layer is served at least twice, so one dead node never leaves a gap; no node serves
   // everything, so every route has several hops.
-  auto swarm = testing::StartSwarm();
+  auto swarm = testkit::StartSwarm();
   for (const char* layers : {"0:15", "0:15", "15:30", "15:30", "5:25"}) {
-    testing::NodeSpec spec;
+    testkit::NodeSpec spec;
     spec.layers = layers;
     ASSERT_TRUE(swarm->AddNode(spec).ok());
   }
@@ -38,7 +38,7 @@ TEST(ChaosTest, SessionsSurviveRandomKillsWithIdenticalTokens) {
   const char* topics[] = {"rivers", "volcanoes", "bees", "the moon", "chess", "bread",
                           "trains", "glaciers", "owls", "copper", "tides", "maps"};
   client::LocalModelOptions lo;
-  lo.path = testing::DefaultModelPath();
+  lo.path = testkit::DefaultModelPath();
   lo.threads = 2;
   auto local = client::LocalModel::Load(lo);
   ASSERT_TRUE(local.ok());
@@ -67,7 +67,7 @@ TEST(ChaosTest, SessionsSurviveRandomKillsWithIdenticalTokens) {
     sessions.emplace_back([&, i] {
       ClientOptions o;
       o.coordinators = swarm->coordinators();
-      o.model_path = testing::DefaultModelPath();
+      o.model_path = testkit::DefaultModelPath();
       o.threads = 1;
       o.step_timeout_ms = 30000;
       auto client = Client::Connect(o);

@@ -18,8 +18,8 @@
 namespace strata {
 namespace {
 
-using testing::LocalSwarm;
-using testing::NodeSpec;
+using testkit::LocalSwarm;
+using testkit::NodeSpec;
 
 // Greedy continuation of `prompt` for `steps` tokens, one Feed per token; `hook(step)` runs
 // before each step (step 0 = before the prompt).
@@ -43,7 +43,7 @@ absl::StatusOr<std::vector<int32_t>> Decode(Session& s, const std::vector<int32_
 std::vector<int32_t> Prompt(const std::string& text) {
   static client::LocalModel* local = [] {
     client::LocalModelOptions o;
-    o.path = testing::DefaultModelPath();
+    o.path = testkit::DefaultModelPath();
     o.threads = 2;
     return client::LocalModel::Load(o)->release();
   }();
@@ -56,7 +56,7 @@ std::vector<int32_t> Prompt(const std::string& text) {
 // The uninterrupted reference, computed in this process.
 std::vector<int32_t> Reference(const std::vector<int32_t>& prompt, int steps) {
   client::LocalModelOptions o;
-  o.path = testing::DefaultModelPath();
+  o.path = testkit::DefaultModelPath();
   o.threads = 2;
   auto local = client::LocalModel::Load(o);
   auto session = (*local)->NewSession();
@@ -74,7 +74,7 @@ std::unique_ptr<Client> Connect(const std::vector<std::string>& coordinators,
                                 int open_timeout_ms = 5000) {
   ClientOptions o;
   o.coordinators = coordinators;
-  o.model_path = testing::DefaultModelPath();
+  o.model_path = testkit::DefaultModelPath();
   o.threads = 1;
   o.step_timeout_ms = 20000;
   o.open_timeout_ms = open_timeout_ms;
@@ -84,7 +84,7 @@ std::unique_ptr<Client> Connect(const std::vector<std::string>& coordinators,
 }
 
 std::unique_ptr<LocalSwarm> Swarm(const std::vector<std::string>& spans, bool links = false) {
-  auto swarm = testing::StartSwarm(links);
+  auto swarm = testkit::StartSwarm(links);
   for (const std::string& layers : spans) {
     NodeSpec spec;
     spec.layers = layers;
@@ -109,7 +109,7 @@ int NodeOnRoute(LocalSwarm& swarm, const std::vector<RouteHop>& route, int layer
 
 class FailoverTest : public ::testing::Test {
  protected:
-  void SetUp() override { ASSERT_TRUE(testing::DefaultModelPresent()); }
+  void SetUp() override { ASSERT_TRUE(testkit::DefaultModelPresent()); }
 };
 
 constexpr int kSteps = 40;
@@ -233,7 +233,7 @@ TEST_F(FailoverTest, TheFirstOpDoesNotWaitForTheOpens) {
 // A node that refuses the session (here: it is full) is routed around, as before the first op
 // was sent without waiting; where no route has room, the refusal comes back as a clear error.
 TEST_F(FailoverTest, AHopThatRefusesTheSessionIsRoutedAround) {
-  auto swarm = testing::StartSwarm();
+  auto swarm = testkit::StartSwarm();
   NodeSpec full;
   full.layers = "10:20";
   full.extra_args = {"--max-sessions", "1"};
@@ -368,7 +368,7 @@ TEST_F(FailoverTest, SessionsOutliveTheCoordinator) {
 }
 
 TEST_F(FailoverTest, LosingOneOfTwoCoordinatorsIsInvisible) {
-  auto swarm = testing::StartSwarm();
+  auto swarm = testkit::StartSwarm();
   ASSERT_TRUE(swarm->AddCoordinator().ok());
   for (const char* layers : {"0:15", "15:30", "15:30"}) {
     NodeSpec spec;
@@ -395,7 +395,7 @@ TEST_F(FailoverTest, NoRouteIsAClearErrorNamingTheLayers) {
   auto swarm = Swarm({"0:15", "15:30"});
   ClientOptions o;
   o.coordinators = swarm->coordinators();
-  o.model_path = testing::DefaultModelPath();
+  o.model_path = testkit::DefaultModelPath();
   o.threads = 1;
   auto client = Client::Connect(o);
   ASSERT_TRUE(client.ok());

@@ -25,16 +25,16 @@ using Stream = grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>
 class NodeInputTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_TRUE(testing::DefaultModelPresent());
-    swarm_ = testing::StartSwarm().release();
+    ASSERT_TRUE(testkit::DefaultModelPresent());
+    swarm_ = testkit::StartSwarm().release();
     ASSERT_NE(swarm_, nullptr);
     for (const char* layers : {"0:15", "15:30"}) {
-      testing::NodeSpec spec;
+      testkit::NodeSpec spec;
       spec.layers = layers;
       ASSERT_TRUE(swarm_->AddNode(spec).ok());
     }
     ASSERT_TRUE(swarm_->WaitUntilServing(2).ok());
-    auto model = model::Model::Open(testing::DefaultModelPath());
+    auto model = model::Model::Open(testkit::DefaultModelPath());
     ASSERT_TRUE(model.ok());
     model_id_ = new std::string((*model)->id());
     width_ = (*model)->hparams().n_embd;
@@ -129,12 +129,12 @@ class NodeInputTest : public ::testing::Test {
     return push;
   }
 
-  static testing::LocalSwarm* swarm_;
+  static testkit::LocalSwarm* swarm_;
   static std::string* model_id_;
   static int width_;
 };
 
-testing::LocalSwarm* NodeInputTest::swarm_ = nullptr;
+testkit::LocalSwarm* NodeInputTest::swarm_ = nullptr;
 std::string* NodeInputTest::model_id_ = nullptr;
 int NodeInputTest::width_ = 0;
 
@@ -434,7 +434,7 @@ TEST_F(NodeInputTest, GarbageBytesAreRejectedAndTheNodeKeepsServing) {
   // Start a real generation first and keep it going across the attacks.
   ClientOptions co;
   co.coordinators = {swarm_->coordinator()};
-  co.model_path = testing::DefaultModelPath();
+  co.model_path = testkit::DefaultModelPath();
   co.threads = 1;
   auto client = Client::Connect(co);
   ASSERT_TRUE(client.ok()) << client.status();

@@ -18,7 +18,7 @@
 namespace strata {
 namespace {
 
-using testing::NodeSpec;
+using testkit::NodeSpec;
 
 v1::SwarmSnapshot Snapshot(const std::string& coordinator) {
   auto stub = v1::Coordinator::NewStub(
@@ -49,12 +49,12 @@ int SpanOf(const v1::SwarmSnapshot& snap, const std::string& id) {
 }
 
 TEST(RebalanceTest, AGapIsFilledByMovingARedundantNode) {
-  ASSERT_TRUE(testing::DefaultModelPresent());
+  ASSERT_TRUE(testkit::DefaultModelPresent());
   // Repairs only: a rebalance by measured throughput (noisy on a loaded machine) could move a
   // node before the kill, and the node killed would then not serve its window alone.
-  deploy::LocalSwarmOptions so = testing::SwarmOptions();
+  harness::LocalSwarmOptions so = testkit::SwarmOptions();
   so.coordinator_args = {"--no-rebalance"};
-  auto started = deploy::LocalSwarm::Start(so);
+  auto started = harness::LocalSwarm::Start(so);
   ASSERT_TRUE(started.ok()) << started.status();
   auto swarm = std::move(*started);
   NodeSpec movable;
@@ -88,7 +88,7 @@ TEST(RebalanceTest, AGapIsFilledByMovingARedundantNode) {
   // The repaired swarm serves requests.
   ClientOptions o;
   o.coordinators = swarm->coordinators();
-  o.model_path = testing::DefaultModelPath();
+  o.model_path = testkit::DefaultModelPath();
   o.threads = 1;
   auto client = Client::Connect(o);
   ASSERT_TRUE(client.ok());
@@ -100,8 +100,8 @@ TEST(RebalanceTest, AGapIsFilledByMovingARedundantNode) {
 }
 
 TEST(RebalanceTest, UnevenThroughputMovesANodeWithoutLosingASession) {
-  ASSERT_TRUE(testing::DefaultModelPresent());
-  auto swarm = testing::StartSwarm();
+  ASSERT_TRUE(testkit::DefaultModelPresent());
+  auto swarm = testkit::StartSwarm();
   NodeSpec pinned;
   for (const char* layers : {"0:15", "15:30"}) {
     pinned.layers = layers;
@@ -133,7 +133,7 @@ TEST(RebalanceTest, UnevenThroughputMovesANodeWithoutLosingASession) {
 
   // A session keeps generating while a node moves under it.
   client::LocalModelOptions lo;
-  lo.path = testing::DefaultModelPath();
+  lo.path = testkit::DefaultModelPath();
   lo.threads = 1;
   auto local = client::LocalModel::Load(lo);
   GenerateRequest req;
@@ -150,7 +150,7 @@ TEST(RebalanceTest, UnevenThroughputMovesANodeWithoutLosingASession) {
   }
   ClientOptions o;
   o.coordinators = swarm->coordinators();
-  o.model_path = testing::DefaultModelPath();
+  o.model_path = testkit::DefaultModelPath();
   o.threads = 1;
   auto client = Client::Connect(o);
   ASSERT_TRUE(client.ok());

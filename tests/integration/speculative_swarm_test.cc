@@ -40,7 +40,7 @@ GenerateRequest Request(const std::string& prompt, float temperature, const std:
 std::vector<int32_t> Local(const GenerateRequest& r) {
   static client::LocalModel* lm = [] {
     client::LocalModelOptions o;
-    o.path = testing::DefaultModelPath();
+    o.path = testkit::DefaultModelPath();
     o.threads = 2;
     return client::LocalModel::Load(o)->release();
   }();
@@ -48,7 +48,7 @@ std::vector<int32_t> Local(const GenerateRequest& r) {
   plain.speculative.drafter = "none";
   auto chain = lm->NewChain();
   client::RequestContext ctx{&lm->embedder(), &lm->head(), &lm->tokenizer(), &lm->pool(),
-                             testing::DefaultModelPath(), 1};
+                             testkit::DefaultModelPath(), 1};
   auto g = client::RunRequest(plain, ctx, {chain->get()}, nullptr);
   EXPECT_TRUE(g.ok()) << g.status();
   return g->token_ids;
@@ -57,11 +57,11 @@ std::vector<int32_t> Local(const GenerateRequest& r) {
 class SpeculativeSwarmTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_TRUE(testing::DefaultModelPresent());
-    swarm_ = testing::StartSwarm().release();
+    ASSERT_TRUE(testkit::DefaultModelPresent());
+    swarm_ = testkit::StartSwarm().release();
     // A 3-hop route, and a disjoint 2-hop replica route for DSI.
     for (const char* layers : {"0:10", "10:20", "20:30", "0:15", "15:30"}) {
-      testing::NodeSpec spec;
+      testkit::NodeSpec spec;
       spec.layers = layers;
       ASSERT_TRUE(swarm_->AddNode(spec).ok());
     }
@@ -72,17 +72,17 @@ class SpeculativeSwarmTest : public ::testing::Test {
   std::unique_ptr<client::SwarmClient> Connect() {
     ClientOptions o;
     o.coordinators = swarm_->coordinators();
-    o.model_path = testing::DefaultModelPath();
+    o.model_path = testkit::DefaultModelPath();
     o.threads = 1;
     auto c = client::SwarmClient::Create(o);
     EXPECT_TRUE(c.ok()) << c.status();
     return std::move(*c);
   }
 
-  static testing::LocalSwarm* swarm_;
+  static testkit::LocalSwarm* swarm_;
 };
 
-testing::LocalSwarm* SpeculativeSwarmTest::swarm_ = nullptr;
+testkit::LocalSwarm* SpeculativeSwarmTest::swarm_ = nullptr;
 
 TEST_F(SpeculativeSwarmTest, EveryModeGivesThePlainTokensOverEightPrompts) {
   auto client = Connect();
@@ -102,7 +102,7 @@ TEST_F(SpeculativeSwarmTest, EveryModeGivesThePlainTokensOverEightPrompts) {
 
 TEST_F(SpeculativeSwarmTest, ModelDraftersGiveThePlainTokens) {
   auto client = Connect();
-  const std::string draft = "draft:" + testing::DefaultModelPath();
+  const std::string draft = "draft:" + testkit::DefaultModelPath();
   ASSERT_TRUE(client->LoadDrafter(draft).ok());
   EXPECT_EQ(client->LoadDrafter("draft:/nonexistent.gguf").code(), absl::StatusCode::kNotFound);
   for (int i = 0; i < 2; ++i) {
@@ -139,11 +139,11 @@ TEST_F(SpeculativeSwarmTest, EveryHopAppliesTheSameOpsAndKeepsOnlyCommittedText)
   auto chain = client->OpenChain();
   ASSERT_TRUE(chain.ok()) << chain.status();
   client::LocalModelOptions lo;
-  lo.path = testing::DefaultModelPath();
+  lo.path = testkit::DefaultModelPath();
   lo.threads = 1;
   auto lm = client::LocalModel::Load(lo);
   client::RequestContext ctx{&(*lm)->embedder(), &(*lm)->head(), &(*lm)->tokenizer(),
-                             &(*lm)->pool(), testing::DefaultModelPath(), 1};
+                             &(*lm)->pool(), testkit::DefaultModelPath(), 1};
   auto got = client::RunRequest(r, ctx, {chain->get()}, nullptr);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->token_ids, Local(r));
@@ -166,7 +166,7 @@ TEST_F(SpeculativeSwarmTest, TheLastHopVerifiesAndGivesThePlainTokens) {
   // The node serving the last layers decides the tokens (a verified run's answer carries tokens
   // only: the client has no hidden states to decide from itself).
   auto client = Connect();
-  const std::string draft = "draft:" + testing::DefaultModelPath();
+  const std::string draft = "draft:" + testkit::DefaultModelPath();
   for (int i = 0; i < 4; ++i) {
     for (float t : {0.0f, 0.8f}) {
       const auto want = Local(Request(kPrompts[i], t, "none", "chain"));
@@ -211,11 +211,11 @@ TEST_F(SpeculativeSwarmTest, FailoverInTheMiddleOfSpeculationKeepsTheTokens) {
     auto chain = client->OpenChain();
     ASSERT_TRUE(chain.ok()) << chain.status();
     client::LocalModelOptions lo;
-    lo.path = testing::DefaultModelPath();
+    lo.path = testkit::DefaultModelPath();
     lo.threads = 1;
     auto lm = client::LocalModel::Load(lo);
     client::RequestContext ctx{&(*lm)->embedder(), &(*lm)->head(), &(*lm)->tokenizer(),
-                               &(*lm)->pool(), testing::DefaultModelPath(), 1};
+                               &(*lm)->pool(), testkit::DefaultModelPath(), 1};
     // After a few tokens, kill the node serving the layer on the route in use; the other
     // replica route takes over and speculation restarts from the committed text.
     int killed = -1, tokens = 0;

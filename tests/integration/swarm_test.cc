@@ -18,8 +18,8 @@
 namespace strata {
 namespace {
 
-using testing::LocalSwarm;
-using testing::NodeSpec;
+using testkit::LocalSwarm;
+using testkit::NodeSpec;
 
 const std::vector<std::string> kPrompts = {
     "What is the boiling point of water at sea level?",
@@ -45,7 +45,7 @@ class Local {
  public:
   Local() {
     client::LocalModelOptions o;
-    o.path = testing::DefaultModelPath();
+    o.path = testkit::DefaultModelPath();
     o.threads = 2;
     auto lm = client::LocalModel::Load(o);
     EXPECT_TRUE(lm.ok()) << lm.status();
@@ -64,7 +64,7 @@ class Local {
     EXPECT_TRUE(l.ok());
     return std::vector<float>(l->begin(), l->end());
   }
-  const model::Tokenizer& tokenizer() { return lm_->tokenizer(); }
+  const text::Tokenizer& tokenizer() { return lm_->tokenizer(); }
 
  private:
   std::unique_ptr<client::LocalModel> lm_;
@@ -78,7 +78,7 @@ Local& Reference() {
 std::unique_ptr<Client> Connect(const LocalSwarm& swarm) {
   ClientOptions o;
   o.coordinators = {swarm.coordinator()};
-  o.model_path = testing::DefaultModelPath();
+  o.model_path = testkit::DefaultModelPath();
   o.threads = 1;
   o.step_timeout_ms = 30000;
   auto c = Client::Connect(o);
@@ -87,7 +87,7 @@ std::unique_ptr<Client> Connect(const LocalSwarm& swarm) {
 }
 
 std::unique_ptr<LocalSwarm> StartSwarm(const std::vector<std::string>& spans) {
-  auto swarm = testing::StartSwarm();
+  auto swarm = testkit::StartSwarm();
   for (const std::string& layers : spans) {
     NodeSpec spec;
     spec.layers = layers;
@@ -102,7 +102,7 @@ std::unique_ptr<LocalSwarm> StartSwarm(const std::vector<std::string>& spans) {
 class SwarmTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(testing::DefaultModelPresent()) << testing::DefaultModelPath();
+    ASSERT_TRUE(testkit::DefaultModelPresent()) << testkit::DefaultModelPath();
   }
 };
 
@@ -204,7 +204,7 @@ TEST_F(SwarmTest, SixteenConcurrentSessionsAreAllCorrect) {
 }
 
 TEST_F(SwarmTest, LateJoinerFillsTheGapThenTheWeakestLayers) {
-  auto swarm = testing::StartSwarm();
+  auto swarm = testkit::StartSwarm();
   ASSERT_NE(swarm, nullptr);
   NodeSpec first;
   first.layers = "0:20";

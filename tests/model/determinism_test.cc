@@ -40,11 +40,11 @@ size_t FirstDiff(const std::vector<float>& a, const std::vector<float>& b) {
 
 struct TinyCase {
   const char* name;
-  testing::TinyModelSpec spec;
+  testkit::TinyModelSpec spec;
 };
 
-testing::TinyModelSpec Spec(DType weights, DType embd, int width, bool tied, const char* arch) {
-  testing::TinyModelSpec s;
+testkit::TinyModelSpec Spec(DType weights, DType embd, int width, bool tied, const char* arch) {
+  testkit::TinyModelSpec s;
   s.arch = arch;
   s.weight_type = weights;
   s.embd_type = embd;
@@ -76,8 +76,8 @@ class DeterminismTest : public ::testing::TestWithParam<TinyCase> {
     static std::map<std::string, std::string>* paths = new std::map<std::string, std::string>();
     auto it = paths->find(c.name);
     if (it != paths->end()) return it->second;
-    std::string path = testing::TempPath(std::string("-") + c.name + ".gguf");
-    absl::Status st = testing::WriteTinyModel(c.spec, path);
+    std::string path = testkit::TempPath(std::string("-") + c.name + ".gguf");
+    absl::Status st = testkit::WriteTinyModel(c.spec, path);
     EXPECT_TRUE(st.ok()) << st;
     (*paths)[c.name] = path;
     return path;
@@ -85,20 +85,20 @@ class DeterminismTest : public ::testing::TestWithParam<TinyCase> {
 };
 
 TEST_P(DeterminismTest, OneBatchEqualsTokenByToken) {
-  testing::ModelRunner r(ModelPath(GetParam()));
+  testkit::ModelRunner r(ModelPath(GetParam()));
   auto tokens = RandomTokens(23, r.n_vocab(), 7);
   EXPECT_BIT_EQUAL(r.OneBatch(tokens), r.TokenByToken(tokens));
 }
 
 TEST_P(DeterminismTest, InterleavedWithAnotherSequenceInOneCache) {
-  testing::ModelRunner r(ModelPath(GetParam()));
+  testkit::ModelRunner r(ModelPath(GetParam()));
   auto tokens = RandomTokens(19, r.n_vocab(), 8);
   auto other = RandomTokens(27, r.n_vocab(), 9);
   EXPECT_BIT_EQUAL(r.OneBatch(tokens), r.InterleavedWith(tokens, other));
 }
 
 TEST_P(DeterminismTest, BatchedAcrossSessions) {
-  testing::ModelRunner r(ModelPath(GetParam()));
+  testkit::ModelRunner r(ModelPath(GetParam()));
   auto tokens = RandomTokens(17, r.n_vocab(), 10);
   auto other = RandomTokens(11, r.n_vocab(), 11);
   auto alone = r.OneBatch(tokens);
@@ -107,7 +107,7 @@ TEST_P(DeterminismTest, BatchedAcrossSessions) {
 }
 
 TEST_P(DeterminismTest, SpanSplitsAgree) {
-  testing::ModelRunner r(ModelPath(GetParam()));
+  testkit::ModelRunner r(ModelPath(GetParam()));
   auto tokens = RandomTokens(13, r.n_vocab(), 12);
   const int L = r.n_layer();
   auto whole = r.OneBatch(tokens);
@@ -118,10 +118,10 @@ TEST_P(DeterminismTest, SpanSplitsAgree) {
 }
 
 TEST_P(DeterminismTest, ThreadCountDoesNotMatter) {
-  auto tokens = RandomTokens(21, testing::kTinyVocab, 13);
-  testing::ModelRunner one(ModelPath(GetParam()), 1);
-  testing::ModelRunner two(ModelPath(GetParam()), 2);
-  testing::ModelRunner three(ModelPath(GetParam()), 3);
+  auto tokens = RandomTokens(21, testkit::kTinyVocab, 13);
+  testkit::ModelRunner one(ModelPath(GetParam()), 1);
+  testkit::ModelRunner two(ModelPath(GetParam()), 2);
+  testkit::ModelRunner three(ModelPath(GetParam()), 3);
   auto base = one.OneBatch(tokens);
   EXPECT_BIT_EQUAL(base, two.OneBatch(tokens));
   EXPECT_BIT_EQUAL(base, three.OneBatch(tokens));
@@ -130,7 +130,7 @@ TEST_P(DeterminismTest, ThreadCountDoesNotMatter) {
 
 TEST_P(DeterminismTest, LogitsAreFiniteAndVary) {
   // Guards the equalities above against a degenerate model (all zeros would be "equal" too).
-  testing::ModelRunner r(ModelPath(GetParam()));
+  testkit::ModelRunner r(ModelPath(GetParam()));
   auto tokens = RandomTokens(9, r.n_vocab(), 14);
   auto logits = r.OneBatch(tokens);
   float lo = logits[0], hi = logits[0];
@@ -147,8 +147,8 @@ INSTANTIATE_TEST_SUITE_P(AllWeightTypes, DeterminismTest, ::testing::ValuesIn(Ca
 
 // The same equalities on the real default model (30 layers, GQA, Q4_1 + Q8_0).
 TEST(DefaultModelDeterminism, SplitsBatchesAndThreads) {
-  ASSERT_TRUE(testing::DefaultModelPresent()) << testing::DefaultModelPath();
-  testing::ModelRunner r(testing::DefaultModelPath(), 2);
+  ASSERT_TRUE(testkit::DefaultModelPresent()) << testkit::DefaultModelPath();
+  testkit::ModelRunner r(testkit::DefaultModelPath(), 2);
   auto tokens = RandomTokens(24, r.n_vocab(), 21);
   auto other = RandomTokens(9, r.n_vocab(), 22);
   auto whole = r.OneBatch(tokens);
@@ -158,7 +158,7 @@ TEST(DefaultModelDeterminism, SplitsBatchesAndThreads) {
            {0, 15, 30}, {0, 10, 20, 30}, {0, 1, 29, 30}, {0, 6, 12, 18, 24, 30}}) {
     EXPECT_BIT_EQUAL(whole, r.Split(tokens, b)) << "split with " << b.size() - 1 << " spans";
   }
-  testing::ModelRunner one(testing::DefaultModelPath(), 1);
+  testkit::ModelRunner one(testkit::DefaultModelPath(), 1);
   EXPECT_BIT_EQUAL(whole, one.OneBatch(tokens));
 }
 

@@ -32,7 +32,7 @@ constexpr float kMeanLogitTolerance = 0.5f;
 constexpr float kTieMargin = 0.5f;
 
 nlohmann::json LoadFixture() {
-  std::ifstream in(testing::SourceDir() + "/tests/fixtures/llama_cpp_greedy.json");
+  std::ifstream in(testkit::SourceDir() + "/tests/fixtures/llama_cpp_greedy.json");
   EXPECT_TRUE(in.good()) << "missing fixture";
   return nlohmann::json::parse(in);
 }
@@ -40,8 +40,8 @@ nlohmann::json LoadFixture() {
 class ReferenceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(testing::DefaultModelPresent()) << testing::DefaultModelPath();
-    model_ = *model::Model::Open(testing::DefaultModelPath());
+    ASSERT_TRUE(testkit::DefaultModelPresent()) << testkit::DefaultModelPath();
+    model_ = *model::Model::Open(testkit::DefaultModelPath());
     embedder_ = *model::Embedder::Load(model_);
     head_ = *model::Head::Load(model_);
     pool_ = std::make_unique<ThreadPool>(2);

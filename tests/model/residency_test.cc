@@ -46,7 +46,7 @@ std::pair<int64_t, int64_t> ResidentAfterSpan(int first, int last) {
   if (pid == 0) {
     close(fds[0]);
     int64_t out[2] = {-1, -1};
-    auto model = model::Model::Open(testing::DefaultModelPath());
+    auto model = model::Model::Open(testkit::DefaultModelPath());
     if (model.ok()) {
       auto span = model::LayerSpan::Load(*model, first, last);
       if (span.ok()) {
@@ -57,7 +57,7 @@ std::pair<int64_t, int64_t> ResidentAfterSpan(int first, int last) {
         std::vector<float> hidden(4 * (*model)->hparams().n_embd, 0.1f);
         std::vector<model::Row> rows = {{0, 1}, {1, 1}, {2, 1}, {3, 1}};
         if ((*span)->Forward(rows, hidden.data(), kv, pool, scratch).ok()) {
-          out[0] = MappedRssKib(testing::DefaultModelPath());
+          out[0] = MappedRssKib(testkit::DefaultModelPath());
           out[1] = 0;
           for (const auto& t : (*span)->tensors()) out[1] += static_cast<int64_t>(t.bytes());
         }
@@ -76,7 +76,7 @@ std::pair<int64_t, int64_t> ResidentAfterSpan(int first, int last) {
 }
 
 TEST(ResidencyTest, ASpanKeepsOnlyItsOwnWeightsResident) {
-  ASSERT_TRUE(testing::DefaultModelPresent());
+  ASSERT_TRUE(testkit::DefaultModelPresent());
   auto [span_kib, span_bytes] = ResidentAfterSpan(0, 3);
   auto [all_kib, all_bytes] = ResidentAfterSpan(0, 30);
   ASSERT_GT(span_kib, 0);

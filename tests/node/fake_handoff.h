@@ -16,7 +16,7 @@
 #include "common/strings.h"
 #include "node/handoff.h"
 
-namespace strata::testing {
+namespace strata::testkit {
 
 // Payload queues keyed by rendezvous, shared by the providers of the nodes of one test.
 class FakeHub {
@@ -178,4 +178,4 @@ class FakeHandoff final : public node::HandoffProvider {
   std::shared_ptr<std::atomic<int>> recvs_ = std::make_shared<std::atomic<int>>(0);
 };
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

@@ -14,9 +14,9 @@
 namespace strata {
 namespace {
 
-using testing::FakeFaults;
-using testing::FakeHandoff;
-using testing::FakeHub;
+using testkit::FakeFaults;
+using testkit::FakeHandoff;
+using testkit::FakeHub;
 using ::testing::HasSubstr;
 
 constexpr int kSteps = 10;
@@ -44,7 +44,7 @@ Route StartRoute(const std::shared_ptr<FakeHub>& hub,
       fake = std::make_shared<FakeHandoff>(hub, *faults[i]);
       o.handoff = fake;
     }
-    r.owned.push_back(testing::StartSpanNode(o, spans[i][0], spans[i][1]));
+    r.owned.push_back(testkit::StartSpanNode(o, spans[i][0], spans[i][1]));
     r.nodes.push_back(r.owned.back().get());
     r.fakes.push_back(fake);
   }
@@ -54,12 +54,12 @@ Route StartRoute(const std::shared_ptr<FakeHub>& hub,
 class HandoffTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_TRUE(testing::DefaultModelPresent()) << "run the setup step to install the model";
-    ASSERT_NE(testing::SharedClientModel(), nullptr);
+    ASSERT_TRUE(testkit::DefaultModelPresent()) << "run the setup step to install the model";
+    ASSERT_NE(testkit::SharedClientModel(), nullptr);
     auto hub = std::make_shared<FakeHub>();
     Route plain = StartRoute(hub, {std::nullopt, std::nullopt, std::nullopt});
     for (node::NodeServer* n : plain.nodes) ASSERT_NE(n, nullptr);
-    auto tokens = testing::GreedyOverRoute(plain.nodes, testing::TestPrompt(), kSteps);
+    auto tokens = testkit::GreedyOverRoute(plain.nodes, testkit::TestPrompt(), kSteps);
     ASSERT_TRUE(tokens.ok()) << tokens.status();
     reference_ = new std::vector<int32_t>(*tokens);
   }
@@ -73,12 +73,12 @@ class HandoffTest : public ::testing::Test {
     if (::testing::Test::HasFailure()) return {};
     auto settle = [&](std::vector<v1::DownstreamLinkInfo>* out) {
       out->clear();
-      for (int i = 0; i < 2; ++i) out->push_back(testing::SettledLink(*r.nodes[i]));
+      for (int i = 0; i < 2; ++i) out->push_back(testkit::SettledLink(*r.nodes[i]));
     };
     int failovers = -1;
-    auto tokens = testing::GreedyOverRoute(
+    auto tokens = testkit::GreedyOverRoute(
         r.nodes,
-        testing::TestPrompt(),
+        testkit::TestPrompt(),
         kSteps,
         [&] { settle(after_prompt); },
         [&] { settle(at_end); },
@@ -210,14 +210,14 @@ TEST_F(HandoffTest, LinksBeyondTheNodesBudgetStayOnGrpc) {
   std::vector<int32_t> second;
   v1::DownstreamLinkInfo second_link;
   int failovers = -1;
-  auto first = testing::GreedyOverRoute(
+  auto first = testkit::GreedyOverRoute(
       r.nodes,
-      testing::TestPrompt(),
+      testkit::TestPrompt(),
       kSteps,
-      [&] { prompt = {testing::SettledLink(*r.nodes[0])}; },
+      [&] { prompt = {testkit::SettledLink(*r.nodes[0])}; },
       [&] {
         end = r.nodes[0]->links();
-        auto t = testing::GreedyOverRoute(r.nodes, testing::TestPrompt(), kSteps, [&] {
+        auto t = testkit::GreedyOverRoute(r.nodes, testkit::TestPrompt(), kSteps, [&] {
           const absl::Time deadline = absl::Now() + absl::Seconds(10);
           while (second_link.reason().empty() && absl::Now() < deadline) {
             for (const v1::DownstreamLinkInfo& l : r.nodes[0]->links()) {
@@ -262,8 +262,8 @@ std::vector<float> PipelinedRuns(const std::vector<node::NodeServer*>& nodes,
                                  const std::function<void()>& after_first,
                                  const std::function<void()>& at_end,
                                  int* failovers) {
-  const int width = testing::SharedClientModel()->model().hparams().n_embd;
-  auto chain = testing::OpenRouteChain(nodes);
+  const int width = testkit::SharedClientModel()->model().hparams().n_embd;
+  auto chain = testkit::OpenRouteChain(nodes);
   EXPECT_TRUE(chain.ok()) << chain.status();
   if (!chain.ok()) return {};
   std::vector<float> in(static_cast<size_t>(width) * (runs + 1));
@@ -310,10 +310,10 @@ TEST_F(HandoffTest, PipelinedRunsSurviveAReceiveFailure) {
       r.nodes,
       kRuns,
       [&] {
-        before = testing::SettledLink(*r.nodes[0]);
-        testing::SettledLink(*r.nodes[1]);
+        before = testkit::SettledLink(*r.nodes[0]);
+        testkit::SettledLink(*r.nodes[1]);
       },
-      [&] { after = testing::SettledLink(*r.nodes[0]); },
+      [&] { after = testkit::SettledLink(*r.nodes[0]); },
       &failovers);
   ASSERT_EQ(got.size(), plain.size());
   EXPECT_TRUE(got == plain) << "outputs differ from the plain route's";
@@ -332,7 +332,7 @@ TEST(HandoffInputTest, BadHandoffMessagesAreRefusedAndTheNodeKeepsServing) {
   node::NodeOptions o;
   o.node_id = "target";
   o.handoff = std::make_shared<FakeHandoff>(hub, FakeFaults{});
-  auto node = testing::StartSpanNode(o, 0, 30);
+  auto node = testkit::StartSpanNode(o, 0, 30);
   ASSERT_NE(node, nullptr);
   auto stub =
       v1::Node::NewStub(grpc::CreateChannel(node->address(), grpc::InsecureChannelCredentials()));
@@ -434,7 +434,7 @@ TEST(HandoffInputTest, BadHandoffMessagesAreRefusedAndTheNodeKeepsServing) {
   session->Finish();
 
   // The node still serves a whole route.
-  auto tokens = testing::GreedyOverRoute({node.get()}, testing::TestPrompt(), 3);
+  auto tokens = testkit::GreedyOverRoute({node.get()}, testkit::TestPrompt(), 3);
   EXPECT_TRUE(tokens.ok()) << tokens.status();
 }
 
@@ -515,7 +515,7 @@ TEST(HandoffInputTest, OffersOnRefusedPushStreamsTakeNoLink) {
   node::NodeOptions o;
   o.node_id = "target";
   o.handoff = fake;
-  auto node = testing::StartSpanNode(o, 0, 30);
+  auto node = testkit::StartSpanNode(o, 0, 30);
   ASSERT_NE(node, nullptr);
   auto stub =
       v1::Node::NewStub(grpc::CreateChannel(node->address(), grpc::InsecureChannelCredentials()));

@@ -18,7 +18,7 @@
 #include "node/node_server.h"
 #include "tests/testing/paths.h"
 
-namespace strata::testing {
+namespace strata::testkit {
 
 // The client side (tokenizer, embeddings, head), loaded once per test program.
 inline client::LocalModel* SharedClientModel() {
@@ -141,4 +141,4 @@ inline v1::DownstreamLinkInfo SettledLink(const node::NodeServer& node,
   return last;
 }
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-namespace strata::testing {
+namespace strata::testkit {
 namespace {
 
 constexpr size_t kKvBytes = size_t{256} << 20;
@@ -131,4 +131,4 @@ std::vector<float> ModelRunner::CrossSession(std::span<const int32_t> tokens,
   return Logits(picked);
 }
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

@@ -10,7 +10,7 @@
 #include "common/thread_pool.h"
 #include "model/llama.h"
 
-namespace strata::testing {
+namespace strata::testkit {
 
 class ModelRunner {
  public:
@@ -50,4 +50,4 @@ class ModelRunner {
   model::ForwardScratch scratch_;
 };
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

@@ -3,7 +3,7 @@
 #include <cstdlib>
 #include <filesystem>
 
-namespace strata::testing {
+namespace strata::testkit {
 
 std::string SourceDir() {
   const char* env = std::getenv("STRATA_SOURCE_DIR");
@@ -22,4 +22,4 @@ std::string DefaultModelPath() {
 
 bool DefaultModelPresent() { return std::filesystem::exists(DefaultModelPath()); }
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

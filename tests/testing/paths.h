@@ -3,7 +3,7 @@
 
 #include <string>
 
-namespace strata::testing {
+namespace strata::testkit {
 
 // Root of the source tree (env STRATA_SOURCE_DIR, else the tree this was built from).
 std::string SourceDir();
@@ -16,4 +16,4 @@ std::string DefaultModelPath();
 // test command installs it first.
 bool DefaultModelPresent();
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

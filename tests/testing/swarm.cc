@@ -4,10 +4,10 @@
 
 #include "tests/testing/paths.h"
 
-namespace strata::testing {
+namespace strata::testkit {
 
-deploy::LocalSwarmOptions SwarmOptions(bool links) {
-  deploy::LocalSwarmOptions o;
+harness::LocalSwarmOptions SwarmOptions(bool links) {
+  harness::LocalSwarmOptions o;
   o.strata_binary = BinaryDir() + "/strata";
   o.linkem_binary = BinaryDir() + "/strata-linkem";
   o.model_path = DefaultModelPath();
@@ -23,4 +23,4 @@ std::unique_ptr<LocalSwarm> StartSwarm(bool links) {
   return swarm.ok() ? std::move(*swarm) : nullptr;
 }
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

@@ -1,19 +1,19 @@
-// Multi-process test swarms: deploy::LocalSwarm with the binaries of this build tree.
+// Multi-process test swarms: harness::LocalSwarm with the binaries of this build tree.
 #pragma once
 
-#include "deploy/local_swarm.h"
+#include "harness/local_swarm.h"
 
-namespace strata::testing {
+namespace strata::testkit {
 
-using deploy::LocalSwarm;
-using deploy::NodeSpec;
-using deploy::RunningNode;
+using harness::LocalSwarm;
+using harness::NodeSpec;
+using harness::RunningNode;
 
 // Options for a swarm of this build's `strata` (and `strata-linkem` when `links`), serving the
 // default model, with a short membership TTL so departures show quickly.
-deploy::LocalSwarmOptions SwarmOptions(bool links = false);
+harness::LocalSwarmOptions SwarmOptions(bool links = false);
 
 // Starts a coordinator; fails the test (returns null) when it cannot.
 std::unique_ptr<LocalSwarm> StartSwarm(bool links = false);
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

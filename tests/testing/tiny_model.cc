@@ -12,16 +12,17 @@
 #include "common/status.h"
 #include "common/strings.h"
 #include "kernels/quant.h"
-#include "model/gguf_writer.h"
+#include "gguf/writer.h"
+#include "text/byte_vocab.h"
 
-namespace strata::testing {
+namespace strata::testkit {
 namespace {
 
 using kernels::DType;
 
 // A random matrix, quantized to `dtype`; stored as F32 (the quantized values, dequantized) when
 // `as_f32`, so a model's F32 twin has exactly the same weights.
-absl::Status AddMatrix(model::GgufWriter& w, const std::string& name, DType dtype, int64_t rows,
+absl::Status AddMatrix(gguf::GgufWriter& w, const std::string& name, DType dtype, int64_t rows,
                        int64_t cols, float scale, std::mt19937_64& rng, bool as_f32 = false) {
   std::normal_distribution<float> dist(0.0f, scale);
   std::vector<float> row(cols);
@@ -42,7 +43,7 @@ absl::Status AddMatrix(model::GgufWriter& w, const std::string& name, DType dtyp
   return w.AddTensor(name, dtype, {rows, cols}, data.data(), data.size());
 }
 
-absl::Status AddVector(model::GgufWriter& w, const std::string& name, int64_t n, float mean,
+absl::Status AddVector(gguf::GgufWriter& w, const std::string& name, int64_t n, float mean,
                        float spread, std::mt19937_64& rng) {
   std::uniform_real_distribution<float> dist(mean - spread, mean + spread);
   std::vector<float> v(n);
@@ -53,7 +54,7 @@ absl::Status AddVector(model::GgufWriter& w, const std::string& name, int64_t n,
 }  // namespace
 
 absl::Status WriteTinyModel(const TinyModelSpec& s, const std::string& path) {
-  model::GgufWriter w;
+  gguf::GgufWriter w;
   const std::string a = s.arch;
   w.SetString("general.architecture", a);
   w.SetString("general.name", "tiny-" + a);
@@ -67,7 +68,7 @@ absl::Status WriteTinyModel(const TinyModelSpec& s, const std::string& path) {
   w.SetFloat32(a + ".rope.freq_base", s.rope_base);
   w.SetUint32(a + ".vocab_size", kTinyVocab);
 
-  model::SetByteLevelVocab(w, kTinyVocab);
+  text::SetByteLevelVocab(w, kTinyVocab);
 
   std::mt19937_64 rng(s.seed);
   const int64_t e = s.n_embd, hd = s.n_embd / s.n_head, q = hd * s.n_head,
@@ -119,4 +120,4 @@ std::string TempPath(const std::string& suffix) {
   return path;
 }
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

@@ -9,7 +9,7 @@
 #include "absl/status/status.h"
 #include "kernels/dtype.h"
 
-namespace strata::testing {
+namespace strata::testkit {
 
 struct TinyModelSpec {
   std::string arch = "llama";  // or "qwen2" (biases on Q/K/V, NeoX RoPE)
@@ -39,4 +39,4 @@ absl::Status WriteTinyModel(const TinyModelSpec& spec, const std::string& path);
 // A fresh temporary file path under $TMPDIR with the given suffix; removed at process exit.
 std::string TempPath(const std::string& suffix);
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

@@ -13,10 +13,10 @@ namespace {
 class ConversationTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(testing::DefaultModelPresent()) << testing::DefaultModelPath();
-    auto model = model::Model::Open(testing::DefaultModelPath());
+    ASSERT_TRUE(testkit::DefaultModelPresent()) << testkit::DefaultModelPath();
+    auto model = model::Model::Open(testkit::DefaultModelPath());
     ASSERT_TRUE(model.ok()) << model.status();
-    auto tok = model::Tokenizer::FromGguf((*model)->gguf());
+    auto tok = text::Tokenizer::FromGguf((*model)->gguf());
     ASSERT_TRUE(tok.ok()) << tok.status();
     model_ = *std::move(model);
     tokenizer_ = *std::move(tok);
@@ -32,14 +32,14 @@ class ConversationTest : public ::testing::Test {
     return ids.ok() ? *ids : std::vector<int32_t>{};
   }
 
-  std::vector<int32_t> Conv(const std::vector<model::ChatMessage>& messages) {
+  std::vector<int32_t> Conv(const std::vector<text::ChatMessage>& messages) {
     auto ids = ConversationTokens(*tokenizer_, messages);
     EXPECT_TRUE(ids.ok()) << ids.status();
     return ids.ok() ? *ids : std::vector<int32_t>{};
   }
 
   std::shared_ptr<const model::Model> model_;
-  std::unique_ptr<model::Tokenizer> tokenizer_;
+  std::unique_ptr<text::Tokenizer> tokenizer_;
 };
 
 TEST_F(ConversationTest, OneTurnIsWhatTheSdkFeeds) {

@@ -13,8 +13,8 @@
 namespace strata::coordinator {
 namespace {
 
-using strata::testing::ParsePromText;
-using strata::testing::PromText;
+using strata::testkit::ParsePromText;
+using strata::testkit::PromText;
 using ::testing::HasSubstr;
 
 // Waits until `cond` holds (checked every 20 ms), at most `timeout`.
@@ -29,9 +29,9 @@ bool WaitFor(F cond, absl::Duration timeout = absl::Seconds(10)) {
 }
 
 TEST(SampleSwarmTest, WeighsNodeRatesBySpanAndCountsClientSessionsAtLayerZero) {
-  v1::SwarmSnapshot s = testing::EmptySwarm(30);
-  v1::NodeStatus* a = testing::AddNode(s, {"a", 0, 10});
-  v1::NodeStatus* b = testing::AddNode(s, {"b", 10, 30, 1.0, v1::NODE_STATE_JOINING});
+  v1::SwarmSnapshot s = testkit::EmptySwarm(30);
+  v1::NodeStatus* a = testkit::AddNode(s, {"a", 0, 10});
+  v1::NodeStatus* b = testkit::AddNode(s, {"b", 10, 30, 1.0, v1::NODE_STATE_JOINING});
   a->mutable_load()->set_tokens_per_s(60);  // 60 rows/s over 10 of 30 layers
   a->mutable_load()->set_active_sessions(2);
   a->mutable_load()->set_kv_used_bytes(100);
@@ -53,15 +53,15 @@ TEST(SampleSwarmTest, WeighsNodeRatesBySpanAndCountsClientSessionsAtLayerZero) {
 }
 
 TEST(SwarmSamplerTest, RatesComeFromTheGrowthOfEachNodesRows) {
-  v1::SwarmSnapshot s = testing::EmptySwarm(30);
-  v1::NodeStatus* a = testing::AddNode(s, {"a", 0, 10});
+  v1::SwarmSnapshot s = testkit::EmptySwarm(30);
+  v1::NodeStatus* a = testkit::AddNode(s, {"a", 0, 10});
   a->mutable_load()->set_total_rows(100);
   a->mutable_load()->set_tokens_per_s(0);  // its last heartbeat interval was idle
   SwarmSampler sampler;
   EXPECT_EQ(sampler.Next(s).tokens_per_s, 0);
   s.set_unix_ms(s.unix_ms() + 2000);
   a->mutable_load()->set_total_rows(160);  // 60 rows in 2 s over 10 of 30 layers
-  v1::NodeStatus* b = testing::AddNode(s, {"b", 10, 30});
+  v1::NodeStatus* b = testkit::AddNode(s, {"b", 10, 30});
   b->mutable_load()->set_total_rows(1000);  // new: its own rate counts
   b->mutable_load()->set_tokens_per_s(3);
   SwarmSample x = sampler.Next(s);
@@ -75,7 +75,7 @@ TEST(SwarmSamplerTest, RatesComeFromTheGrowthOfEachNodesRows) {
   // though its last heartbeat interval was idle.
   const int64_t before = s.unix_ms();
   s.set_unix_ms(before + 1000);
-  v1::NodeStatus* c = testing::AddNode(s, {"c", 0, 30});
+  v1::NodeStatus* c = testkit::AddNode(s, {"c", 0, 30});
   c->set_joined_unix_ms(before + 100);
   c->mutable_load()->set_total_rows(50);
   c->mutable_load()->set_tokens_per_s(0);
@@ -95,7 +95,7 @@ TEST(SwarmHistoryTest, KeepsTheNewestSamples) {
 TEST(EventCounterTest, CountsEachEventOnceEvenWhenTheLogDrops) {
   CoordinatorMetrics metrics;
   EventCounter counter(&metrics);
-  v1::SwarmSnapshot s = testing::EmptySwarm(30);
+  v1::SwarmSnapshot s = testkit::EmptySwarm(30);
   auto event = [&](int64_t ms, const char* kind, const char* node) {
     v1::SwarmEvent* e = s.add_events();
     e->set_unix_ms(ms);
@@ -128,9 +128,9 @@ TEST(EventCounterTest, CountsEachEventOnceEvenWhenTheLogDrops) {
 
 TEST(CoordinatorMetricsTest, RendersSwarmGaugesWithHostileIdsEscaped) {
   CoordinatorMetrics metrics;
-  v1::SwarmSnapshot s = testing::EmptySwarm(30);
+  v1::SwarmSnapshot s = testkit::EmptySwarm(30);
   const std::string hostile = "evil\"}\nnode\\x 1";
-  v1::NodeStatus* n = testing::AddNode(s, {hostile, 0, 30});
+  v1::NodeStatus* n = testkit::AddNode(s, {hostile, 0, 30});
   n->mutable_load()->set_total_rows(1234);
   n->mutable_load()->set_kv_used_bytes(4096);
   metrics.ObserveRoutePlan("grpc", absl::Microseconds(40), absl::StatusCode::kOk);
@@ -177,7 +177,7 @@ class DashboardHttpTest : public ::testing::Test {
 
   void Join(const std::string& id, int first, int last) {
     ASSERT_TRUE(
-        server_->registry().Join(testing::FixedJoin(id, id + ".test:7000", 30, first, last)).ok());
+        server_->registry().Join(testkit::FixedJoin(id, id + ".test:7000", 30, first, last)).ok());
     v1::HeartbeatRequest beat;
     beat.set_node_id(id);
     beat.set_state(v1::NODE_STATE_ONLINE);
@@ -276,7 +276,7 @@ TEST_F(DashboardHttpTest, MetricsCountEventsRoutePlansAndRequests) {
                 .value_or(0),
             1);
   // Buckets of the histogram are cumulative and end at the count.
-  std::vector<strata::testing::PromSample> buckets =
+  std::vector<strata::testkit::PromSample> buckets =
       after.All("strata_coordinator_route_plan_seconds_bucket", {{"source", "http"}});
   ASSERT_FALSE(buckets.empty());
   for (size_t i = 1; i < buckets.size(); ++i) EXPECT_GE(buckets[i].value, buckets[i - 1].value);

@@ -16,16 +16,16 @@ namespace strata::node {
 namespace {
 
 using Stream = grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>;
-using strata::testing::ParsePromText;
-using strata::testing::PromText;
+using strata::testkit::ParsePromText;
+using strata::testkit::PromText;
 using ::testing::HasSubstr;
 
 class NodeMetricsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    testing::TinyModelSpec spec;
-    path_ = testing::TempPath(".gguf");
-    ASSERT_TRUE(testing::WriteTinyModel(spec, path_).ok());
+    testkit::TinyModelSpec spec;
+    path_ = testkit::TempPath(".gguf");
+    ASSERT_TRUE(testkit::WriteTinyModel(spec, path_).ok());
     NodeOptions o;
     o.model_path = path_;
     o.auto_span = false;

@@ -7,7 +7,7 @@
 
 #include "gtest/gtest.h"
 
-namespace strata::testing {
+namespace strata::testkit {
 namespace {
 
 bool IsNameChar(char c, bool first) {
@@ -132,4 +132,4 @@ std::vector<PromSample> PromText::All(const std::string& name,
   return out;
 }
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

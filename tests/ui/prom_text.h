@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace strata::testing {
+namespace strata::testkit {
 
 struct PromSample {
   std::string name;
@@ -31,4 +31,4 @@ struct PromText {
 
 PromText ParsePromText(const std::string& text);
 
-}  // namespace strata::testing
+}  // namespace strata::testkit

@@ -33,7 +33,7 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/weights.h"
-#include "model/cuda_span.h"
+#include "model/cuda/span.h"
 #include "model/llama.h"
 
 namespace {

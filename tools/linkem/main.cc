@@ -12,7 +12,7 @@
 
 #include "CLI/CLI.hpp"
 #include "common/logging.h"
-#include "tools/linkem/proxy.h"
+#include "harness/linkem/proxy.h"
 
 int main(int argc, char** argv) {
   using strata::linkem::LinkSpec;

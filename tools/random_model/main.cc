@@ -15,7 +15,8 @@
 
 #include "common/strings.h"
 #include "kernels/quant.h"
-#include "model/gguf_writer.h"
+#include "gguf/writer.h"
+#include "text/byte_vocab.h"
 
 namespace {
 
@@ -157,7 +158,7 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  strata::model::GgufWriter w;
+  strata::gguf::GgufWriter w;
   const std::string a = "llama";
   w.SetString("general.architecture", a);
   w.SetString("general.name", StrCat("random-", preset, "-", type));
@@ -170,7 +171,7 @@ int main(int argc, char** argv) {
   w.SetFloat32(a + ".attention.layer_norm_rms_epsilon", 1e-5f);
   w.SetFloat32(a + ".rope.freq_base", 10000.0f);
   w.SetUint32(a + ".vocab_size", s.vocab);
-  strata::model::SetByteLevelVocab(w, s.vocab);
+  strata::text::SetByteLevelVocab(w, s.vocab);
 
   const int64_t e = s.n_embd, hd = e / s.n_head, q = hd * s.n_head, kv = hd * s.n_head_kv,
                 ff = s.n_ff;
