@@ -157,14 +157,23 @@ absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& 
                                  const std::vector<std::vector<int32_t>>* plain) {
   Totals t;
   // A draft model loads once per client, not per request: not part of the timed requests.
-  if (config.accuracy == 0) RETURN_IF_ERROR(client.LoadDrafter(config.drafter));
+  // The oracle is passed to each request; every other drafter is named by the request.
+  strata::Drafter drafter;
+  if (config.accuracy == 0) {
+    ASSIGN_OR_RETURN(drafter, strata::ParseDrafter(config.drafter));
+    RETURN_IF_ERROR(client.LoadDrafter(drafter));
+  }
+  strata::SpeculativeMode mode = strata::SpeculativeMode::kChain;
+  if (!IsPlain(config)) {
+    ASSIGN_OR_RETURN(mode, strata::ParseSpeculativeMode(config.mode));
+  }
   // An oracle is made per request (it knows that request's answer); what the requests learn
   // about it carries over from one to the next, as a draft model's does in the client's cache.
   client::DrafterCache::Learned oracle_learned;
   for (size_t i = 0; i < prompts.size(); ++i) {
     GenerateRequest r = Request(kPrompts[i], f.decode_tokens);
-    r.speculative.drafter = config.drafter;
-    if (!IsPlain(config)) r.speculative.mode = config.mode;
+    r.speculative.drafter = drafter;
+    r.speculative.mode = mode;
     r.speculative.gamma = f.gamma;
     r.speculative.adaptive = !f.fixed_gamma;
     r.speculative.verify_at_last_hop = config.last_hop;

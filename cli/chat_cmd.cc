@@ -235,7 +235,7 @@ class Chat {
       return signals_->interrupts() == interrupts && !signals_->terminated();
     };
     absl::StatusOr<client::Generation> g;
-    if (r.speculative.drafter != "none") {
+    if (r.speculative.drafter.enabled()) {
       g = Speculate(prompt, r, show);
     } else {
       ASSIGN_OR_RETURN(std::unique_ptr<client::InferenceSession> session, engine_->NewSession());

@@ -113,13 +113,32 @@ int RunGenerate(GenerateFlags f) {
   return 0;
 }
 
+// A flag check that parses the value with `parse` and fails with its message.
+template <typename T>
+CLI::Validator StatusValidator(absl::StatusOr<T> (*parse)(std::string_view), std::string name) {
+  return CLI::Validator(
+      [parse](std::string& value) {
+        absl::StatusOr<T> parsed = parse(value);
+        return parsed.ok() ? std::string() : std::string(parsed.status().message());
+      },
+      "", std::move(name));
+}
+
 }  // namespace
 
 void AddSpeculativeFlags(CLI::App* cmd, SpeculativeOptions* sp) {
-  cmd->add_option("--speculative", sp->drafter,
-                  "Speculative decoding drafter: none, ngram, draft:PATH, self:K")
-      ->capture_default_str();
-  cmd->add_option("--spec-mode", sp->mode, "chain, tree, pipelined or dsi")->capture_default_str();
+  cmd->add_option_function<std::string>(
+         "--speculative",
+         [sp](const std::string& v) { sp->drafter = *ParseDrafter(v); },
+         "Speculative decoding drafter: none, ngram, draft:PATH, self:K")
+      ->check(StatusValidator<Drafter>(ParseDrafter, "DRAFTER"))
+      ->default_str(DrafterName(sp->drafter));
+  cmd->add_option_function<std::string>(
+         "--spec-mode",
+         [sp](const std::string& v) { sp->mode = *ParseSpeculativeMode(v); },
+         "chain, tree, pipelined or dsi")
+      ->check(StatusValidator<SpeculativeMode>(ParseSpeculativeMode, "MODE"))
+      ->default_str(std::string(SpeculativeModeName(sp->mode)));
   cmd->add_option("--gamma", sp->gamma, "Drafts per pass (start value)")
       ->capture_default_str()
       ->check(CLI::Range(0, 32));

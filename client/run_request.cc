@@ -13,12 +13,17 @@
 namespace strata::client {
 namespace {
 
-absl::StatusOr<SpeculativeOptions::Mode> ParseMode(const std::string& mode) {
-  if (mode == "chain") return SpeculativeOptions::Mode::kChain;
-  if (mode == "tree") return SpeculativeOptions::Mode::kTree;
-  if (mode == "pipelined" || mode == "dsi") return SpeculativeOptions::Mode::kPipelined;
-  return absl::InvalidArgumentError(
-      StrCat("unknown speculative mode '", mode, "' (chain, tree, pipelined, dsi)"));
+SpeculativeOptions::Mode DecoderMode(strata::SpeculativeMode mode) {
+  switch (mode) {
+    case strata::SpeculativeMode::kChain:
+      return SpeculativeOptions::Mode::kChain;
+    case strata::SpeculativeMode::kTree:
+      return SpeculativeOptions::Mode::kTree;
+    case strata::SpeculativeMode::kPipelined:
+    case strata::SpeculativeMode::kDsi:  // pipelined runs over several chains
+      break;
+  }
+  return SpeculativeOptions::Mode::kPipelined;
 }
 
 strata::GenerateResult ToResult(Generation g) {
@@ -35,7 +40,8 @@ strata::GenerateResult ToResult(Generation g) {
 }  // namespace
 
 int ChainsFor(const GenerateRequest& request) {
-  return request.speculative.drafter != "none" && request.speculative.mode == "dsi"
+  return request.speculative.drafter.enabled() &&
+                 request.speculative.mode == strata::SpeculativeMode::kDsi
              ? std::max(1, request.speculative.replicas)
              : 1;
 }
@@ -56,7 +62,7 @@ absl::StatusOr<strata::GenerateResult> RunTokens(std::span<const int32_t> prompt
   if (chains.empty()) return absl::InvalidArgumentError("no chain");
   const GenerateOptions options = ToGenerateOptions(request);
   const strata::SpeculativeOptions& so = request.speculative;
-  if (so.drafter.empty() || so.drafter == "none") {
+  if (!so.drafter.enabled() && context.drafter == nullptr) {
     InferenceSession session(context.embedder, context.head, chains[0], context.pool);
     ASSIGN_OR_RETURN(Generation g,
                      Generate(session, *context.tokenizer, prompt, options, on_token));
@@ -66,16 +72,16 @@ absl::StatusOr<strata::GenerateResult> RunTokens(std::span<const int32_t> prompt
   std::optional<DrafterCache::Lease> lease;
   Drafter* drafter = context.drafter;
   if (drafter == nullptr && context.drafters != nullptr) {
-    ASSIGN_OR_RETURN(DrafterCache::Lease l, context.drafters->Take(so.drafter));
+    ASSIGN_OR_RETURN(DrafterCache::Lease l, context.drafters->Take(DrafterName(so.drafter)));
     lease.emplace(std::move(l));
     drafter = lease->get();
   } else if (drafter == nullptr) {
-    ASSIGN_OR_RETURN(owned, MakeDrafter(so.drafter, context.model_path, context.head->n_vocab(),
+    ASSIGN_OR_RETURN(owned, MakeDrafter(DrafterName(so.drafter), context.model_path, context.head->n_vocab(),
                                         context.threads));
     drafter = owned.get();
   }
   SpeculativeOptions o;
-  ASSIGN_OR_RETURN(o.mode, ParseMode(so.mode));
+  o.mode = DecoderMode(so.mode);
   o.gamma = so.gamma;
   o.adaptive = so.adaptive;
   o.tree_budget = so.tree_budget;
@@ -85,7 +91,7 @@ absl::StatusOr<strata::GenerateResult> RunTokens(std::span<const int32_t> prompt
   o.drafter_shares_cores = so.drafter_shares_cores;
   // The drafter's cost model carries over to its next request.
   // (Per mode and where runs are verified: the pass costs differ.)
-  const std::string key = so.verify_at_last_hop ? so.mode + ", last hop" : so.mode;
+  const std::string key = StrCat(SpeculativeModeName(so.mode), so.verify_at_last_hop ? ", last hop" : "");
   std::shared_ptr<void>* learned = lease                ? &lease->learned(key)
                                    : context.learned   ? &(*context.learned)[key]
                                                        : nullptr;

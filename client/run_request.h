@@ -22,8 +22,9 @@ struct RequestContext {
   ThreadPool* pool = nullptr;
   std::string model_path;  // the target file at the client (self:K drafts from it)
   int threads = 0;         // for a draft model
-  // Used instead of the drafter request.speculative.drafter names (which must then not be
-  // "none"); not owned. Benchmarks pass drafters the public options cannot name (the oracle).
+  // Used instead of the drafter request.speculative.drafter names (speculation then happens
+  // whatever that says); not owned. Benchmarks pass drafters the public options cannot name (the
+  // oracle).
   Drafter* drafter = nullptr;
   // Where drafters named by the request are taken from (null: made for this request alone).
   DrafterCache* drafters = nullptr;

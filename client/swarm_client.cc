@@ -148,9 +148,9 @@ absl::StatusOr<strata::GenerateResult> SwarmClient::Generate(
   return GenerateWith(request, nullptr, on_token);
 }
 
-absl::Status SwarmClient::LoadDrafter(const std::string& spec) {
-  if (spec.empty() || spec == "none") return absl::OkStatus();
-  return drafters_->Take(spec).status();  // the lease goes back to the cache at once
+absl::Status SwarmClient::LoadDrafter(const strata::Drafter& drafter) {
+  if (!drafter.enabled()) return absl::OkStatus();
+  return drafters_->Take(DrafterName(drafter)).status();  // the lease goes back at once
 }
 
 absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateWith(

@@ -36,7 +36,7 @@ class SwarmClient final : public Client {
                                                 const TokenCallback& on_token);
   // Loads the drafter a --speculative value names (e.g. "draft:PATH") now rather than in the
   // first request that uses it; requests reuse it either way. No-op for "none".
-  absl::Status LoadDrafter(const std::string& spec);
+  absl::Status LoadDrafter(const strata::Drafter& drafter);
   absl::StatusOr<std::unique_ptr<Session>> OpenSession() override;
   absl::StatusOr<std::vector<int32_t>> Tokenize(const GenerateRequest& request) const override;
   std::string Detokenize(const std::vector<int32_t>& ids) const override;

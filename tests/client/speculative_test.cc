@@ -727,8 +727,8 @@ TEST_F(LocalSpeculativeTest, WhatACallersOwnDrafterLearnedCarriesOverPerMode) {
   GenerateRequest r;
   r.max_tokens = 16;
   r.sampling.temperature = 0;
-  r.speculative.drafter = "ngram";
-  r.speculative.mode = "chain";
+  r.speculative.drafter = strata::Drafter::Ngram();
+  r.speculative.mode = strata::SpeculativeMode::kChain;
   auto run = [&] {
     auto chain = lm_->NewChain();
     EXPECT_TRUE(chain.ok());

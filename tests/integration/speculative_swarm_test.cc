@@ -32,8 +32,11 @@ GenerateRequest Request(const std::string& prompt, float temperature, const std:
   r.max_tokens = 32;
   r.sampling.temperature = temperature;
   r.sampling.seed = 99;
-  r.speculative.drafter = drafter;
-  r.speculative.mode = mode;
+  absl::StatusOr<Drafter> d = ParseDrafter(drafter);
+  absl::StatusOr<SpeculativeMode> m = ParseSpeculativeMode(mode);
+  EXPECT_TRUE(d.ok() && m.ok()) << drafter << ", " << mode;
+  r.speculative.drafter = d.value_or(Drafter::None());
+  r.speculative.mode = m.value_or(SpeculativeMode::kChain);
   return r;
 }
 
@@ -45,7 +48,7 @@ std::vector<int32_t> Local(const GenerateRequest& r) {
     return client::LocalModel::Load(o)->release();
   }();
   GenerateRequest plain = r;
-  plain.speculative.drafter = "none";
+  plain.speculative.drafter = Drafter::None();
   auto chain = lm->NewChain();
   client::RequestContext ctx{&lm->embedder(), &lm->head(), &lm->tokenizer(), &lm->pool(),
                              testkit::DefaultModelPath(), 1};
@@ -103,8 +106,9 @@ TEST_F(SpeculativeSwarmTest, EveryModeGivesThePlainTokensOverEightPrompts) {
 TEST_F(SpeculativeSwarmTest, ModelDraftersGiveThePlainTokens) {
   auto client = Connect();
   const std::string draft = "draft:" + testkit::DefaultModelPath();
-  ASSERT_TRUE(client->LoadDrafter(draft).ok());
-  EXPECT_EQ(client->LoadDrafter("draft:/nonexistent.gguf").code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(client->LoadDrafter(*ParseDrafter(draft)).ok());
+  EXPECT_EQ(client->LoadDrafter(Drafter::Model("/nonexistent.gguf")).code(),
+            absl::StatusCode::kNotFound);
   for (int i = 0; i < 2; ++i) {
     const auto want = Local(Request(kPrompts[i], 0, "none", "chain"));
     for (const std::string& drafter : {draft, std::string("self:20")}) {

@@ -23,6 +23,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -46,11 +47,45 @@ struct SamplingOptions {
   uint64_t seed = 0;         // the draw at position p depends only on (seed, p)
 };
 
+// What drafts tokens for speculative decoding, at the client.
+struct Drafter {
+  enum class Kind {
+    kNone,   // no drafts: plain decoding
+    kNgram,  // n-grams of the text so far (prompt lookup; no model)
+    kModel,  // a small GGUF model sharing the target's vocabulary (`path`)
+    kSelf,   // the target's own first `layers` layers (needs the model file at the client)
+  };
+  Kind kind = Kind::kNone;
+  std::string path;  // kModel
+  int layers = 0;    // kSelf
+
+  static Drafter None() { return {}; }
+  static Drafter Ngram() { return {Kind::kNgram, "", 0}; }
+  static Drafter Model(std::string path) { return {Kind::kModel, std::move(path), 0}; }
+  static Drafter Self(int layers) { return {Kind::kSelf, "", layers}; }
+  bool enabled() const { return kind != Kind::kNone; }
+};
+
+// The command line's spelling of a drafter: "none", "ngram", "draft:PATH" or "self:K" (K > 0).
+absl::StatusOr<Drafter> ParseDrafter(std::string_view text);
+std::string DrafterName(const Drafter& drafter);  // the spelling ParseDrafter reads
+
+enum class SpeculativeMode {
+  kChain,      // one run at a time: the unverified tokens plus up to gamma drafts
+  kTree,       // one run of a draft tree grown best first up to tree_budget nodes
+  kPipelined,  // several runs in flight along the chain, cancelled early on a rejection
+  kDsi,        // pipelined runs spread over `replicas` chains of replicated spans
+};
+
+// "chain", "tree", "pipelined" or "dsi".
+absl::StatusOr<SpeculativeMode> ParseSpeculativeMode(std::string_view text);
+std::string_view SpeculativeModeName(SpeculativeMode mode);
+
 // Speculative decoding: drafts made here, verified across the chain in one pass each.
 // Greedy and seeded sampling give exactly the tokens of plain decoding.
 struct SpeculativeOptions {
-  std::string drafter = "none";  // none | ngram | draft:PATH (same vocabulary) | self:K
-  std::string mode = "chain";    // chain | tree | pipelined | dsi (pipelined over replicas)
+  Drafter drafter;               // Drafter::None(): plain decoding
+  SpeculativeMode mode = SpeculativeMode::kChain;
   int gamma = 4;                 // drafts per pass (start value; adapts to latency/acceptance)
   bool adaptive = true;
   int tree_budget = 16;          // draft nodes per tree
