@@ -126,7 +126,7 @@ absl::StatusOr<std::string> LinkEmulator::Query(std::string_view line) {
   absl::MutexLock lock(&mu_);
   if (control_fd_ < 0) RETURN_IF_ERROR(ConnectControl());
   std::string request = StrCat(line, "\n");
-  auto fail = [&](std::string_view what) {
+  auto fail = [&](std::string_view what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     absl::Status status = ErrnoError(StrCat("linkem control ", what));
     close(control_fd_);
     control_fd_ = -1;

@@ -71,7 +71,7 @@ class LinkEmulator {
  private:
   LinkEmulator() = default;
   absl::Status ReadReadyLine(absl::Duration timeout);
-  absl::Status ConnectControl();
+  absl::Status ConnectControl() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::unique_ptr<Subprocess> process_;
   pid_t pid_ = -1;
