@@ -9,17 +9,18 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <mutex>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "cli/commands.h"
 #include "cli/signals.h"
 #include "node/node_server.h"
@@ -56,8 +57,8 @@ class StatusLine {
   explicit StatusLine(bool enabled) : enabled_(enabled) {}
   ~StatusLine() { Stop(); }
 
-  void Log(const std::string& line) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Log(const std::string& line) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     std::fprintf(stderr, "%s%s\n", drawn_ ? "\r\033[K" : "", line.c_str());
     drawn_ = false;
     std::fflush(stderr);
@@ -69,14 +70,13 @@ class StatusLine {
     thread_ = std::thread([this, node] { Loop(node); });
   }
 
-  void Stop() {
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
+      absl::MutexLock lock(&mu_);
+      stop_ = true;  // wakes Loop's Await
     }
-    cv_.notify_all();
     if (thread_.joinable()) thread_.join();
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (drawn_) std::fprintf(stderr, "\r\033[K");
     drawn_ = false;
     std::fflush(stderr);
@@ -89,27 +89,27 @@ class StatusLine {
     const double offered =
         node.throughput().layer_ms > 0 ? 1000.0 / (node.throughput().layer_ms * layers) : 0;
     return absl::StrFormat(
-        "%s  layers %d-%d  offered %.0f tok/s  %.1f rows/s  %d sessions  queue %d  "
-        "KV %.1f/%.0f MiB  %lld rows  %lld errors",
-        node.node_id(),
-        node.first_layer(),
-        node.last_layer() - 1,
-        offered,
-        rows_per_s,
-        s.active_sessions.load(),
-        s.queue_depth.load(),
-        s.kv_used_bytes.load() / 1048576.0,
-        s.kv_capacity_bytes.load() / 1048576.0,
-        static_cast<long long>(s.total_rows.load()),
-        static_cast<long long>(s.errors.load())) +
-        (node.links_summary().empty() ? "" : "  " + node.links_summary());
+               "%s  layers %d-%d  offered %.0f tok/s  %.1f rows/s  %d sessions  queue %d  "
+               "KV %.1f/%.0f MiB  %lld rows  %lld errors",
+               node.node_id(),
+               node.first_layer(),
+               node.last_layer() - 1,
+               offered,
+               rows_per_s,
+               s.active_sessions.load(),
+               s.queue_depth.load(),
+               s.kv_used_bytes.load() / 1048576.0,
+               s.kv_capacity_bytes.load() / 1048576.0,
+               static_cast<long long>(s.total_rows.load()),
+               static_cast<long long>(s.errors.load())) +
+           (node.links_summary().empty() ? "" : "  " + node.links_summary());
   }
 
-  void Loop(const node::NodeServer* node) {
+  void Loop(const node::NodeServer* node) ABSL_LOCKS_EXCLUDED(mu_) {
     int64_t rows = node->stats().total_rows.load();
     auto last = std::chrono::steady_clock::now();
-    std::unique_lock<std::mutex> lock(mu_);
-    while (!cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; })) {
+    absl::MutexLock lock(&mu_);
+    while (!mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Seconds(1))) {
       const auto now = std::chrono::steady_clock::now();
       const int64_t now_rows = node->stats().total_rows.load();
       const double seconds = std::chrono::duration<double>(now - last).count();
@@ -127,10 +127,9 @@ class StatusLine {
 
   const bool enabled_;
   const size_t columns_ = TerminalColumns();
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;   // guarded by mu_
-  bool drawn_ = false;  // a status line is on screen; guarded by mu_
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool drawn_ ABSL_GUARDED_BY(mu_) = false;  // a status line is on screen
   std::thread thread_;
 
   static size_t TerminalColumns() {
@@ -155,8 +154,8 @@ std::string ResolveDevice(const NodeFlags& f, std::string* error) {
     }
   }
   if (f.device_given && f.device != f.devices) {
-    *error = "--device " + f.device + " and --devices " + f.devices +
-             " disagree (give one of them)";
+    *error =
+        "--device " + f.device + " and --devices " + f.devices + " disagree (give one of them)";
     return "";
   }
   return f.devices;

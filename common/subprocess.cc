@@ -8,14 +8,14 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <future>
-#include <mutex>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/strings.h"
 
@@ -35,10 +35,9 @@ class Spawner {
     std::packaged_task<decltype(f())()> task(std::move(f));
     auto result = task.get_future();
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       queue_.push_back([&task] { task(); });
     }
-    cv_.notify_one();
     return result.get();
   }
 
@@ -48,8 +47,7 @@ class Spawner {
       while (true) {
         std::function<void()> job;
         {
-          std::unique_lock<std::mutex> lock(mu_);
-          cv_.wait(lock, [&] { return !queue_.empty(); });
+          absl::MutexLock lock(&mu_, absl::Condition(this, &Spawner::HasJob));
           job = std::move(queue_.front());
           queue_.pop_front();
         }
@@ -57,15 +55,16 @@ class Spawner {
       }
     }).detach();
   }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;
+  bool HasJob() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty(); }
+
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
-    const std::vector<std::string>& argv, const std::string& stderr_path) {
+absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(const std::vector<std::string>& argv,
+                                                              const std::string& stderr_path) {
   return Spawner::Get().Run([&] { return StartHere(argv, stderr_path); });
 }
 

@@ -1,10 +1,10 @@
 #include "common/thread_pool.h"
 
-#include <algorithm>
-
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -26,23 +26,33 @@ constexpr int kSpinIterations = 2000;
 
 // Direct futex calls: libstdc++ 12's std::atomic::wait can miss wake-ups.
 void FutexWait(std::atomic<uint32_t>* word, uint32_t expected) {
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr,
-          nullptr, 0);
+  syscall(SYS_futex,
+          reinterpret_cast<uint32_t*>(word),
+          FUTEX_WAIT_PRIVATE,
+          expected,
+          nullptr,
+          nullptr,
+          0);
 }
 
 void FutexWakeAll(std::atomic<uint32_t>* word) {
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr,
-          nullptr, 0);
+  syscall(SYS_futex,
+          reinterpret_cast<uint32_t*>(word),
+          FUTEX_WAKE_PRIVATE,
+          INT32_MAX,
+          nullptr,
+          nullptr,
+          0);
 }
 
 void FutexWait(std::atomic<int>* word, int expected) {
-  syscall(SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr,
-          nullptr, 0);
+  syscall(
+      SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
 }
 
 void FutexWakeAll(std::atomic<int>* word) {
-  syscall(SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr,
-          nullptr, 0);
+  syscall(
+      SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
 }
 
 }  // namespace
@@ -59,16 +69,14 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-int ThreadPool::DefaultThreads() {
-  return std::max(1u, std::thread::hardware_concurrency());
-}
+int ThreadPool::DefaultThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
 void ThreadPool::Run(absl::FunctionRef<void(int, int)> fn) {
   if (num_threads_ == 1) {
     fn(0, 1);
     return;
   }
-  std::lock_guard<std::mutex> lock(run_mu_);
+  absl::MutexLock lock(&run_mu_);
   job_ = &fn;
   pending_.store(num_threads_ - 1, std::memory_order_release);
   generation_.fetch_add(1, std::memory_order_seq_cst);
@@ -89,7 +97,8 @@ void ThreadPool::Run(absl::FunctionRef<void(int, int)> fn) {
   job_ = nullptr;
 }
 
-void ThreadPool::ParallelFor(int64_t n, int64_t grain,
+void ThreadPool::ParallelFor(int64_t n,
+                             int64_t grain,
                              absl::FunctionRef<void(int64_t, int64_t)> fn) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);

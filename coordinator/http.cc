@@ -4,15 +4,15 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <fstream>
-#include <mutex>
 #include <sstream>
 #include <thread>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/strings.h"
@@ -222,24 +222,25 @@ struct HttpServer::Impl {
   // The sampler: one snapshot per kSampleInterval into `history` and the event counters.
   SwarmHistory history{kHistoryCapacity};
   std::thread sampler;
-  std::mutex sampler_mu;
-  std::condition_variable sampler_cv;
-  bool stop_sampler = false;  // guarded by sampler_mu
+  absl::Mutex sampler_mu;
+  bool stop_sampler ABSL_GUARDED_BY(sampler_mu) = false;
 
-  void SampleLoop(Registry* registry) {
+  void SampleLoop(Registry* registry) ABSL_LOCKS_EXCLUDED(sampler_mu) {
     EventCounter events(&CoordinatorMetrics::Global());
     SwarmSampler sampler;
-    std::unique_lock<std::mutex> lock(sampler_mu);
-    while (!stop_sampler) {
-      lock.unlock();
+    while (!SamplerStopped()) {
       // The snapshot also makes the registry notice expired nodes without waiting for traffic.
       const v1::SwarmSnapshot snapshot = registry->Snapshot(/*with_events=*/true);
       history.Add(sampler.Next(snapshot));
       events.Track(snapshot);
-      lock.lock();
-      sampler_cv.wait_for(
-          lock, absl::ToChronoMilliseconds(kSampleInterval), [this] { return stop_sampler; });
+      absl::MutexLock lock(&sampler_mu);
+      sampler_mu.AwaitWithTimeout(absl::Condition(&stop_sampler), kSampleInterval);
     }
+  }
+
+  bool SamplerStopped() ABSL_LOCKS_EXCLUDED(sampler_mu) {
+    absl::MutexLock lock(&sampler_mu);
+    return stop_sampler;
   }
 };
 
@@ -355,10 +356,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
 void HttpServer::Stop() {
   if (impl_->sampler.joinable()) {
     {
-      std::lock_guard<std::mutex> lock(impl_->sampler_mu);
-      impl_->stop_sampler = true;
+      absl::MutexLock lock(&impl_->sampler_mu);
+      impl_->stop_sampler = true;  // wakes SampleLoop's Await
     }
-    impl_->sampler_cv.notify_all();
     impl_->sampler.join();
   }
   if (!impl_->thread.joinable()) return;

@@ -151,11 +151,16 @@ class Tokenizer {
   static std::string CleanUpSpaces(std::string text);
 
  private:
-  struct PreTokenizer;  // tokenizer_bpe.cc
+  struct PreTokenizer;  // pre_tokenizer.cc
 
   Tokenizer();
   absl::Status Init(TokenizerVocab vocab);
   absl::Status InitBpe(std::vector<std::string> merges);  // tokenizer_bpe.cc
+  // Builds pre_tokenizer_ for pre_ and applies its flags (clean_spaces_, ignore_merges_, add_bos_);
+  // UNIMPLEMENTED for an unknown name (pre_tokenizer.cc).
+  absl::Status InitPreTokenizer();
+  // Splits a run of plain text into words, each in GPT-2's byte alphabet (pre_tokenizer.cc).
+  std::vector<std::string> PreTokenize(std::string_view text) const;
   void AssignSpecialIds(const TokenizerVocab& vocab, int32_t bos, int32_t eos, int32_t unk);
   void BuildEndOfGenerationSet(std::initializer_list<int32_t> ids);
   void DetectSpecialTokens();
@@ -173,7 +178,7 @@ class Tokenizer {
   std::string pre_;
   std::vector<std::string> tokens_;
   std::vector<float> scores_;
-  std::vector<uint32_t> attrs_;  // kAttr* bits, see tokenizer.cc
+  std::vector<uint32_t> attrs_;  // kAttr* bits, see tokenizer_internal.h
   absl::flat_hash_map<std::string, int32_t> token_to_id_;
   absl::flat_hash_map<std::string, int32_t> bpe_ranks_;  // "left right" -> rank
   std::unique_ptr<PreTokenizer> pre_tokenizer_;

@@ -1,5 +1,5 @@
-// Pieces shared by the CUDA span backends (model/cuda_span.cc, model/cuda_tp_span.cc,
-// model/cuda_tp_kv.cc); not part of their interfaces.
+// Pieces shared by the CUDA span backends (model/cuda/span.cc, tp_span.cc, tp_kv.cc), defined in
+// span_internal.cc and (TpShardPages) tp_kv.cc; not part of their interfaces.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -1,9 +1,10 @@
 // The parts of a tensor-parallel CUDA span that are not its forward pass: how a model is split
 // (PlanTensorParallel, host arithmetic) and the KV pool whose pages are split across devices.
-#include <mutex>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
 #include "common/strings.h"
 #include "model/cuda/span_internal.h"
 #include "model/cuda/tp_span.h"
@@ -85,23 +86,23 @@ class TpPageRegistry {
     static TpPageRegistry* r = new TpPageRegistry();
     return *r;
   }
-  void Add(const TpPage* p) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Add(const TpPage* p) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     live_.insert(p);
   }
-  void Remove(const TpPage* p) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Remove(const TpPage* p) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     live_.erase(p);
   }
-  const TpPage* Find(const void* handle) {
-    std::lock_guard<std::mutex> lock(mu_);
+  const TpPage* Find(const void* handle) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     auto it = live_.find(static_cast<const TpPage*>(handle));
     return it == live_.end() ? nullptr : *it;
   }
 
  private:
-  std::mutex mu_;
-  absl::flat_hash_set<const TpPage*> live_;
+  absl::Mutex mu_;
+  absl::flat_hash_set<const TpPage*> live_ ABSL_GUARDED_BY(mu_);
 };
 
 // A shard's part of a page of `bytes` (KvPageBytes of the full layout): its kv_dim / n of every

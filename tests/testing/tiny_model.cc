@@ -5,14 +5,15 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
-#include <mutex>
 #include <random>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "common/status.h"
 #include "common/strings.h"
-#include "kernels/quant.h"
 #include "gguf/writer.h"
+#include "kernels/quant.h"
 #include "text/byte_vocab.h"
 
 namespace strata::testkit {
@@ -22,8 +23,14 @@ using kernels::DType;
 
 // A random matrix, quantized to `dtype`; stored as F32 (the quantized values, dequantized) when
 // `as_f32`, so a model's F32 twin has exactly the same weights.
-absl::Status AddMatrix(gguf::GgufWriter& w, const std::string& name, DType dtype, int64_t rows,
-                       int64_t cols, float scale, std::mt19937_64& rng, bool as_f32 = false) {
+absl::Status AddMatrix(gguf::GgufWriter& w,
+                       const std::string& name,
+                       DType dtype,
+                       int64_t rows,
+                       int64_t cols,
+                       float scale,
+                       std::mt19937_64& rng,
+                       bool as_f32 = false) {
   std::normal_distribution<float> dist(0.0f, scale);
   std::vector<float> row(cols);
   const size_t row_bytes = kernels::RowBytes(dtype, cols);
@@ -37,14 +44,18 @@ absl::Status AddMatrix(gguf::GgufWriter& w, const std::string& name, DType dtype
     }
   }
   if (as_f32) {
-    return w.AddTensor(name, DType::kF32, {rows, cols}, dequantized.data(),
-                       dequantized.size() * sizeof(float));
+    return w.AddTensor(
+        name, DType::kF32, {rows, cols}, dequantized.data(), dequantized.size() * sizeof(float));
   }
   return w.AddTensor(name, dtype, {rows, cols}, data.data(), data.size());
 }
 
-absl::Status AddVector(gguf::GgufWriter& w, const std::string& name, int64_t n, float mean,
-                       float spread, std::mt19937_64& rng) {
+absl::Status AddVector(gguf::GgufWriter& w,
+                       const std::string& name,
+                       int64_t n,
+                       float mean,
+                       float spread,
+                       std::mt19937_64& rng) {
   std::uniform_real_distribution<float> dist(mean - spread, mean + spread);
   std::vector<float> v(n);
   for (float& x : v) x = dist(rng);
@@ -71,8 +82,8 @@ absl::Status WriteTinyModel(const TinyModelSpec& s, const std::string& path) {
   text::SetByteLevelVocab(w, kTinyVocab);
 
   std::mt19937_64 rng(s.seed);
-  const int64_t e = s.n_embd, hd = s.n_embd / s.n_head, q = hd * s.n_head,
-                kv = hd * s.n_head_kv, ff = s.n_ff;
+  const int64_t e = s.n_embd, hd = s.n_embd / s.n_head, q = hd * s.n_head, kv = hd * s.n_head_kv,
+                ff = s.n_ff;
   RETURN_IF_ERROR(AddMatrix(w, "token_embd.weight", s.embd_type, kTinyVocab, e, 1.0f, rng));
   RETURN_IF_ERROR(AddVector(w, "output_norm.weight", e, 1.0f, 0.2f, rng));
   if (!s.tied_output) {
@@ -104,19 +115,29 @@ absl::Status WriteTinyModel(const TinyModelSpec& s, const std::string& path) {
 }
 
 std::string TempPath(const std::string& suffix) {
-  static std::mutex mu;
-  static std::vector<std::string>* paths = [] {
-    auto* v = new std::vector<std::string>();
+  // Every path handed out; the files are removed when the process exits.
+  struct Issued {
+    absl::Mutex mu;
+    int counter ABSL_GUARDED_BY(mu) = 0;
+    std::vector<std::string> paths ABSL_GUARDED_BY(mu);
+  };
+  static Issued* issued = [] {
+    auto* v = new Issued();
     std::atexit([] {
-      for (const auto& p : *paths) std::filesystem::remove(p);
+      std::vector<std::string> paths;
+      {
+        absl::MutexLock lock(&issued->mu);
+        paths = issued->paths;
+      }
+      for (const auto& p : paths) std::filesystem::remove(p);
     });
     return v;
   }();
-  static int counter = 0;
   const char* tmp = std::getenv("TMPDIR");
-  std::lock_guard<std::mutex> lock(mu);
-  std::string path = StrCat(tmp ? tmp : "/tmp", "/strata-test-", ::getpid(), "-", counter++, suffix);
-  paths->push_back(path);
+  absl::MutexLock lock(&issued->mu);
+  std::string path =
+      StrCat(tmp ? tmp : "/tmp", "/strata-test-", ::getpid(), "-", issued->counter++, suffix);
+  issued->paths.push_back(path);
   return path;
 }
 
