@@ -19,23 +19,23 @@
 // leaves gRPC.
 #pragma once
 
-#include <grpcpp/grpcpp.h>
-
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "node/link_board.h"
 #include "node/links.h"
+#include "node/thread_set.h"
 #include "strata/v1/node.pb.h"
 
 namespace strata::node {
@@ -71,48 +71,6 @@ class HandoffProvider {
 // This machine's identity for "same host" checks: the kernel boot id and the host name.
 std::string HostIdentity();
 
-// What each push stream to a next hop uses, for the status line, metrics and Info.
-class LinkBoard {
- public:
-  uint64_t Add(v1::DownstreamLinkInfo info);
-  void Update(uint64_t key, const std::string& transport, const std::string& reason);
-  void SetSession(uint64_t key, const std::string& session_id);
-  void CountPayload(uint64_t key);  // one more payload sent on the link
-  void Remove(uint64_t key);
-  std::vector<v1::DownstreamLinkInfo> Snapshot() const;
-  // Open links by transport, e.g. {"grpc": 2, "nccl": 1}.
-  std::map<std::string, int> Counts() const;
-  // "links nccl 1, grpc 2" (empty when no link is open).
-  std::string Summary() const;
-
- private:
-  mutable std::mutex mu_;
-  uint64_t next_ = 1;
-  std::map<uint64_t, v1::DownstreamLinkInfo> links_;  // guarded by mu_
-};
-
-// Caps the hand-off links of one node (each holds a communicator and device buffers), shared by
-// its outgoing and incoming streams. Thread-safe.
-class LinkBudget {
- public:
-  explicit LinkBudget(int limit) : limit_(limit) {}
-  // False when `limit` links are open already.
-  bool TryTake() {
-    int n = open_.load();
-    while (n < limit_) {
-      if (open_.compare_exchange_weak(n, n + 1)) return true;
-    }
-    return false;
-  }
-  void Give() { open_.fetch_sub(1); }
-  int limit() const { return limit_; }
-  int open() const { return open_.load(); }
-
- private:
-  const int limit_;
-  std::atomic<int> open_{0};
-};
-
 struct HandoffOptions {
   // Null: every link is plain gRPC, for `off_reason`.
   std::shared_ptr<HandoffProvider> provider;
@@ -125,6 +83,10 @@ struct HandoffOptions {
   std::shared_ptr<LinkBoard> board;  // may be null
   // Links set up or being set up, node-wide; streams beyond it stay on gRPC.
   std::shared_ptr<LinkBudget> budget = std::make_shared<LinkBudget>(8);
+  // Runs the links' background threads, outgoing and incoming (needed with a provider). Not
+  // owned: it must outlive every link made with these options and be destroyed only after every
+  // link was closed or its stream ended (NodeServer destroys it after its worker and service).
+  ThreadSet* threads = nullptr;
 };
 
 // Opens the gRPC push stream under a hand-off link: `on_response` gets every PushResponse,
@@ -132,14 +94,23 @@ struct HandoffOptions {
 using PushStreamFactory = std::function<std::shared_ptr<DownstreamLink>(
     const std::string& address,
     std::function<void(const v1::PushResponse&)> on_response,
-    std::function<void(grpc::Status)> on_failed)>;
+    std::function<void(absl::Status)> on_failed)>;
 
 // The DownstreamFactory the worker uses: every push stream is wrapped in a hand-off link that
-// offers the provider's transport (when there is one) and reports itself on the board.
+// offers the provider's transport (when there is one) and reports itself on the board (see
+// node/handoff_outbound.h).
 DownstreamFactory HandoffDownstreamFactory(HandoffOptions options, PushStreamFactory streams);
 
 // The next hop's side of one push stream, created when it accepts an offer: orders the stream's
 // messages, receives flagged payloads on the link and hands complete ops on.
+//
+// Replies and deliveries (the hooks) run on one thread at a time, the flusher, which holds
+// flush_mu_: the stream's reaction thread after a message, or the link's thread after a payload.
+// A hook may end the stream inline, and the stream's OnDone then calls Stop on the flusher itself:
+// that Stop only records the stop (waiting for flush_mu_ there would wait for itself), and the
+// flusher delivers nothing more once its hook returns. A Stop on any other thread waits for the
+// flusher, so no op reaches the worker after Stop returned. Likewise a Flush that a hook causes on
+// the flusher only asks the running one to go round again.
 class HandoffInbound : public std::enable_shared_from_this<HandoffInbound> {
  public:
   struct Hooks {
@@ -148,11 +119,11 @@ class HandoffInbound : public std::enable_shared_from_this<HandoffInbound> {
     // Sends a PushResponse to the previous hop.
     std::function<void(v1::PushResponse)> reply;
     // Ends the push stream (after `deliver` refused an op).
-    std::function<void(grpc::Status)> close;
+    std::function<void(absl::Status)> close;
   };
   // Accepts `offer` (already checked with CanAccept, its share of the budget taken): answers
-  // ACCEPTED through `hooks.reply` before any other reply, and connects in the background.
-  // `width`: floats per row.
+  // ACCEPTED through `hooks.reply` before any other reply, and connects in the background, on a
+  // thread of `options.threads`. `width`: floats per row.
   static std::shared_ptr<HandoffInbound> Start(
       const HandoffOptions& options, v1::HandoffOffer offer, int width, int max_rows, Hooks hooks);
   ~HandoffInbound();
@@ -169,28 +140,53 @@ class HandoffInbound : public std::enable_shared_from_this<HandoffInbound> {
     bool on_link = false;   // sent on the link: the receiver takes it in order
   };
   HandoffInbound(const HandoffOptions& options, int width, int max_rows, Hooks hooks);
+  // Queues the answer ACCEPTED, the first reply.
+  void QueueAccepted();
+  // The link's thread: connects, then receives linked payloads in order until the stream or the
+  // link ends.
   void Run(v1::HandoffOffer offer);
-  void TakeLateLocked(const v1::LatePayload& late);
-  void FailLocked(const std::string& reason, uint64_t op_seq);
+  // Joins the rendezvous and queues READY or FAILED. False when the stream stopped meanwhile;
+  // else `*transport` is the link to receive on (null when there is none).
+  bool Connect(const v1::HandoffOffer& offer, std::shared_ptr<HandoffTransport>* transport);
+  void Receive(HandoffTransport& transport);
+  // Queues a message's op behind the others; true when too many are held (the stream must end).
+  bool TakeOpLocked(v1::Op op, bool hidden_on_link) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TakeLateLocked(const v1::LatePayload& late) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The payload of linked op `seq` arrived in `values`.
+  void TakeReceivedLocked(uint64_t seq, const std::vector<float>& values)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FailLocked(const std::string& reason, uint64_t op_seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StopLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sends queued replies and delivers the complete ops at the head, in order.
   void Flush();
+  // One round of Flush's hooks, for what it took; false when the stream ended in it.
+  bool RunHooks(std::deque<v1::PushResponse>& replies, std::vector<v1::Op>& ops)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(flush_mu_);
+  // Whether a Stop on the flusher ended the stream (see the class comment).
+  bool StoppedInHook();
 
   const HandoffOptions options_;
   const int width_;
   const int max_rows_;
   const Hooks hooks_;
-  // Held while replying and delivering; taken before mu_. Recursive: a hook may end the stream
-  // inline, and its OnDone calls Stop on this thread.
-  std::recursive_mutex flush_mu_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Entry> entries_;                    // guarded by mu_
-  std::deque<v1::PushResponse> replies_;         // guarded by mu_
-  std::deque<uint64_t> to_receive_;              // op_seqs of linked payloads not yet received
-  bool ready_ = false;                           // guarded by mu_
-  bool failed_ = false;                          // guarded by mu_
-  bool stopped_ = false;                         // guarded by mu_
-  std::shared_ptr<HandoffTransport> transport_;  // guarded by mu_
+  // Held by the flusher while it replies and delivers (see the class comment).
+  absl::Mutex flush_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  absl::Mutex mu_;
+  absl::CondVar cv_;  // signalled when the link thread may have something to do
+  std::deque<Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::deque<v1::PushResponse> replies_ ABSL_GUARDED_BY(mu_);
+  // op_seqs of linked payloads not yet received, in link order.
+  std::deque<uint64_t> to_receive_ ABSL_GUARDED_BY(mu_);
+  bool ready_ ABSL_GUARDED_BY(mu_) = false;
+  bool failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<HandoffTransport> transport_ ABSL_GUARDED_BY(mu_);
+  // The thread running Flush's hooks; none outside them.
+  std::thread::id flusher_ ABSL_GUARDED_BY(mu_);
+  // A hook of the running Flush ended the stream (Stop on the flusher): it delivers nothing more.
+  bool stopped_in_hook_ ABSL_GUARDED_BY(mu_) = false;
+  // A hook caused a Flush on the flusher itself: the running one goes round once more instead.
+  bool flush_again_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace strata::node

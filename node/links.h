@@ -2,12 +2,11 @@
 // implement them in service.cc, tests implement them with fakes.
 #pragma once
 
-#include <grpcpp/grpcpp.h>
-
 #include <functional>
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "strata/v1/node.pb.h"
 
 namespace strata::node {
@@ -17,15 +16,16 @@ class ClientLink {
  public:
   virtual ~ClientLink() = default;
   virtual void Send(v1::SessionResponse msg) = 0;
-  // Ends the stream with `status` after queued messages.
-  virtual void Close(grpc::Status status) = 0;
+  // Ends the stream with `status` after queued messages (the same code and message on the wire).
+  virtual void Close(absl::Status status) = 0;
 };
 
 // A Push stream from the previous hop.
 class UpstreamLink {
  public:
   virtual ~UpstreamLink() = default;
-  virtual void Close(grpc::Status status) = 0;
+  // Ends the stream with `status` (the same code and message on the wire).
+  virtual void Close(absl::Status status) = 0;
 };
 
 // A Push stream this node opened to the next hop of a session.
@@ -40,6 +40,6 @@ class DownstreamLink {
 // Opens a Push stream to `address`. `on_failed` runs (on any thread) if the stream ends before
 // Close: with an error, or OK when the next hop ended its session.
 using DownstreamFactory = std::function<std::shared_ptr<DownstreamLink>(
-    const std::string& address, std::function<void(grpc::Status)> on_failed)>;
+    const std::string& address, std::function<void(absl::Status)> on_failed)>;
 
 }  // namespace strata::node

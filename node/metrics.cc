@@ -6,6 +6,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
+#include "common/grpc_util.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/text_serializer.h"
 #include "strata/v1/node.pb.h"
@@ -23,10 +24,10 @@ const prometheus::Histogram::BucketBoundaries& BatchBuckets() {
   return *buckets;
 }
 
-// google.rpc.Code names, for labels.
-std::string CodeName(int code) {
-  return code >= 0 && code <= 16 ? absl::StatusCodeToString(static_cast<absl::StatusCode>(code))
-                                 : std::to_string(code);
+// google.rpc.Code names, for labels (the number for a code outside them).
+std::string CodeName(absl::StatusCode status_code) {
+  const int code = static_cast<int>(status_code);
+  return code >= 0 && code <= 16 ? absl::StatusCodeToString(status_code) : std::to_string(code);
 }
 
 MetricFamily Single(const char* name,
@@ -54,11 +55,13 @@ class ErrorCountingInterceptor final : public grpc::experimental::Interceptor {
     using grpc::experimental::InterceptionHookPoints;
     if (session_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_MESSAGE)) {
       const auto* msg = static_cast<const v1::SessionResponse*>(methods->GetSendMessage());
-      if (msg != nullptr && msg->has_error()) metrics_->CountOpError(msg->error().code());
+      if (msg != nullptr && msg->has_error()) {
+        metrics_->CountOpError(static_cast<absl::StatusCode>(msg->error().code()));
+      }
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
-      const grpc::Status status = methods->GetSendStatus();
-      if (!status.ok()) metrics_->CountRpcError(method_, status.error_code());
+      const absl::Status status = FromGrpcStatus(methods->GetSendStatus());
+      if (!status.ok()) metrics_->CountRpcError(method_, status.code());
     }
     methods->Proceed();
   }
@@ -108,10 +111,9 @@ NodeMetrics::NodeMetrics(const WorkerStats* stats, std::function<NodeView()> vie
 
 NodeMetrics::~NodeMetrics() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);  // releasing it wakes the sampler
     stop_ = true;
   }
-  cv_.notify_all();
   if (sampler_.joinable()) sampler_.join();
 }
 
@@ -122,8 +124,8 @@ void NodeMetrics::Start() {
 void NodeMetrics::SampleLoop() {
   int64_t rows = stats_->total_rows.load();
   absl::Time rate_start = absl::Now();
-  std::unique_lock<std::mutex> lock(mu_);
-  while (!cv_.wait_for(lock, absl::ToChronoMilliseconds(kSamplePeriod), [this] { return stop_; })) {
+  absl::MutexLock lock(&mu_);
+  while (!mu_.AwaitWithTimeout(absl::Condition(&stop_), kSamplePeriod)) {
     const absl::Time now = absl::Now();
     if (now - rate_start >= absl::Seconds(1)) {
       const int64_t now_rows = stats_->total_rows.load();
@@ -138,9 +140,11 @@ void NodeMetrics::ObserveBatch(absl::Duration compute) {
   batch_seconds_.Observe(absl::ToDoubleSeconds(compute));
 }
 
-void NodeMetrics::CountOpError(int code) { op_errors_.Add({{"code", CodeName(code)}}).Increment(); }
+void NodeMetrics::CountOpError(absl::StatusCode code) {
+  op_errors_.Add({{"code", CodeName(code)}}).Increment();
+}
 
-void NodeMetrics::CountRpcError(const std::string& method, int code) {
+void NodeMetrics::CountRpcError(const std::string& method, absl::StatusCode code) {
   rpc_errors_.Add({{"method", method}, {"code", CodeName(code)}}).Increment();
 }
 

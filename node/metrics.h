@@ -25,13 +25,14 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "node/worker.h"
@@ -67,10 +68,10 @@ class NodeMetrics {
 
   // One batch's compute time; exact when the worker calls it (the sampler does otherwise).
   void ObserveBatch(absl::Duration compute);
-  // An OpError sent to a client (code: a google.rpc.Code value).
-  void CountOpError(int code);
-  // A call or stream of `method` ended with a non-OK status.
-  void CountRpcError(const std::string& method, int code);
+  // An OpError sent to a client with `code` (the code it carries, a google.rpc.Code value).
+  void CountOpError(absl::StatusCode code);
+  // A call or stream of `method` ended with a non-OK status of `code`.
+  void CountRpcError(const std::string& method, absl::StatusCode code);
 
   // The text exposition format (version 0.0.4).
   std::string Render();
@@ -93,9 +94,8 @@ class NodeMetrics {
   std::atomic<double> rows_per_s_{0};
 
   std::thread sampler_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;  // guarded by mu_
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace strata::node

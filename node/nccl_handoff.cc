@@ -2,7 +2,6 @@
 // one host, one GPU each, staged through a device buffer on each side (host rows -> device ->
 // ncclSend ... ncclRecv -> device -> host rows).
 #include <atomic>
-#include <mutex>
 
 #include "common/logging.h"
 #include "common/strings.h"

@@ -97,16 +97,16 @@ HandoffOptions MakeHandoff(const NodeOptions& options) {
 }
 
 absl::StatusOr<Backends> MakeBackends(const std::string& device,
-                                      std::shared_ptr<const model::Model> model, int threads) {
+                                      std::shared_ptr<const model::Model> model,
+                                      int threads) {
   if (device == "cpu") {
     auto pool = std::make_shared<ThreadPool>(threads > 0 ? threads : ThreadPool::DefaultThreads());
     Backends b;
-    b.make = [model, pool](int first, int last)
-        -> absl::StatusOr<std::unique_ptr<model::SpanBackend>> {
+    b.make = [model, pool](int first,
+                           int last) -> absl::StatusOr<std::unique_ptr<model::SpanBackend>> {
       auto span = model::LayerSpan::Load(model, first, last);
       if (!span.ok()) return span.status();
-      return std::unique_ptr<model::SpanBackend>(
-          new model::CpuSpanBackend(std::move(*span), pool));
+      return std::unique_ptr<model::SpanBackend>(new model::CpuSpanBackend(std::move(*span), pool));
     };
     b.kv_pool = [](size_t bytes) { return model::NewCpuKvPool(bytes); };
     b.description = StrCat("cpu/", kernels::ActiveIsa());
@@ -116,9 +116,10 @@ absl::StatusOr<Backends> MakeBackends(const std::string& device,
 #if defined(STRATA_CUDA)
     return MakeCudaBackends(device, std::move(model));
 #else
-    return absl::FailedPreconditionError(
-        StrCat("--device ", device, ": this build has no CUDA support (configure with "
-               "-DSTRATA_CUDA=ON)"));
+    return absl::FailedPreconditionError(StrCat("--device ",
+                                                device,
+                                                ": this build has no CUDA support (configure with "
+                                                "-DSTRATA_CUDA=ON)"));
 #endif
   }
   return absl::InvalidArgumentError(StrCat("bad device '", device, "' (cpu or cuda:N)"));
@@ -126,130 +127,167 @@ absl::StatusOr<Backends> MakeBackends(const std::string& device,
 
 absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(NodeOptions options) {
   auto node = std::unique_ptr<NodeServer>(new NodeServer());
+  RETURN_IF_ERROR(node->Open(std::move(options)));
+  node->MakeParts();
+  RETURN_IF_ERROR(node->Listen());
+  node->worker_->Start();
+  RETURN_IF_ERROR(node->StartHttp());
+  RETURN_IF_ERROR(node->Measure());
+  RETURN_IF_ERROR(node->JoinAndLoad());
+  return node;
+}
+
+absl::Status NodeServer::Open(NodeOptions options) {
   if (options.node_id.empty()) options.node_id = RandomId();
   if (!options.log) options.log = [](const std::string&) {};
   options.worker.node_id = options.node_id;
   options.worker.verify_threads = options.threads;
-  node->options_ = options;
-  node->movable_ = options.auto_span;
-  ASSIGN_OR_RETURN(node->model_, model::Model::Open(options.model_path));
-  const int n_layer = node->model_->hparams().n_layer;
-  if (!options.auto_span &&
-      (options.first_layer < 0 || options.last_layer > n_layer ||
-       options.first_layer >= options.last_layer)) {
-    return absl::InvalidArgumentError(StrCat("--layers ", options.first_layer, ":",
-                                             options.last_layer, " is not inside [0, ", n_layer,
+  options_ = std::move(options);
+  movable_ = options_.auto_span;
+  ASSIGN_OR_RETURN(model_, model::Model::Open(options_.model_path));
+  const int n_layer = model_->hparams().n_layer;
+  if (!options_.auto_span && (options_.first_layer < 0 || options_.last_layer > n_layer ||
+                              options_.first_layer >= options_.last_layer)) {
+    return absl::InvalidArgumentError(StrCat("--layers ",
+                                             options_.first_layer,
+                                             ":",
+                                             options_.last_layer,
+                                             " is not inside [0, ",
+                                             n_layer,
                                              ")"));
   }
-  if (options.auto_span && options.coordinators.empty()) {
+  if (options_.auto_span && options_.coordinators.empty()) {
     return absl::InvalidArgumentError("--layers auto needs a --coordinator to choose the span");
   }
+  ASSIGN_OR_RETURN(backends_, MakeBackends(options_.device, model_, options_.threads));
+  return absl::OkStatus();
+}
 
-  ASSIGN_OR_RETURN(node->backends_, MakeBackends(options.device, node->model_, options.threads));
-  if (!options.http.empty()) {
-    options.worker.on_batch = [n = node.get()](absl::Duration compute) {
-      if (n->metrics_) n->metrics_->ObserveBatch(compute);
+void NodeServer::MakeParts() {
+  WorkerOptions worker = options_.worker;
+  if (!options_.http.empty()) {
+    worker.on_batch = [this](absl::Duration compute) {
+      if (metrics_) metrics_->ObserveBatch(compute);
     };
   }
-  HandoffOptions handoff = MakeHandoff(options);
-  handoff.board = node->links_;
-  node->handoff_budget_ = handoff.budget;
-  node->worker_ = std::make_unique<Worker>(node->model_, options.worker,
-                                           GrpcDownstreamFactory(handoff),
-                                           node->backends_.make,
-                                           node->backends_.kv_pool(options.worker.kv_bytes));
-  if (!options.http.empty()) {
-    node->metrics_ = std::make_unique<NodeMetrics>(&node->worker_->stats(), [n = node.get()] {
-      NodeView v;
-      v.node_id = n->options_.node_id;
-      v.model_id = n->model_->id();
-      v.backend = n->backends_.description;
-      v.version = kVersion;
-      const int state = n->state_.load();
-      v.state = state == v1::NODE_STATE_ONLINE     ? "online"
-                : state == v1::NODE_STATE_DRAINING ? "draining"
-                                                   : "joining";
-      v.first_layer = n->worker_->first_layer();
-      v.last_layer = n->worker_->last_layer();
-      v.layer_ms = n->throughput_.layer_ms;
-      v.batched_layer_ms = n->throughput_.batched_layer_ms;
-      return v;
-    });
+  HandoffOptions handoff = MakeHandoff(options_);
+  handoff.board = links_;
+  handoff.threads = &handoff_threads_;
+  handoff_budget_ = handoff.budget;
+  worker_ = std::make_unique<Worker>(model_,
+                                     worker,
+                                     GrpcDownstreamFactory(handoff),
+                                     backends_.make,
+                                     backends_.kv_pool(options_.worker.kv_bytes));
+  if (!options_.http.empty()) {
+    metrics_ = std::make_unique<NodeMetrics>(&worker_->stats(), [this] { return View(); });
   }
-  node->service_ = std::make_unique<NodeService>(
-      node->worker_.get(), [n = node.get()](v1::NodeInfo* info) { n->FillInfo(info); },
-      handoff);
+  service_ = std::make_unique<NodeService>(
+      worker_.get(), [this](v1::NodeInfo* info) { FillInfo(info); }, handoff);
+}
+
+absl::Status NodeServer::Listen() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
-  builder.RegisterService(node->service_.get());
-  if (node->metrics_) {
+  builder.RegisterService(service_.get());
+  if (metrics_) {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> icpt;
-    icpt.push_back(NodeMetrics::InterceptorFactory(node->metrics_.get()));
+    icpt.push_back(NodeMetrics::InterceptorFactory(metrics_.get()));
     builder.experimental().SetInterceptorCreators(std::move(icpt));
   }
-  node->server_ = builder.BuildAndStart();
-  if (!node->server_ || port == 0) {
-    return absl::UnavailableError(StrCat("cannot listen on ", options.listen,
-                                         " (bad address or port in use)"));
+  server_ = builder.BuildAndStart();
+  if (!server_ || port == 0) {
+    return absl::UnavailableError(
+        StrCat("cannot listen on ", options_.listen, " (bad address or port in use)"));
   }
-  const std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  node->address_ = Dialable(StrCat(host, ":", port));
-  if (node->options_.advertise.empty()) node->options_.advertise = node->address_;
-  node->worker_->Start();
-  if (node->metrics_) {
-    node->metrics_->Start();
-    ASSIGN_OR_RETURN(node->http_,
-                     NodeHttpServer::Start(options.http,
-                                           {[n = node.get()] { return n->metrics_->Render(); },
-                                            [n = node.get()] {
-                                              const int s = n->state_.load();
-                                              return std::string(
-                                                  s == v1::NODE_STATE_ONLINE     ? "online"
-                                                  : s == v1::NODE_STATE_DRAINING ? "draining"
-                                                                                 : "joining");
-                                            }}));
-    options.log(StrCat("metrics at http://", node->http_->address(), "/metrics"));
-  }
+  const std::string host = options_.listen.substr(0, options_.listen.rfind(':'));
+  address_ = Dialable(StrCat(host, ":", port));
+  if (options_.advertise.empty()) options_.advertise = address_;
+  return absl::OkStatus();
+}
 
+absl::Status NodeServer::StartHttp() {
+  if (!metrics_) return absl::OkStatus();
+  metrics_->Start();
+  ASSIGN_OR_RETURN(
+      http_,
+      NodeHttpServer::Start(
+          options_.http, {[this] { return metrics_->Render(); }, [this] { return StateName(); }}));
+  options_.log(StrCat("metrics at http://", http_->address(), "/metrics"));
+  return absl::OkStatus();
+}
+
+absl::Status NodeServer::Measure() {
   {
-    ASSIGN_OR_RETURN(auto probe, node->backends_.make(0, 1));
-    auto probe_pool = node->backends_.kv_pool(size_t{64} << 20);
-    node->throughput_ =
-        MeasureThroughput(*probe, *probe_pool, node->model_->hparams().n_embd);
+    ASSIGN_OR_RETURN(auto probe, backends_.make(0, 1));
+    auto probe_pool = backends_.kv_pool(size_t{64} << 20);
+    throughput_ = MeasureThroughput(*probe, *probe_pool, model_->hparams().n_embd);
   }
-  options.log(absl::StrFormat("measured %.3f ms per layer per token (%.3f batched)",
-                              node->throughput_.layer_ms, node->throughput_.batched_layer_ms));
-  for (const std::string& c : options.coordinators) {
-    node->coordinators_.push_back(
+  options_.log(absl::StrFormat("measured %.3f ms per layer per token (%.3f batched)",
+                               throughput_.layer_ms,
+                               throughput_.batched_layer_ms));
+  return absl::OkStatus();
+}
+
+absl::Status NodeServer::JoinAndLoad() {
+  for (const std::string& c : options_.coordinators) {
+    coordinators_.push_back(
         {c, v1::Coordinator::NewStub(transport::ChannelCache::Default().Get(c)), false});
   }
-  int first = options.first_layer, last = options.last_layer;
-  if (!node->coordinators_.empty()) {
-    RETURN_IF_ERROR(node->Join());
-    first = node->options_.first_layer;
-    last = node->options_.last_layer;
-  }
+  // Join() replaces the span with the one the coordinator chose.
+  if (!coordinators_.empty()) RETURN_IF_ERROR(Join());
+  const int first = options_.first_layer, last = options_.last_layer;
   // Load the span: fault in its weights with progress.
-  ASSIGN_OR_RETURN(auto span, model::LayerSpan::Load(node->model_, first, last));
+  ASSIGN_OR_RETURN(auto span, model::LayerSpan::Load(model_, first, last));
   std::vector<kernels::Tensor> weights = span->tensors();
   uint64_t last_report = 0;
   model::TouchPages(weights, [&](uint64_t done, uint64_t total) {
     if (done == total || done - last_report > total / 4) {
       last_report = done;
-      options.log(absl::StrFormat("loading layers %d-%d: %d%%", first, last - 1,
-                                  static_cast<int>(total ? done * 100 / total : 100)));
+      options_.log(absl::StrFormat("loading layers %d-%d: %d%%",
+                                   first,
+                                   last - 1,
+                                   static_cast<int>(total ? done * 100 / total : 100)));
     }
   });
-  node->worker_->SetSpan(first, last);
-  node->state_ = v1::NODE_STATE_ONLINE;
-  if (!node->coordinators_.empty()) {
-    node->heartbeat_thread_ = std::thread([n = node.get()] { n->HeartbeatLoop(); });
+  worker_->SetSpan(first, last);
+  state_ = v1::NODE_STATE_ONLINE;
+  if (!coordinators_.empty()) {
+    heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
   }
-  return node;
+  return absl::OkStatus();
+}
+
+std::string NodeServer::StateName() const {
+  const int state = state_.load();
+  return state == v1::NODE_STATE_ONLINE     ? "online"
+         : state == v1::NODE_STATE_DRAINING ? "draining"
+                                            : "joining";
+}
+
+NodeView NodeServer::View() const {
+  NodeView v;
+  v.node_id = options_.node_id;
+  v.model_id = model_->id();
+  v.backend = backends_.description;
+  v.version = kVersion;
+  v.state = StateName();
+  v.first_layer = worker_->first_layer();
+  v.last_layer = worker_->last_layer();
+  v.layer_ms = throughput_.layer_ms;
+  v.batched_layer_ms = throughput_.batched_layer_ms;
+  return v;
+}
+
+void NodeServer::SleepUnlessStopping(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::MutexLock lock(&stop_mu_);
+  while (!stopping_.load() && !stop_cv_.WaitWithDeadline(&stop_mu_, deadline)) {
+  }
 }
 
 NodeServer::~NodeServer() { Shutdown(); }
@@ -258,9 +296,9 @@ void NodeServer::Drain(absl::Duration timeout) {
   state_ = v1::NODE_STATE_DRAINING;
   worker_->SetDraining(true, /*notify=*/true, "the node is leaving the swarm");
   const absl::Time deadline = absl::Now() + timeout;
-  std::unique_lock<std::mutex> lock(stop_mu_);
+  absl::MutexLock lock(&stop_mu_);
   while (worker_->stats().active_sessions.load() > 0 && absl::Now() < deadline) {
-    stop_cv_.wait_for(lock, std::chrono::milliseconds(50));
+    stop_cv_.WaitWithTimeout(&stop_mu_, absl::Milliseconds(50));
   }
 }
 
@@ -300,9 +338,9 @@ absl::Status NodeServer::Join() {
         last_error = FromGrpcStatus(st);
         if (st.error_code() != grpc::StatusCode::UNAVAILABLE &&
             st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
-          return absl::Status(last_error.code(),
-                              StrCat("coordinator ", c.address, " refused the join: ",
-                                     st.error_message()));
+          return absl::Status(
+              last_error.code(),
+              StrCat("coordinator ", c.address, " refused the join: ", st.error_message()));
         }
         continue;
       }
@@ -315,15 +353,16 @@ absl::Status NodeServer::Join() {
         if (resp.heartbeat_interval_ms() > 0) {
           heartbeat_interval_ = absl::Milliseconds(resp.heartbeat_interval_ms());
         }
-        options_.log(absl::StrFormat("joined %s as %s: layers %d-%d", c.address,
-                                     options_.node_id, resp.first_layer(),
+        options_.log(absl::StrFormat("joined %s as %s: layers %d-%d",
+                                     c.address,
+                                     options_.node_id,
+                                     resp.first_layer(),
                                      resp.last_layer() - 1));
       }
     }
     if (!joined) {
       options_.log(StrCat("waiting for a coordinator: ", last_error.message()));
-      std::unique_lock<std::mutex> lock(stop_mu_);
-      stop_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stopping_.load(); });
+      SleepUnlessStopping(absl::Seconds(1));
     }
   }
   if (!joined) return last_error;
@@ -333,8 +372,8 @@ absl::Status NodeServer::Join() {
 void NodeServer::MoveTo(int first, int last) {
   const int old_first = worker_->first_layer(), old_last = worker_->last_layer();
   if (first == old_first && last == old_last) return;
-  options_.log(absl::StrFormat("moving from layers %d-%d to %d-%d", old_first, old_last - 1,
-                               first, last - 1));
+  options_.log(absl::StrFormat(
+      "moving from layers %d-%d to %d-%d", old_first, old_last - 1, first, last - 1));
   if (first > old_first || last < old_last) {
     // Some layers go away: let the sessions move elsewhere first (they replay there).
     Drain(absl::Seconds(30));
@@ -348,19 +387,15 @@ void NodeServer::MoveTo(int first, int last) {
   }
   worker_->SetDraining(false);
   if (!stopping_) state_ = v1::NODE_STATE_ONLINE;
-  options_.log(absl::StrFormat("now serving layers %d-%d", worker_->first_layer(),
-                               worker_->last_layer() - 1));
+  options_.log(absl::StrFormat(
+      "now serving layers %d-%d", worker_->first_layer(), worker_->last_layer() - 1));
 }
 
 void NodeServer::HeartbeatLoop() {
   int64_t last_rows = stats().total_rows.load();
   absl::Time last_time = absl::Now();
   while (!stopping_) {
-    {
-      std::unique_lock<std::mutex> lock(stop_mu_);
-      stop_cv_.wait_for(lock, absl::ToChronoMilliseconds(heartbeat_interval_),
-                        [&] { return stopping_.load(); });
-    }
+    SleepUnlessStopping(heartbeat_interval_);
     if (stopping_) break;
     const WorkerStats& s = stats();
     const absl::Time now = absl::Now();
@@ -394,11 +429,11 @@ void NodeServer::HeartbeatLoop() {
       if (st.ok()) c.known = resp.known();
       if (st.ok() && resp.move() && movable_ && !moving_.exchange(true)) {
         if (move_thread_.joinable()) move_thread_.join();
-        move_thread_ = std::thread([this, first = resp.move_first_layer(),
-                                    last = resp.move_last_layer()] {
-          MoveTo(first, last);
-          moving_ = false;
-        });
+        move_thread_ =
+            std::thread([this, first = resp.move_first_layer(), last = resp.move_last_layer()] {
+              MoveTo(first, last);
+              moving_ = false;
+            });
       }
     }
   }
@@ -424,7 +459,7 @@ void NodeServer::FillInfo(v1::NodeInfo* info) const {
 void NodeServer::Shutdown() {
   if (shut_down_.exchange(true)) return;
   stopping_ = true;
-  stop_cv_.notify_all();
+  stop_cv_.SignalAll();
   if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
   if (move_thread_.joinable()) move_thread_.join();
   for (CoordinatorLink& c : coordinators_) {

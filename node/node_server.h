@@ -12,10 +12,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "model/llama.h"
 #include "node/http_status.h"
 #include "node/metrics.h"
 #include "node/service.h"
+#include "node/thread_set.h"
 #include "node/worker.h"
 #include "strata/v1/coordinator.grpc.pb.h"
 
@@ -25,14 +27,14 @@ struct NodeOptions {
   std::string model_path;
   std::vector<std::string> coordinators;  // host:port of every coordinator (may be empty)
   std::string listen = "127.0.0.1:0";
-  std::string advertise;    // address announced to coordinators; default: the bound address
-  bool auto_span = true;    // let the coordinator choose the span
-  int first_layer = 0;      // with auto_span = false
+  std::string advertise;  // address announced to coordinators; default: the bound address
+  bool auto_span = true;  // let the coordinator choose the span
+  int first_layer = 0;    // with auto_span = false
   int last_layer = 0;
-  int max_layers = 0;       // most layers to hold with auto_span (0: all)
-  std::string node_id;      // default: random
+  int max_layers = 0;          // most layers to hold with auto_span (0: all)
+  std::string node_id;         // default: random
   std::string device = "cpu";  // "cpu" or "cuda:N" (builds with STRATA_CUDA)
-  int threads = 0;          // CPU compute threads (0: all CPUs)
+  int threads = 0;             // CPU compute threads (0: all CPUs)
   WorkerOptions worker;
   // Hidden states to and from co-located CUDA nodes over NCCL (negotiated per push stream,
   // gRPC otherwise). False: gRPC only (`strata node --no-nccl`).
@@ -60,7 +62,8 @@ struct Backends {
   std::string description;
 };
 absl::StatusOr<Backends> MakeBackends(const std::string& device,
-                                      std::shared_ptr<const model::Model> model, int threads);
+                                      std::shared_ptr<const model::Model> model,
+                                      int threads);
 
 // The hand-off a node with `options` offers and accepts: NCCL on a CUDA device (builds with
 // STRATA_CUDA, unless options.nccl is false), the injected provider, or none with the reason.
@@ -99,6 +102,26 @@ class NodeServer {
 
  private:
   NodeServer() = default;
+
+  // Start's steps, in order. Open takes `options` (with defaults filled in), opens the model and
+  // makes the backends.
+  absl::Status Open(NodeOptions options);
+  // Makes the worker, the metrics (with an HTTP address) and the service.
+  void MakeParts();
+  // Binds the gRPC server and starts serving.
+  absl::Status Listen();
+  // Starts the metrics sampler and the HTTP listener (with an HTTP address).
+  absl::Status StartHttp();
+  // Measures this machine's speed on one layer.
+  absl::Status Measure();
+  // Joins the coordinators (when there are any), loads the span and goes online.
+  absl::Status JoinAndLoad();
+
+  // "joining", "online" or "draining".
+  std::string StateName() const;
+  NodeView View() const;
+  // Waits until `timeout` passed or Shutdown began.
+  void SleepUnlessStopping(absl::Duration timeout);
   absl::Status Join();
   void HeartbeatLoop();
   // Switches to layers [first, last) without a restart (ordered by a coordinator).
@@ -111,6 +134,10 @@ class NodeServer {
   Backends backends_;
   std::shared_ptr<LinkBoard> links_ = std::make_shared<LinkBoard>();
   std::shared_ptr<LinkBudget> handoff_budget_;
+  // The hand-off links' threads, in and out. Destroyed after the worker (which closes every
+  // outgoing link) and the server and service (which end every push stream), so that each of its
+  // threads has been told to end by then.
+  ThreadSet handoff_threads_;
   std::unique_ptr<Worker> worker_;
   std::unique_ptr<NodeMetrics> metrics_;  // with NodeOptions::http; outlives server_
   std::unique_ptr<NodeService> service_;
@@ -126,11 +153,13 @@ class NodeServer {
   absl::Duration heartbeat_interval_ = absl::Seconds(1);
   std::atomic<int> state_{v1::NODE_STATE_JOINING};
   std::atomic<bool> stopping_{false};
-  std::mutex stop_mu_;
-  std::condition_variable stop_cv_;
+  // With stop_cv_, wakes the waits of Drain, Join and the heartbeats when Shutdown begins (it
+  // guards nothing: stopping_ is atomic).
+  absl::Mutex stop_mu_;
+  absl::CondVar stop_cv_;
   std::thread heartbeat_thread_;
   std::thread move_thread_;
-  bool movable_ = false;          // started with --layers auto
+  bool movable_ = false;  // started with --layers auto
   std::atomic<bool> moving_{false};
   std::atomic<bool> shut_down_{false};
   std::unique_ptr<NodeHttpServer> http_;  // with NodeOptions::http
@@ -138,7 +167,5 @@ class NodeServer {
 
 // Measures one layer on `backend` (a one-layer span), with KV from `pool`.
 Throughput MeasureThroughput(model::SpanBackend& backend, model::KvPool& pool, int n_embd);
-
-
 
 }  // namespace strata::node

@@ -1,6 +1,8 @@
 #include "node/service.h"
 
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/grpc_util.h"
 #include "common/logging.h"
 #include "common/strings.h"
 #include "node/streams.h"
@@ -9,11 +11,13 @@
 namespace strata::node {
 namespace {
 
-const grpc::Status kOverloaded(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                               "node overloaded: its work queue is full");
+absl::Status Overloaded() {
+  return absl::ResourceExhaustedError("node overloaded: its work queue is full");
+}
 
 // The server side of a client's Session stream.
-class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+class SessionReactor final
+    : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
  public:
   explicit SessionReactor(Worker* worker) : worker_(worker) {
     link_ = std::make_shared<Link>(this);
@@ -23,39 +27,37 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the client half-closed, went away, or sent bytes that do not parse
       if (opened_) {
-        if (!worker_->PostClientGone(session_id_)) link_->Close(kOverloaded);
+        if (!worker_->PostClientGone(session_id_)) link_->Close(Overloaded());
       } else {
-        link_->Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                  "the stream ended before a valid `open` message"));
+        link_->Close(absl::InvalidArgumentError("the stream ended before a valid `open` message"));
       }
       return;
     }
     if (!opened_) {
       if (!request_.has_open()) {
-        link_->Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                  "the first message of a session must be `open`"));
+        link_->Close(absl::InvalidArgumentError("the first message of a session must be `open`"));
         return;
       }
       opened_ = true;
       session_id_ = request_.open().session_id();
       if (!worker_->PostOpen(link_, std::move(*request_.mutable_open()))) {
-        link_->Close(kOverloaded);
+        link_->Close(Overloaded());
         return;
       }
     } else if (request_.has_op()) {
       if (!worker_->PostClientOp(session_id_, std::move(*request_.mutable_op()))) {
-        link_->Close(kOverloaded);
+        link_->Close(Overloaded());
         return;
       }
     } else if (request_.has_cancel()) {
       for (uint64_t seq : request_.cancel().op_seqs()) worker_->Cancel(session_id_, seq);
     } else if (request_.has_state()) {
       if (!worker_->PostStateRequest(session_id_)) {
-        link_->Close(kOverloaded);
+        link_->Close(Overloaded());
         return;
       }
     } else {
-      link_->Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the session is already open"));
+      link_->Close(absl::InvalidArgumentError("the session is already open"));
       return;
     }
     request_.Clear();
@@ -75,7 +77,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
         : outbox([r](const v1::SessionResponse* m) { r->StartWrite(m); },
                  [r](grpc::Status s) { r->Finish(std::move(s)); }) {}
     void Send(v1::SessionResponse msg) override { outbox.Send(std::move(msg)); }
-    void Close(grpc::Status status) override { outbox.Close(std::move(status)); }
+    void Close(absl::Status status) override { outbox.Close(ToGrpcStatus(status)); }
     Outbox<v1::SessionResponse> outbox;
   };
 
@@ -103,10 +105,10 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
   void OnReadDone(bool ok) override {
     if (!ok) {
       if (!started_) {
-        link_->Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                  "the push stream ended before a valid first message"));
+        link_->Close(
+            absl::InvalidArgumentError("the push stream ended before a valid first message"));
       } else if (!worker_->PostPushGone(session_id_, link_)) {
-        link_->Close(kOverloaded);
+        link_->Close(Overloaded());
       }
       return;
     }
@@ -114,17 +116,16 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
       started_ = true;
       session_id_ = request_.session_id();
       if (session_id_.empty()) {
-        link_->Close(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                  "the first push message must name the session"));
+        link_->Close(absl::InvalidArgumentError("the first push message must name the session"));
         return;
       }
       if (!worker_->PostPushOpen(link_, session_id_, request_.token())) {
-        link_->Close(kOverloaded);
+        link_->Close(Overloaded());
         return;
       }
     }
     if (request_.has_handoff_offer() && !PostOffer(std::move(*request_.mutable_handoff_offer()))) {
-      link_->Close(kOverloaded);
+      link_->Close(Overloaded());
       return;
     }
     if (std::shared_ptr<HandoffInbound> inbound = link_->Inbound()) {
@@ -132,7 +133,7 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
       inbound->Push(std::move(request_));
     } else if (request_.has_op() &&
                !worker_->PostPushOp(session_id_, link_.get(), std::move(*request_.mutable_op()))) {
-      link_->Close(kOverloaded);
+      link_->Close(Overloaded());
       return;
     }
     request_.Clear();
@@ -155,24 +156,24 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
     explicit Link(PushReactor* r)
         : outbox([r](const v1::PushResponse* m) { r->StartWrite(m); },
                  [r](grpc::Status s) { r->Finish(std::move(s)); }) {}
-    void Close(grpc::Status status) override { outbox.Close(std::move(status)); }
+    void Close(absl::Status status) override { outbox.Close(ToGrpcStatus(status)); }
 
     std::shared_ptr<HandoffInbound> Inbound() {
-      std::lock_guard<std::mutex> lock(mu);
+      absl::MutexLock lock(&mu);
       return inbound;
     }
     // The stream is done: no offer is taken any more; returns the inbound side to stop.
     std::shared_ptr<HandoffInbound> End() {
-      std::lock_guard<std::mutex> lock(mu);
+      absl::MutexLock lock(&mu);
       ended = true;
       return std::move(inbound);
     }
 
     Outbox<v1::PushResponse> outbox;
     // Never held while sending or closing: a stream reaction may run inline and take it.
-    std::mutex mu;
-    std::shared_ptr<HandoffInbound> inbound;  // guarded by mu; after an accepted offer
-    bool ended = false;                       // guarded by mu; OnDone ran
+    absl::Mutex mu;
+    std::shared_ptr<HandoffInbound> inbound ABSL_GUARDED_BY(mu);  // after an accepted offer
+    bool ended ABSL_GUARDED_BY(mu) = false;                       // OnDone ran
   };
 
   // What answering an offer needs, kept alive by the worker's event (the reactor may be gone).
@@ -215,18 +216,19 @@ class PushReactor final : public grpc::ServerBidiReactor<v1::PushRequest, v1::Pu
       return worker->PostPushOp(id, link.get(), std::move(op));
     };
     hooks.reply = [link = c.link](v1::PushResponse r) { link->outbox.Send(std::move(r)); };
-    hooks.close = [link = c.link](grpc::Status status) { link->Close(std::move(status)); };
+    hooks.close = [link = c.link](absl::Status status) { link->Close(std::move(status)); };
     {
       // Set under the lock, so that the reactor hands every message after the answer to it.
-      std::lock_guard<std::mutex> lock(c.link->mu);
-      if (c.link->ended) return;  // nobody left to answer; nothing taken
+      Link& link = *c.link;
+      absl::MutexLock lock(&link.mu);
+      if (link.ended) return;  // nobody left to answer; nothing taken
       if (c.handoff->budget->TryTake()) {
         // Answers ACCEPTED itself (on its thread), before READY or FAILED.
-        c.link->inbound = HandoffInbound::Start(*c.handoff,
-                                                offer,
-                                                c.worker->hidden_size(),
-                                                c.worker->options().max_rows_per_op,
-                                                std::move(hooks));
+        link.inbound = HandoffInbound::Start(*c.handoff,
+                                             offer,
+                                             c.worker->hidden_size(),
+                                             c.worker->options().max_rows_per_op,
+                                             std::move(hooks));
         return;
       }
     }
@@ -253,7 +255,7 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
                                public std::enable_shared_from_this<DownstreamStream> {
  public:
   DownstreamStream(std::function<void(const v1::PushResponse&)> on_response,
-                   std::function<void(grpc::Status)> on_failed)
+                   std::function<void(absl::Status)> on_failed)
       : on_response_(std::move(on_response)),
         on_failed_(std::move(on_failed)),
         outbox_([this](const v1::PushRequest* m) { StartWrite(m); },
@@ -296,7 +298,7 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
     outbox_.Gone();
     // OK: the next hop ended its session (its client closed it, as every hop is told at once
     // when a chain closes), which is no failure of the link.
-    if (!closed_ && on_failed_) on_failed_(status);
+    if (!closed_ && on_failed_) on_failed_(FromGrpcStatus(status));
     self_.reset();  // may destroy this
   }
 
@@ -306,7 +308,7 @@ class DownstreamStream final : public grpc::ClientBidiReactor<v1::PushRequest, v
   }
 
   std::function<void(const v1::PushResponse&)> on_response_;
-  std::function<void(grpc::Status)> on_failed_;
+  std::function<void(absl::Status)> on_failed_;
   Outbox<v1::PushRequest> outbox_;
   std::unique_ptr<v1::Node::Stub> stub_;
   grpc::ClientContext context_;
@@ -334,7 +336,8 @@ grpc::ServerBidiReactor<v1::PushRequest, v1::PushResponse>* NodeService::Push(
 }
 
 grpc::ServerUnaryReactor* NodeService::Info(grpc::CallbackServerContext* context,
-                                            const v1::InfoRequest*, v1::NodeInfo* response) {
+                                            const v1::InfoRequest*,
+                                            v1::NodeInfo* response) {
   info_(response);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
@@ -342,16 +345,15 @@ grpc::ServerUnaryReactor* NodeService::Info(grpc::CallbackServerContext* context
 }
 
 DownstreamFactory GrpcDownstreamFactory(HandoffOptions handoff) {
-  return HandoffDownstreamFactory(
-      std::move(handoff),
-      [](const std::string& address,
-         std::function<void(const v1::PushResponse&)> on_response,
-         std::function<void(grpc::Status)> on_failed) {
-        auto stream =
-            std::make_shared<DownstreamStream>(std::move(on_response), std::move(on_failed));
-        stream->Start(transport::ChannelCache::Default().Get(address));
-        return std::shared_ptr<DownstreamLink>(stream);
-      });
+  return HandoffDownstreamFactory(std::move(handoff),
+                                  [](const std::string& address,
+                                     std::function<void(const v1::PushResponse&)> on_response,
+                                     std::function<void(absl::Status)> on_failed) {
+                                    auto stream = std::make_shared<DownstreamStream>(
+                                        std::move(on_response), std::move(on_failed));
+                                    stream->Start(transport::ChannelCache::Default().Get(address));
+                                    return std::shared_ptr<DownstreamLink>(stream);
+                                  });
 }
 
 }  // namespace strata::node

@@ -7,12 +7,13 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace strata::node {
 
@@ -27,7 +28,7 @@ class Outbox {
   // Queues a message (dropped when the stream is finishing or gone).
   void Send(Msg msg) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (closing_ || gone_) return;
       queue_.push_back(std::move(msg));
       if (writing_) return;
@@ -36,14 +37,14 @@ class Outbox {
       queue_.pop_front();
       ++starting_;
     }
-    Nested([&] { start_write_(&current_); });
+    Nested([&] { start_write_(CurrentForWrite()); });
     EndStart();
   }
 
   // Ends the stream with `status` once queued messages are written.
   void Close(grpc::Status status) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (closing_ || gone_) return;
       closing_ = true;
       status_ = std::move(status);
@@ -51,7 +52,7 @@ class Outbox {
       finished_ = true;
       ++starting_;
     }
-    Nested([&] { finish_(status_); });
+    Nested([&] { finish_(FinalStatus()); });
     EndStart();
   }
 
@@ -59,7 +60,7 @@ class Outbox {
   void WriteDone(bool ok) {
     bool start = false, finish = false;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (!ok) queue_.clear();
       if (!queue_.empty() && !gone_) {
         current_ = std::move(queue_.front());
@@ -71,24 +72,25 @@ class Outbox {
       }
       if (start || finish) ++starting_;
     }
-    if (start) Nested([&] { start_write_(&current_); });
-    if (finish) Nested([&] { finish_(status_); });
+    if (start) Nested([&] { start_write_(CurrentForWrite()); });
+    if (finish) Nested([&] { finish_(FinalStatus()); });
     if (start || finish) EndStart();
   }
 
   // Called by the reactor from OnDone: waits for any write being started on another thread, and
   // turns every later call into a no-op, so nothing touches the reactor afterwards.
   void Gone() {
-    std::unique_lock<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     gone_ = true;
     queue_.clear();
     // A reaction run inline from inside our own start call must not wait for itself.
     const int own = InsideStart() ? 1 : 0;
-    idle_.wait(lock, [&] { return starting_ <= own; });
+    auto idle = [this, own]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return starting_ <= own; };
+    mu_.Await(absl::Condition(&idle));
   }
 
   bool closed() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     return closing_ || gone_;
   }
 
@@ -108,21 +110,28 @@ class Outbox {
     inside = was;
   }
 
+  // The message being written. Read without the lock: only one write is in flight, and
+  // current_ changes only once it completed (WriteDone), so it stays put until then.
+  const Msg* CurrentForWrite() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return &current_; }
+  // The status to finish with. Read without the lock: it is set once, with closing_, before the
+  // one finish_ call is started, and never changes afterwards.
+  const grpc::Status& FinalStatus() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return status_; }
+
   void EndStart() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (--starting_ == 0) idle_.notify_all();
+    absl::MutexLock lock(&mu_);  // releasing it wakes Gone's wait
+    --starting_;
   }
 
-  mutable std::mutex mu_;
-  std::condition_variable idle_;
-  int starting_ = 0;  // start_write_/finish_ calls in progress outside the lock
-  std::deque<Msg> queue_;
-  Msg current_;
-  bool writing_ = false;
-  bool closing_ = false;
-  bool finished_ = false;
-  bool gone_ = false;
-  grpc::Status status_;
+  mutable absl::Mutex mu_;
+  int starting_ ABSL_GUARDED_BY(mu_) =
+      0;  // start_write_/finish_ calls in progress outside the lock
+  std::deque<Msg> queue_ ABSL_GUARDED_BY(mu_);
+  Msg current_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool gone_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace strata::node

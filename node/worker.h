@@ -5,17 +5,20 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <variant>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "common/thread_pool.h"
@@ -30,11 +33,11 @@ namespace strata::node {
 
 struct WorkerOptions {
   std::string node_id;
-  size_t kv_bytes = size_t{1} << 30;         // KV memory cap for all sessions
+  size_t kv_bytes = size_t{1} << 30;  // KV memory cap for all sessions
   int max_sessions = 64;
-  int max_batch_rows = 512;                  // rows of one batched pass (a larger op runs alone)
+  int max_batch_rows = 512;  // rows of one batched pass (a larger op runs alone)
   int max_rows_per_op = 8192;
-  size_t max_queue = 4096;                   // events waiting for the worker
+  size_t max_queue = 4096;  // events waiting for the worker
   absl::Duration idle_timeout = absl::Minutes(10);
   // How long a push stream from the previous hop may wait for its session's open: a client sends
   // its first op without waiting for the opens, so the previous hop can be ahead of it.
@@ -72,8 +75,9 @@ class CancelBoard {
   void Drop(const std::string& session);
 
  private:
-  std::mutex mu_;
-  std::map<std::string, std::map<uint64_t, std::shared_ptr<std::atomic<bool>>>> flags_;
+  absl::Mutex mu_;
+  std::map<std::string, std::map<uint64_t, std::shared_ptr<std::atomic<bool>>>> flags_
+      ABSL_GUARDED_BY(mu_);
 };
 
 // Makes the backend that runs layers [first, last) (a session may use part of the node's span).
@@ -83,8 +87,10 @@ using BackendFactory =
 class Worker {
  public:
   // `kv_pool` holds every session's KV and must suit the backends `backends` makes.
-  Worker(std::shared_ptr<const model::Model> model, WorkerOptions options,
-         DownstreamFactory downstream, BackendFactory backends,
+  Worker(std::shared_ptr<const model::Model> model,
+         WorkerOptions options,
+         DownstreamFactory downstream,
+         BackendFactory backends,
          std::unique_ptr<model::KvPool> kv_pool);
   ~Worker();
 
@@ -97,7 +103,8 @@ class Worker {
   bool PostOpen(std::shared_ptr<ClientLink> client, v1::OpenSession open);
   bool PostClientOp(const std::string& session_id, v1::Op op);
   bool PostClientGone(const std::string& session_id);
-  bool PostPushOpen(std::shared_ptr<UpstreamLink> upstream, std::string session_id,
+  bool PostPushOpen(std::shared_ptr<UpstreamLink> upstream,
+                    std::string session_id,
                     std::string token);
   bool PostPushOp(const std::string& session_id, const UpstreamLink* upstream, v1::Op op);
   // The previous hop offers a hand-off link on its push stream (posted after its PostPushOpen).
@@ -155,7 +162,7 @@ class Worker {
   struct DownstreamFailedEvent {
     std::string session_id;
     uint64_t generation;  // of the session's downstream link that failed
-    grpc::Status status;
+    absl::Status status;
   };
   struct PushOfferEvent {
     std::string session_id;
@@ -172,8 +179,15 @@ class Worker {
   struct StateEvent {
     std::string session_id;
   };
-  using Event = std::variant<OpenEvent, OpEvent, ClientGoneEvent, PushOpenEvent, PushOfferEvent,
-                             DownstreamFailedEvent, PushGoneEvent, DrainEvent, StateEvent>;
+  using Event = std::variant<OpenEvent,
+                             OpEvent,
+                             ClientGoneEvent,
+                             PushOpenEvent,
+                             PushOfferEvent,
+                             DownstreamFailedEvent,
+                             PushGoneEvent,
+                             DrainEvent,
+                             StateEvent>;
   // A push stream that named a session not open here yet, with what came on it since, in order.
   struct HeldPush {
     PushOpenEvent open;
@@ -190,35 +204,69 @@ class Worker {
     std::unique_ptr<model::KvCache> kv;
     std::deque<v1::Op> ops;  // received in order, not yet applied
     uint64_t next_op = 1;
-    bool failed = false;     // an op failed here; the session only accepts closing now
-    bool detached = false;   // the next hop was lost: outputs are dropped until a Redirect
+    bool failed = false;    // an op failed here; the session only accepts closing now
+    bool detached = false;  // the next hop was lost: outputs are dropped until a Redirect
     std::string next_address, next_session_id, next_token;
     uint64_t downstream_generation = 0;
     absl::Time last_active;
   };
 
+  // One forward of a batch: its session, op and rows, and where its rows sit in the batch's
+  // hidden states.
+  struct ForwardItem {
+    std::string id;
+    Session* s;
+    v1::Op op;
+    std::vector<model::Row> rows;
+    size_t offset;  // first float of its rows in the batch's hidden states
+    std::shared_ptr<std::atomic<bool>> cancel;
+    bool cancelled = false;
+  };
+
+  // The worker thread, its queue and the events (worker.cc).
   bool Post(Event event);
   void Loop();
   void Handle(Event& event);
   void HandleOpen(OpenEvent& e);
+  // Why a session cannot be opened as `o` asks (OK when it can).
+  absl::Status CheckOpen(const v1::OpenSession& o);
   void HandleOp(OpEvent& e);
   void HandlePushOpen(PushOpenEvent& e);
+  void HandlePushOffer(PushOfferEvent& e);
+  void HandlePushGone(PushGoneEvent& e);
+  void HandleDownstreamFailed(DownstreamFailedEvent& e);
+  void HandleStateRequest(const StateEvent& e);
+  void HandleDrain(const DrainEvent& e);
   // Keeps an event of a held push stream behind its open; false for any other event.
   bool HoldBehindPush(Event& event);
   // The session opened: its held push stream is taken as if it came now, then what came on it.
   void ReleaseHeldPush(const std::string& session_id);
   // Refuses a held push stream (its offers are declined, its ops dropped).
-  void DropHeldPush(const std::string& session_id, const grpc::Status& status);
-  void CloseSession(const std::string& id, grpc::Status status);
+  void DropHeldPush(const std::string& session_id, const absl::Status& status);
+  void CloseSession(const std::string& id, absl::Status status);
+
+  // Applying ready ops and batching forwards (worker_ops.cc).
   // Applies ready non-forward ops and runs batches until nothing is ready.
   void RunReady();
   void ApplyControlOp(const std::string& id, Session& s, const v1::Op& op);
   void RunForwards(std::vector<std::pair<std::string, Session*>>& batch);
-  void DeliverForward(const std::string& id, Session& s, const v1::Op& op, const float* hidden,
-                      int64_t rows, double compute_ms);
+  // Takes the next op (a forward) of every session in `batch`, decoding its rows onto `hidden`;
+  // cancelled runs are passed on and invalid ones fail, alone.
+  std::vector<ForwardItem> TakeForwards(std::vector<std::pair<std::string, Session*>>& batch,
+                                        std::vector<float>* hidden);
+  // Runs `group` (sessions over one layer range, rows contiguous in `hidden`) as one pass and
+  // delivers each forward's result.
+  void RunGroup(std::span<ForwardItem> group, std::vector<float>& hidden);
+  void DeliverForward(const std::string& id,
+                      Session& s,
+                      const v1::Op& op,
+                      const float* hidden,
+                      int64_t rows,
+                      double compute_ms);
   // Last-hop verification of forward `f` from its final hidden states (`rows` of them): the
   // tokens it decides, or INVALID_ARGUMENT for a verification that cannot be done.
-  absl::StatusOr<std::vector<int32_t>> Verify(const v1::Forward& f, const float* hidden,
+  absl::StatusOr<std::vector<int32_t>> Verify(const v1::Forward& f,
+                                              const float* hidden,
                                               int64_t rows);
   // A cancelled run: passed on without outputs (so later hops keep the op order), answered
   // CANCELLED by the last hop.
@@ -236,24 +284,23 @@ class Worker {
   BackendFactory backend_factory_;
   std::unique_ptr<model::KvPool> kv_pool_;
   std::map<std::pair<int, int>, std::shared_ptr<model::SpanBackend>> spans_;
-  std::unique_ptr<ThreadPool> verify_pool_;     // made with the verifier, on first use
+  std::unique_ptr<ThreadPool> verify_pool_;  // made with the verifier, on first use
   std::unique_ptr<model::Verifier> verifier_;
   CancelBoard cancels_;
-  std::map<std::string, Session> sessions_;  // worker thread only
+  std::map<std::string, Session> sessions_;      // worker thread only
   std::map<std::string, HeldPush> held_pushes_;  // by session id; worker thread only
   WorkerStats stats_;
   std::atomic<bool> draining_{false};
   std::atomic<int> first_layer_{0};
   std::atomic<int> last_layer_{0};
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Event> queue_;  // guarded by mu_
-  bool stop_ = false;         // guarded by mu_
-  std::thread thread_;
+  absl::Mutex mu_;
+  std::vector<Event> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;  // started by Start, joined by Stop (the owner's calls, not the worker's)
 
-  mutable std::mutex peers_mu_;
-  std::map<std::string, absl::Time> peers_;  // guarded by peers_mu_
+  mutable absl::Mutex peers_mu_;
+  std::map<std::string, absl::Time> peers_ ABSL_GUARDED_BY(peers_mu_);
 };
 
 }  // namespace strata::node

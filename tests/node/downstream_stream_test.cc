@@ -60,7 +60,7 @@ TEST(DownstreamStreamTest, WritesRacingTheNextHopsEndAreDropped) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kPerThread; ++i) {
         std::shared_ptr<node::DownstreamLink> link =
-            factory(address, [ended](const grpc::Status&) { (*ended)++; });
+            factory(address, [ended](const absl::Status&) { (*ended)++; });
         link->Send(op);
         absl::SleepFor(absl::Microseconds((i * 37 + t * 11) % 600));
         for (int k = 0; k < 8; ++k) link->Send(op);

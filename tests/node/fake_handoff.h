@@ -4,14 +4,14 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/strings.h"
 #include "node/handoff.h"
@@ -21,29 +21,29 @@ namespace strata::testkit {
 // Payload queues keyed by rendezvous, shared by the providers of the nodes of one test.
 class FakeHub {
  public:
+  // Waiters wake when the lock is released after a change.
   struct Pipe {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::deque<std::vector<float>> queue;
-    int joined = 0;
-    bool broken = false;
+    absl::Mutex mu;
+    std::deque<std::vector<float>> queue ABSL_GUARDED_BY(mu);
+    int joined ABSL_GUARDED_BY(mu) = 0;
+    bool broken ABSL_GUARDED_BY(mu) = false;
   };
 
   std::string NewRendezvous() {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     return StrCat("fake-", ++next_);
   }
   std::shared_ptr<Pipe> Get(const std::string& rendezvous) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto& p = pipes_[rendezvous];
     if (!p) p = std::make_shared<Pipe>();
     return p;
   }
 
  private:
-  std::mutex mu_;
-  int next_ = 0;
-  std::map<std::string, std::shared_ptr<Pipe>> pipes_;
+  absl::Mutex mu_;
+  int next_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, std::shared_ptr<Pipe>> pipes_ ABSL_GUARDED_BY(mu_);
 };
 
 struct FakeFaults {
@@ -64,33 +64,35 @@ class FakeTransport final : public node::HandoffTransport {
   ~FakeTransport() override { Abort(); }
 
   absl::Status Send(std::span<const float> data, absl::Duration) override {
-    std::lock_guard<std::mutex> lock(pipe_->mu);
-    if (pipe_->broken) return absl::UnavailableError("the fake link is broken");
+    Pipe& pipe = *pipe_;
+    absl::MutexLock lock(&pipe.mu);
+    if (pipe.broken) return absl::UnavailableError("the fake link is broken");
     if (faults_.fail_send_after >= 0 && sent_ >= faults_.fail_send_after) {
-      Break();
+      Break(pipe);
       return absl::UnavailableError("injected send failure");
     }
     ++sent_;
     sends_->fetch_add(1);
-    pipe_->queue.emplace_back(data.begin(), data.end());
-    pipe_->cv.notify_all();
+    pipe.queue.emplace_back(data.begin(), data.end());
     return absl::OkStatus();
   }
 
   absl::Status Recv(std::span<float> data, absl::Duration timeout) override {
-    std::unique_lock<std::mutex> lock(pipe_->mu);
+    Pipe& pipe = *pipe_;
+    absl::MutexLock lock(&pipe.mu);
     if (faults_.fail_recv_after >= 0 && received_ >= faults_.fail_recv_after) {
-      Break();
+      Break(pipe);
       return absl::UnavailableError("injected receive failure");
     }
-    const bool got = pipe_->cv.wait_for(lock, absl::ToChronoMilliseconds(timeout), [&] {
-      return pipe_->broken || !pipe_->queue.empty();
-    });
-    if (!pipe_->queue.empty()) {
-      std::vector<float> v = std::move(pipe_->queue.front());
-      pipe_->queue.pop_front();
+    auto ready = [&pipe]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(pipe.mu) {
+      return pipe.broken || !pipe.queue.empty();
+    };
+    const bool got = pipe.mu.AwaitWithTimeout(absl::Condition(&ready), timeout);
+    if (!pipe.queue.empty()) {
+      std::vector<float> v = std::move(pipe.queue.front());
+      pipe.queue.pop_front();
       if (v.size() != data.size()) {
-        Break();
+        Break(pipe);
         return absl::InternalError(
             StrCat("payload of ", v.size(), " floats, expected ", data.size()));
       }
@@ -104,15 +106,14 @@ class FakeTransport final : public node::HandoffTransport {
   }
 
   void Abort() override {
-    std::lock_guard<std::mutex> lock(pipe_->mu);
-    Break();
+    Pipe& pipe = *pipe_;
+    absl::MutexLock lock(&pipe.mu);
+    Break(pipe);
   }
 
  private:
-  void Break() {  // with pipe_->mu held
-    pipe_->broken = true;
-    pipe_->cv.notify_all();
-  }
+  using Pipe = FakeHub::Pipe;
+  static void Break(Pipe& pipe) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pipe.mu) { pipe.broken = true; }
 
   std::shared_ptr<FakeHub::Pipe> pipe_;
   const FakeFaults faults_;
@@ -147,23 +148,23 @@ class FakeHandoff final : public node::HandoffProvider {
                                                                   bool,
                                                                   absl::Duration timeout) override {
     connects_->fetch_add(1);
-    auto pipe = hub_->Get(offer.rendezvous());
-    std::unique_lock<std::mutex> lock(pipe->mu);
+    std::shared_ptr<FakeHub::Pipe> shared = hub_->Get(offer.rendezvous());
+    FakeHub::Pipe& pipe = *shared;
+    absl::MutexLock lock(&pipe.mu);
     if (faults_.fail_connect) {
-      pipe->broken = true;
-      pipe->cv.notify_all();
+      pipe.broken = true;
       return absl::UnavailableError("injected connect failure");
     }
-    ++pipe->joined;
-    pipe->cv.notify_all();
-    if (!pipe->cv.wait_for(lock, absl::ToChronoMilliseconds(timeout), [&] {
-          return pipe->joined >= 2 || pipe->broken;
-        })) {
+    ++pipe.joined;
+    auto joined = [&pipe]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(pipe.mu) {
+      return pipe.joined >= 2 || pipe.broken;
+    };
+    if (!pipe.mu.AwaitWithTimeout(absl::Condition(&joined), timeout)) {
       return absl::DeadlineExceededError("the peer did not join");
     }
-    if (pipe->broken) return absl::UnavailableError("the peer failed to join");
+    if (pipe.broken) return absl::UnavailableError("the peer failed to join");
     return std::unique_ptr<node::HandoffTransport>(
-        new FakeTransport(pipe, faults_, sends_, recvs_));
+        new FakeTransport(shared, faults_, sends_, recvs_));
   }
 
   int connects() const { return connects_->load(); }  // Connect calls, as either rank
