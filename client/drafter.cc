@@ -36,7 +36,8 @@ std::vector<DraftToken> TopK(std::span<const float> logits, int k) {
   for (float l : logits) sum += std::exp(static_cast<double>(l - top));
   std::vector<DraftToken> out;
   for (int i = 0; i < k; ++i) {
-    out.push_back({ids[i], static_cast<float>(std::exp(static_cast<double>(logits[ids[i]] - top)) / sum)});
+    out.push_back(
+        {ids[i], static_cast<float>(std::exp(static_cast<double>(logits[ids[i]] - top)) / sum)});
   }
   return out;
 }
@@ -84,14 +85,19 @@ std::vector<DraftToken> NgramDrafter::Next(std::span<const int32_t> text, int k)
 }
 
 absl::StatusOr<std::unique_ptr<ModelDrafter>> ModelDrafter::Load(const std::string& path,
-                                                                 int layers, int target_vocab,
+                                                                 int layers,
+                                                                 int target_vocab,
                                                                  int threads) {
   auto d = std::unique_ptr<ModelDrafter>(new ModelDrafter());
   ASSIGN_OR_RETURN(d->model_, model::Model::Open(path));
   const model::HParams& hp = d->model_->hparams();
   if (hp.n_vocab != target_vocab) {
-    return absl::InvalidArgumentError(StrCat("the draft model ", path, " has ", hp.n_vocab,
-                                             " tokens, the target ", target_vocab,
+    return absl::InvalidArgumentError(StrCat("the draft model ",
+                                             path,
+                                             " has ",
+                                             hp.n_vocab,
+                                             " tokens, the target ",
+                                             target_vocab,
                                              ": they must share the vocabulary"));
   }
   if (layers < 0 || layers > hp.n_layer) {
@@ -103,10 +109,12 @@ absl::StatusOr<std::unique_ptr<ModelDrafter>> ModelDrafter::Load(const std::stri
   ASSIGN_OR_RETURN(d->embedder_, model::Embedder::Load(d->model_));
   ASSIGN_OR_RETURN(d->head_, model::Head::Load(d->model_));
   d->pool_ = std::make_unique<ThreadPool>(threads > 0 ? threads : ThreadPool::DefaultThreads());
-  ASSIGN_OR_RETURN(auto chain, LocalChain::Create(d->model_, d->pool_.get(), size_t{512} << 20,
-                                                  {0, used}, /*allow_partial=*/true));
-  d->session_ = std::make_unique<InferenceSession>(d->embedder_.get(), d->head_.get(),
-                                                   std::move(chain), d->pool_.get());
+  ASSIGN_OR_RETURN(
+      auto chain,
+      LocalChain::Create(
+          d->model_, d->pool_.get(), size_t{512} << 20, {0, used}, /*allow_partial=*/true));
+  d->session_ = std::make_unique<InferenceSession>(
+      d->embedder_.get(), d->head_.get(), std::move(chain), d->pool_.get());
   // A draft's cost: the median of a few one-token steps (the first warms the caches). The next
   // text the drafter is asked about replaces this one.
   std::vector<int32_t> text = {0};
@@ -194,7 +202,8 @@ std::vector<DraftToken> OracleDrafter::Next(std::span<const int32_t> text, int k
 
 absl::StatusOr<std::unique_ptr<Drafter>> MakeDrafter(const std::string& spec,
                                                      const std::string& target_path,
-                                                     int target_vocab, int threads) {
+                                                     int target_vocab,
+                                                     int threads) {
   if (spec == "ngram") return std::unique_ptr<Drafter>(new NgramDrafter());
   if (spec.rfind("draft:", 0) == 0) {
     ASSIGN_OR_RETURN(auto d, ModelDrafter::Load(spec.substr(6), 0, target_vocab, threads));
@@ -217,7 +226,7 @@ absl::StatusOr<std::unique_ptr<Drafter>> MakeDrafter(const std::string& spec,
 
 absl::StatusOr<DrafterCache::Lease> DrafterCache::Take(const std::string& spec) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = idle_.find(spec);
     if (it != idle_.end() && !it->second.empty()) {
       Entry e = std::move(it->second.back());
@@ -232,13 +241,13 @@ absl::StatusOr<DrafterCache::Lease> DrafterCache::Take(const std::string& spec) 
 }
 
 size_t DrafterCache::idle(const std::string& spec) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = idle_.find(spec);
   return it == idle_.end() ? 0 : it->second.size();
 }
 
 void DrafterCache::Return(const std::string& spec, Entry entry) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   idle_[spec].push_back(std::move(entry));
 }
 

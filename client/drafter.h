@@ -7,12 +7,13 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "client/local_chain.h"
 #include "client/session.h"
 #include "common/thread_pool.h"
@@ -67,8 +68,10 @@ class ModelDrafter final : public Drafter {
  public:
   // `layers` = 0: the whole model at `path` (a draft model); > 0: only its first `layers`
   // layers, then its head (self-speculation on the target file).
-  static absl::StatusOr<std::unique_ptr<ModelDrafter>> Load(const std::string& path, int layers,
-                                                            int target_vocab, int threads);
+  static absl::StatusOr<std::unique_ptr<ModelDrafter>> Load(const std::string& path,
+                                                            int layers,
+                                                            int target_vocab,
+                                                            int threads);
   std::string name() const override { return name_; }
   std::vector<DraftToken> Draft(std::span<const int32_t> text, int n) override;
   std::vector<DraftToken> Next(std::span<const int32_t> text, int k) override;
@@ -120,7 +123,8 @@ class OracleDrafter final : public Drafter {
 // `target_path`), "oracle:A" is not accepted here (benchmarks build it directly).
 absl::StatusOr<std::unique_ptr<Drafter>> MakeDrafter(const std::string& spec,
                                                      const std::string& target_path,
-                                                     int target_vocab, int threads);
+                                                     int target_vocab,
+                                                     int threads);
 
 // Drafters kept between requests, so a client loads a draft model once, not once per request.
 // A drafter keeps state (a model drafter's cache follows the text), so each lease is exclusive:
@@ -168,8 +172,8 @@ class DrafterCache {
   const std::string target_path_;
   const int target_vocab_;
   const int threads_;
-  mutable std::mutex mu_;
-  std::map<std::string, std::vector<Entry>> idle_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::vector<Entry>> idle_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace strata::client

@@ -19,9 +19,9 @@ HopStream::HopStream(const std::string& address, const v1::OpenSession& open, Ha
 HopStream::~HopStream() { Close(absl::Seconds(1)); }
 
 bool HopStream::Write(const v1::SessionRequest& request) {
-  std::lock_guard<std::mutex> lock(write_mu_);
+  absl::MutexLock lock(&write_mu_);
   {
-    std::lock_guard<std::mutex> state(mu_);
+    absl::MutexLock state(&mu_);
     if (closed_ || ended_) return false;
   }
   return stream_->Write(request);
@@ -32,32 +32,29 @@ void HopStream::ReadLoop() {
   while (stream_->Read(&resp)) handler_(&resp, grpc::Status::OK);
   grpc::Status status = stream_->Finish();
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    ended_ = true;
+    absl::MutexLock lock(&mu_);
+    ended_ = true;  // Close's Await sees it when mu_ is released
   }
-  cv_.notify_all();
   handler_(nullptr, status);
 }
 
 void HopStream::EndWrites() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (closed_) return;
     closed_ = true;
   }
-  std::lock_guard<std::mutex> lock(write_mu_);
+  absl::MutexLock lock(&write_mu_);
   stream_->WritesDone();
 }
 
 void HopStream::Close(absl::Duration grace) {
   EndWrites();
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (joined_) return;
     joined_ = true;
-    if (!cv_.wait_for(lock, absl::ToChronoMilliseconds(grace), [&] { return ended_; })) {
-      context_.TryCancel();
-    }
+    if (!mu_.AwaitWithTimeout(absl::Condition(&ended_), grace)) context_.TryCancel();
   }
   if (reader_.joinable()) reader_.join();
 }

@@ -4,13 +4,13 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <condition_variable>
 #include <functional>
-#include <mutex>
 #include <memory>
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "strata/v1/node.grpc.pb.h"
 
@@ -38,15 +38,16 @@ class HopStream {
 
   std::unique_ptr<v1::Node::Stub> stub_;
   grpc::ClientContext context_;
+  // Not guarded: the reader thread alone reads from it, and writes to it (and the half-close)
+  // go under write_mu_, which gRPC allows (one read and one write in flight at once).
   std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> stream_;
   Handler handler_;
   std::thread reader_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool ended_ = false;   // guarded by mu_
-  bool closed_ = false;  // guarded by mu_: no more writes
-  bool joined_ = false;  // guarded by mu_
-  std::mutex write_mu_;
+  absl::Mutex mu_;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;  // no more writes
+  bool joined_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // one write (or the half-close) at a time
 };
 
 }  // namespace strata::client
