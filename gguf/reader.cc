@@ -21,30 +21,7 @@ constexpr int kMaxArrayDepth = 4;
 constexpr uint64_t kMaxNameLength = 1 << 16;
 constexpr int kMaxDims = 4;
 
-// Size in bytes of a fixed-size GGUF value type, 0 for string/array, -1 if unknown.
-int FixedSize(uint32_t type) {
-  switch (static_cast<GgufType>(type)) {
-    case GgufType::kUint8:
-    case GgufType::kInt8:
-    case GgufType::kBool:
-      return 1;
-    case GgufType::kUint16:
-    case GgufType::kInt16:
-      return 2;
-    case GgufType::kUint32:
-    case GgufType::kInt32:
-    case GgufType::kFloat32:
-      return 4;
-    case GgufType::kUint64:
-    case GgufType::kInt64:
-    case GgufType::kFloat64:
-      return 8;
-    case GgufType::kString:
-    case GgufType::kArray:
-      return 0;
-  }
-  return -1;
-}
+int FixedSize(uint32_t type) { return GgufTypeSize(static_cast<GgufType>(type)); }
 
 // Bounds-checked little-endian cursor over the mapping.
 class Reader {
@@ -56,8 +33,8 @@ class Reader {
   size_t remaining() const { return size_ - pos_; }
 
   absl::Status Truncated(std::string_view what) const {
-    return absl::DataLossError(absl::StrFormat("%s: truncated while reading %s at byte %d", name_,
-                                               what, pos_));
+    return absl::DataLossError(
+        absl::StrFormat("%s: truncated while reading %s at byte %d", name_, what, pos_));
   }
   absl::Status Invalid(std::string_view what) const {
     return absl::InvalidArgumentError(absl::StrFormat("%s: %s (at byte %d)", name_, what, pos_));
@@ -75,8 +52,8 @@ class Reader {
   absl::StatusOr<std::string_view> ReadString(std::string_view what) {
     ASSIGN_OR_RETURN(uint64_t len, Read<uint64_t>(what));
     if (len > remaining()) {
-      return Invalid(StrCat(what, ": string length ", len, " exceeds the ", remaining(),
-                                  " bytes left in the file"));
+      return Invalid(StrCat(
+          what, ": string length ", len, " exceeds the ", remaining(), " bytes left in the file"));
     }
     std::string_view s(reinterpret_cast<const char*>(data_ + pos_), len);
     pos_ += len;
@@ -112,16 +89,16 @@ absl::Status ReadArray(Reader& r, std::string_view key, int depth, GgufValue& ou
   out.count = count;
   if (size > 0) {
     if (count > r.remaining() / size) {
-      return r.Invalid(StrCat("key '", key, "': array of ", count,
-                                    " elements does not fit in the file"));
+      return r.Invalid(
+          StrCat("key '", key, "': array of ", count, " elements does not fit in the file"));
     }
     out.raw = r.here();
     return r.Skip(count * size, "array data");
   }
   // Strings and nested arrays take at least 8 bytes each: reject absurd counts before reserving.
   if (count > r.remaining() / 8) {
-    return r.Invalid(StrCat("key '", key, "': array of ", count,
-                                  " elements does not fit in the file"));
+    return r.Invalid(
+        StrCat("key '", key, "': array of ", count, " elements does not fit in the file"));
   }
   if (elem_type == static_cast<uint32_t>(GgufType::kString)) {
     out.strings.reserve(count);
@@ -142,24 +119,76 @@ absl::Status ReadArray(Reader& r, std::string_view key, int depth, GgufValue& ou
 absl::Status ReadValue(Reader& r, uint32_t type, std::string_view key, int depth, GgufValue& out) {
   out.type = static_cast<GgufType>(type);
   switch (out.type) {
-    case GgufType::kUint8: { ASSIGN_OR_RETURN(uint8_t v, r.Read<uint8_t>("u8")); out.u = v; out.i = v; break; }
-    case GgufType::kInt8: { ASSIGN_OR_RETURN(int8_t v, r.Read<int8_t>("i8")); out.i = v; out.u = static_cast<uint64_t>(v); break; }
-    case GgufType::kUint16: { ASSIGN_OR_RETURN(uint16_t v, r.Read<uint16_t>("u16")); out.u = v; out.i = v; break; }
-    case GgufType::kInt16: { ASSIGN_OR_RETURN(int16_t v, r.Read<int16_t>("i16")); out.i = v; out.u = static_cast<uint64_t>(v); break; }
-    case GgufType::kUint32: { ASSIGN_OR_RETURN(uint32_t v, r.Read<uint32_t>("u32")); out.u = v; out.i = v; break; }
-    case GgufType::kInt32: { ASSIGN_OR_RETURN(int32_t v, r.Read<int32_t>("i32")); out.i = v; out.u = static_cast<uint64_t>(v); break; }
-    case GgufType::kUint64: { ASSIGN_OR_RETURN(uint64_t v, r.Read<uint64_t>("u64")); out.u = v; out.i = static_cast<int64_t>(v); break; }
-    case GgufType::kInt64: { ASSIGN_OR_RETURN(int64_t v, r.Read<int64_t>("i64")); out.i = v; out.u = static_cast<uint64_t>(v); break; }
-    case GgufType::kFloat32: { ASSIGN_OR_RETURN(float v, r.Read<float>("f32")); out.f = v; break; }
-    case GgufType::kFloat64: { ASSIGN_OR_RETURN(double v, r.Read<double>("f64")); out.f = v; break; }
+    case GgufType::kUint8: {
+      ASSIGN_OR_RETURN(uint8_t v, r.Read<uint8_t>("u8"));
+      out.u = v;
+      out.i = v;
+      break;
+    }
+    case GgufType::kInt8: {
+      ASSIGN_OR_RETURN(int8_t v, r.Read<int8_t>("i8"));
+      out.i = v;
+      out.u = static_cast<uint64_t>(v);
+      break;
+    }
+    case GgufType::kUint16: {
+      ASSIGN_OR_RETURN(uint16_t v, r.Read<uint16_t>("u16"));
+      out.u = v;
+      out.i = v;
+      break;
+    }
+    case GgufType::kInt16: {
+      ASSIGN_OR_RETURN(int16_t v, r.Read<int16_t>("i16"));
+      out.i = v;
+      out.u = static_cast<uint64_t>(v);
+      break;
+    }
+    case GgufType::kUint32: {
+      ASSIGN_OR_RETURN(uint32_t v, r.Read<uint32_t>("u32"));
+      out.u = v;
+      out.i = v;
+      break;
+    }
+    case GgufType::kInt32: {
+      ASSIGN_OR_RETURN(int32_t v, r.Read<int32_t>("i32"));
+      out.i = v;
+      out.u = static_cast<uint64_t>(v);
+      break;
+    }
+    case GgufType::kUint64: {
+      ASSIGN_OR_RETURN(uint64_t v, r.Read<uint64_t>("u64"));
+      out.u = v;
+      out.i = static_cast<int64_t>(v);
+      break;
+    }
+    case GgufType::kInt64: {
+      ASSIGN_OR_RETURN(int64_t v, r.Read<int64_t>("i64"));
+      out.i = v;
+      out.u = static_cast<uint64_t>(v);
+      break;
+    }
+    case GgufType::kFloat32: {
+      ASSIGN_OR_RETURN(float v, r.Read<float>("f32"));
+      out.f = v;
+      break;
+    }
+    case GgufType::kFloat64: {
+      ASSIGN_OR_RETURN(double v, r.Read<double>("f64"));
+      out.f = v;
+      break;
+    }
     case GgufType::kBool: {
       ASSIGN_OR_RETURN(uint8_t v, r.Read<uint8_t>("bool"));
       if (v > 1) return r.Invalid(StrCat("key '", key, "': bool value ", int{v}));
       out.b = v != 0;
       break;
     }
-    case GgufType::kString: { ASSIGN_OR_RETURN(out.str, r.ReadString("string value")); break; }
-    case GgufType::kArray: return ReadArray(r, key, depth, out);
+    case GgufType::kString: {
+      ASSIGN_OR_RETURN(out.str, r.ReadString("string value"));
+      break;
+    }
+    case GgufType::kArray:
+      return ReadArray(r, key, depth, out);
     default:
       return r.Invalid(StrCat("key '", key, "': unknown value type ", type));
   }
@@ -168,29 +197,72 @@ absl::Status ReadValue(Reader& r, uint32_t type, std::string_view key, int depth
 
 }  // namespace
 
+int GgufTypeSize(GgufType type) {
+  switch (type) {
+    case GgufType::kUint8:
+    case GgufType::kInt8:
+    case GgufType::kBool:
+      return 1;
+    case GgufType::kUint16:
+    case GgufType::kInt16:
+      return 2;
+    case GgufType::kUint32:
+    case GgufType::kInt32:
+    case GgufType::kFloat32:
+      return 4;
+    case GgufType::kUint64:
+    case GgufType::kInt64:
+    case GgufType::kFloat64:
+      return 8;
+    case GgufType::kString:
+    case GgufType::kArray:
+      return 0;
+  }
+  return -1;
+}
+
 std::string_view GgufTypeName(GgufType type) {
   switch (type) {
-    case GgufType::kUint8: return "uint8";
-    case GgufType::kInt8: return "int8";
-    case GgufType::kUint16: return "uint16";
-    case GgufType::kInt16: return "int16";
-    case GgufType::kUint32: return "uint32";
-    case GgufType::kInt32: return "int32";
-    case GgufType::kFloat32: return "float32";
-    case GgufType::kBool: return "bool";
-    case GgufType::kString: return "string";
-    case GgufType::kArray: return "array";
-    case GgufType::kUint64: return "uint64";
-    case GgufType::kInt64: return "int64";
-    case GgufType::kFloat64: return "float64";
+    case GgufType::kUint8:
+      return "uint8";
+    case GgufType::kInt8:
+      return "int8";
+    case GgufType::kUint16:
+      return "uint16";
+    case GgufType::kInt16:
+      return "int16";
+    case GgufType::kUint32:
+      return "uint32";
+    case GgufType::kInt32:
+      return "int32";
+    case GgufType::kFloat32:
+      return "float32";
+    case GgufType::kBool:
+      return "bool";
+    case GgufType::kString:
+      return "string";
+    case GgufType::kArray:
+      return "array";
+    case GgufType::kUint64:
+      return "uint64";
+    case GgufType::kInt64:
+      return "int64";
+    case GgufType::kFloat64:
+      return "float64";
   }
   return "unknown";
 }
 
 bool GgufValue::is_integer() const {
   switch (type) {
-    case GgufType::kUint8: case GgufType::kInt8: case GgufType::kUint16: case GgufType::kInt16:
-    case GgufType::kUint32: case GgufType::kInt32: case GgufType::kUint64: case GgufType::kInt64:
+    case GgufType::kUint8:
+    case GgufType::kInt8:
+    case GgufType::kUint16:
+    case GgufType::kInt16:
+    case GgufType::kUint32:
+    case GgufType::kInt32:
+    case GgufType::kUint64:
+    case GgufType::kInt64:
       return true;
     default:
       return false;
@@ -231,8 +303,9 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path
   return file;
 }
 
-absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Parse(const uint8_t* data, size_t size,
-                                                         std::string name) {
+absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Parse(const uint8_t* data,
+                                                          size_t size,
+                                                          std::string name) {
   std::unique_ptr<GgufFile> file(new GgufFile());
   file->name_ = std::move(name);
   file->base_ = data;
@@ -313,15 +386,24 @@ absl::Status GgufFile::ParseAll() {
     const kernels::DTypeInfo& dinfo = kernels::Info(info.dtype);
     int64_t inner = info.shape[ndim - 1];
     if (inner % dinfo.block_size != 0) {
-      return r.Invalid(StrCat("tensor '", info.name, "': row of ", inner,
-                                    " elements is not a multiple of the ", dinfo.name,
-                                    " block size ", dinfo.block_size));
+      return r.Invalid(StrCat("tensor '",
+                              info.name,
+                              "': row of ",
+                              inner,
+                              " elements is not a multiple of the ",
+                              dinfo.name,
+                              " block size ",
+                              dinfo.block_size));
     }
     info.bytes = (numel / dinfo.block_size) * dinfo.block_bytes;
     ASSIGN_OR_RETURN(info.offset, r.Read<uint64_t>("tensor offset"));
     if (info.offset % alignment_ != 0) {
-      return r.Invalid(StrCat("tensor '", info.name, "': offset ", info.offset,
-                                    " is not a multiple of the alignment ", alignment_));
+      return r.Invalid(StrCat("tensor '",
+                              info.name,
+                              "': offset ",
+                              info.offset,
+                              " is not a multiple of the alignment ",
+                              alignment_));
     }
     tensors_.push_back(std::move(info));
   }
@@ -339,7 +421,11 @@ absl::Status GgufFile::ParseAll() {
     if (info.offset > data_size || info.bytes > data_size - info.offset) {
       return absl::DataLossError(absl::StrFormat(
           "%s: tensor '%s' data [%d, %d) lies outside the file's %d data bytes (truncated?)",
-          name_, info.name, info.offset, info.offset + info.bytes, data_size));
+          name_,
+          info.name,
+          info.offset,
+          info.offset + info.bytes,
+          data_size));
     }
     info.data = base_ + data_offset_ + info.offset;
   }
@@ -351,128 +437,6 @@ absl::Status GgufFile::ParseAll() {
     }
   }
   return absl::OkStatus();
-}
-
-const GgufValue* GgufFile::Find(std::string_view key) const {
-  auto it = values_.find(key);
-  return it == values_.end() ? nullptr : &it->second;
-}
-
-namespace {
-
-bool IsSigned(GgufType type) {
-  return type == GgufType::kInt8 || type == GgufType::kInt16 || type == GgufType::kInt32 ||
-         type == GgufType::kInt64;
-}
-
-absl::Status Missing(const std::string& file, std::string_view key) {
-  return absl::NotFoundError(StrCat(file, ": metadata key '", key, "' is missing"));
-}
-
-absl::Status WrongType(const std::string& file, std::string_view key, const GgufValue& v,
-                       std::string_view want) {
-  return absl::InvalidArgumentError(StrCat(file, ": metadata key '", key, "' is ",
-                                                 GgufTypeName(v.type), ", expected ", want));
-}
-
-}  // namespace
-
-absl::StatusOr<uint64_t> GgufFile::GetUint(std::string_view key) const {
-  const GgufValue* v = Find(key);
-  if (v == nullptr) return Missing(name_, key);
-  // Unsigned values at or above 2^63 have a negative `i`; only signed types can be negative.
-  if (!v->is_integer() || (IsSigned(v->type) && v->i < 0)) {
-    return WrongType(name_, key, *v, "a non-negative integer");
-  }
-  return v->u;
-}
-
-absl::StatusOr<double> GgufFile::GetFloat(std::string_view key) const {
-  const GgufValue* v = Find(key);
-  if (v == nullptr) return Missing(name_, key);
-  if (v->is_float()) return v->f;
-  if (v->is_integer()) {
-    return IsSigned(v->type) ? static_cast<double>(v->i) : static_cast<double>(v->u);
-  }
-  return WrongType(name_, key, *v, "a number");
-}
-
-absl::StatusOr<bool> GgufFile::GetBool(std::string_view key) const {
-  const GgufValue* v = Find(key);
-  if (v == nullptr) return Missing(name_, key);
-  if (v->type != GgufType::kBool) return WrongType(name_, key, *v, "bool");
-  return v->b;
-}
-
-absl::StatusOr<std::string_view> GgufFile::GetString(std::string_view key) const {
-  const GgufValue* v = Find(key);
-  if (v == nullptr) return Missing(name_, key);
-  if (v->type != GgufType::kString) return WrongType(name_, key, *v, "string");
-  return v->str;
-}
-
-absl::StatusOr<const std::vector<std::string_view>*> GgufFile::GetStringArray(
-    std::string_view key) const {
-  const GgufValue* v = Find(key);
-  if (v == nullptr) return Missing(name_, key);
-  if (v->type != GgufType::kArray || v->elem_type != GgufType::kString) {
-    return WrongType(name_, key, *v, "array of string");
-  }
-  return &v->strings;
-}
-
-absl::StatusOr<std::vector<float>> GgufFile::GetFloatArray(std::string_view key) const {
-  const GgufValue* v = Find(key);
-  if (v == nullptr) return Missing(name_, key);
-  if (v->type != GgufType::kArray ||
-      (v->elem_type != GgufType::kFloat32 && v->elem_type != GgufType::kFloat64)) {
-    return WrongType(name_, key, *v, "array of float");
-  }
-  std::vector<float> out(v->count);
-  for (uint64_t i = 0; i < v->count; ++i) {
-    if (v->elem_type == GgufType::kFloat32) {
-      std::memcpy(&out[i], v->raw + 4 * i, 4);
-    } else {
-      double d;
-      std::memcpy(&d, v->raw + 8 * i, 8);
-      out[i] = static_cast<float>(d);
-    }
-  }
-  return out;
-}
-
-absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key) const {
-  const GgufValue* v = Find(key);
-  if (v == nullptr) return Missing(name_, key);
-  int size = v->type == GgufType::kArray ? FixedSize(static_cast<uint32_t>(v->elem_type)) : -1;
-  GgufValue probe;
-  probe.type = v->elem_type;
-  if (size <= 0 || !probe.is_integer()) return WrongType(name_, key, *v, "array of integer");
-  std::vector<int64_t> out(v->count);
-  const bool is_signed = v->elem_type == GgufType::kInt8 || v->elem_type == GgufType::kInt16 ||
-                         v->elem_type == GgufType::kInt32 || v->elem_type == GgufType::kInt64;
-  for (uint64_t i = 0; i < v->count; ++i) {
-    const uint8_t* p = v->raw + size * i;
-    switch (size) {
-      case 1: out[i] = is_signed ? int64_t{static_cast<int8_t>(*p)} : int64_t{*p}; break;
-      case 2: { uint16_t x; std::memcpy(&x, p, 2); out[i] = is_signed ? int64_t{static_cast<int16_t>(x)} : int64_t{x}; break; }
-      case 4: { uint32_t x; std::memcpy(&x, p, 4); out[i] = is_signed ? int64_t{static_cast<int32_t>(x)} : int64_t{x}; break; }
-      default: { int64_t x; std::memcpy(&x, p, 8); out[i] = x; break; }
-    }
-  }
-  return out;
-}
-
-absl::StatusOr<uint64_t> GgufFile::GetUintOr(std::string_view key, uint64_t fallback) const {
-  return Find(key) == nullptr ? absl::StatusOr<uint64_t>(fallback) : GetUint(key);
-}
-
-absl::StatusOr<double> GgufFile::GetFloatOr(std::string_view key, double fallback) const {
-  return Find(key) == nullptr ? absl::StatusOr<double>(fallback) : GetFloat(key);
-}
-
-absl::StatusOr<bool> GgufFile::GetBoolOr(std::string_view key, bool fallback) const {
-  return Find(key) == nullptr ? absl::StatusOr<bool>(fallback) : GetBool(key);
 }
 
 absl::StatusOr<const GgufTensorInfo*> GgufFile::FindTensor(std::string_view name) const {

@@ -41,6 +41,8 @@ enum class GgufType : uint32_t {
 };
 
 std::string_view GgufTypeName(GgufType type);
+// Bytes of one value of a fixed-size type; 0 for strings and arrays, -1 for an unknown type.
+int GgufTypeSize(GgufType type);
 
 // One metadata value. Scalars are decoded; arrays of fixed-size elements point at their raw bytes
 // in the mapping; arrays of strings are decoded into views; nested arrays are kept opaque.
@@ -55,8 +57,8 @@ struct GgufValue {
   // Arrays.
   GgufType elem_type = GgufType::kUint8;
   uint64_t count = 0;
-  const uint8_t* raw = nullptr;            // fixed-size element arrays
-  std::vector<std::string_view> strings;   // string arrays
+  const uint8_t* raw = nullptr;           // fixed-size element arrays
+  std::vector<std::string_view> strings;  // string arrays
 
   bool is_integer() const;
   bool is_float() const { return type == GgufType::kFloat32 || type == GgufType::kFloat64; }
@@ -69,7 +71,7 @@ struct GgufTensorInfo {
   std::array<int64_t, 4> shape{};  // outermost first (GGUF stores innermost first)
   uint64_t offset = 0;             // relative to the start of the data section
   size_t bytes = 0;
-  const uint8_t* data = nullptr;   // into the mapping
+  const uint8_t* data = nullptr;  // into the mapping
 };
 
 class GgufFile {
@@ -79,7 +81,8 @@ class GgufFile {
   static absl::StatusOr<std::unique_ptr<GgufFile>> Open(const std::string& path);
 
   // Parses an image already in memory (tests, fuzzing). `data` must outlive the result.
-  static absl::StatusOr<std::unique_ptr<GgufFile>> Parse(const uint8_t* data, size_t size,
+  static absl::StatusOr<std::unique_ptr<GgufFile>> Parse(const uint8_t* data,
+                                                         size_t size,
                                                          std::string name = "<memory>");
 
   ~GgufFile();
@@ -98,8 +101,8 @@ class GgufFile {
   const GgufValue* Find(std::string_view key) const;
 
   // Typed accessors. NOT_FOUND when absent, INVALID_ARGUMENT when the type does not fit.
-  absl::StatusOr<uint64_t> GetUint(std::string_view key) const;   // any non-negative integer
-  absl::StatusOr<double> GetFloat(std::string_view key) const;    // float32/float64 or integer
+  absl::StatusOr<uint64_t> GetUint(std::string_view key) const;  // any non-negative integer
+  absl::StatusOr<double> GetFloat(std::string_view key) const;   // float32/float64 or integer
   absl::StatusOr<bool> GetBool(std::string_view key) const;
   absl::StatusOr<std::string_view> GetString(std::string_view key) const;
   absl::StatusOr<const std::vector<std::string_view>*> GetStringArray(std::string_view key) const;

@@ -6,9 +6,9 @@
 
 #include "common/status.h"
 #include "common/strings.h"
-#include "kernels/quant.h"
 #include "gguf/reader.h"
 #include "gguf/writer.h"
+#include "kernels/quant.h"
 
 namespace strata::gguf {
 namespace {
@@ -18,15 +18,24 @@ using kernels::DType;
 // llama.cpp's `general.file_type` for a file whose matrices are mostly `type`.
 int FileType(DType type) {
   switch (type) {
-    case DType::kF32: return 0;
-    case DType::kF16: return 1;
-    case DType::kQ4_0: return 2;
-    case DType::kQ4_1: return 3;
-    case DType::kQ8_0: return 7;
-    case DType::kQ4_K: return 15;  // Q4_K_M
-    case DType::kQ6_K: return 18;
-    case DType::kBF16: return 32;
-    default: return -1;
+    case DType::kF32:
+      return 0;
+    case DType::kF16:
+      return 1;
+    case DType::kQ4_0:
+      return 2;
+    case DType::kQ4_1:
+      return 3;
+    case DType::kQ8_0:
+      return 7;
+    case DType::kQ4_K:
+      return 15;  // Q4_K_M
+    case DType::kQ6_K:
+      return 18;
+    case DType::kBF16:
+      return 32;
+    default:
+      return -1;
   }
 }
 
@@ -42,7 +51,8 @@ bool IsWeightType(DType type) {
 
 }  // namespace
 
-absl::StatusOr<RequantizeReport> Requantize(const std::string& in, const std::string& out,
+absl::StatusOr<RequantizeReport> Requantize(const std::string& in,
+                                            const std::string& out,
                                             const RequantizeOptions& options) {
   if (!IsWeightType(options.type)) {
     return absl::InvalidArgumentError(
@@ -91,8 +101,7 @@ absl::StatusOr<RequantizeReport> Requantize(const std::string& in, const std::st
     const bool matrix = t.ndim >= 2;
     const bool embedding = t.name == "token_embd.weight";
     const bool fits = cols % block == 0;
-    if (!matrix || (embedding && options.keep_embeddings) || !fits ||
-        t.dtype == options.type) {
+    if (!matrix || (embedding && options.keep_embeddings) || !fits || t.dtype == options.type) {
       RETURN_IF_ERROR(w.AddTensor(t.name, t.dtype, shape, t.data, t.bytes));
       ++report.kept;
       if (matrix && !fits) ++report.unfit;
@@ -104,7 +113,9 @@ absl::StatusOr<RequantizeReport> Requantize(const std::string& in, const std::st
     const int64_t last_row = static_cast<int64_t>(t.bytes / in_row) - 1;
     std::vector<float> values(static_cast<size_t>(cols));
     RETURN_IF_ERROR(w.AddTensorGenerated(
-        t.name, to, shape,
+        t.name,
+        to,
+        shape,
         [&, base, in_row, from, to, cols, last_row, values](int64_t row, uint8_t* dst) mutable {
           kernels::DequantizeRowRef(from, base + row * in_row, values.data(), cols);
           kernels::QuantizeRowRef(to, values.data(), dst, cols);

@@ -26,10 +26,10 @@ struct RequantizeOptions {
 };
 
 struct RequantizeReport {
-  int converted = 0;    // matrices written in the new dtype
-  int kept = 0;         // tensors copied unchanged
-  int unfit = 0;        // of which matrices whose rows do not split into the dtype's blocks
-  int dropped = 0;      // tensors of the layers left out
+  int converted = 0;  // matrices written in the new dtype
+  int kept = 0;       // tensors copied unchanged
+  int unfit = 0;      // of which matrices whose rows do not split into the dtype's blocks
+  int dropped = 0;    // tensors of the layers left out
   uint64_t bytes_in = 0, bytes_out = 0;  // file sizes
 };
 
@@ -37,7 +37,8 @@ struct RequantizeReport {
 // NOT_FOUND / INVALID_ARGUMENT / DATA_LOSS for a missing or malformed input, INVALID_ARGUMENT when
 // `in` and `out` are the same file, `type` is not a weight dtype or `layers` is not in [0, the
 // model's layers], the writer's error for `out`.
-absl::StatusOr<RequantizeReport> Requantize(const std::string& in, const std::string& out,
+absl::StatusOr<RequantizeReport> Requantize(const std::string& in,
+                                            const std::string& out,
                                             const RequantizeOptions& options);
 
 }  // namespace strata::gguf

@@ -29,8 +29,8 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
-#include "kernels/dtype.h"
 #include "gguf/reader.h"
+#include "kernels/dtype.h"
 
 namespace strata::gguf {
 
