@@ -20,7 +20,7 @@ struct BenchFlags {
   int repeat = 3;
   bool json = false;
   // Swarm mode.
-  int nodes = 0;                       // > 0: start a local swarm of this many nodes
+  int nodes = 0;                        // > 0: start a local swarm of this many nodes
   std::vector<double> delays_ms = {0};  // one-way delay per link, swept in order
   std::vector<int> sessions = {1};      // concurrent sessions, swept in order
   int node_threads = 0;                 // threads per node process (0: all CPUs)
@@ -56,16 +56,17 @@ double Percentile(std::vector<double> v, double p);
 // until they all serve. When any of `delays_ms` is above zero, every node gets a link emulator
 // in front of it (see SetBenchDelay).
 absl::StatusOr<std::unique_ptr<harness::LocalSwarm>> StartBenchSwarm(
-    const std::string& model, const std::vector<double>& delays_ms,
+    const std::string& model,
+    const std::vector<double>& delays_ms,
     const std::vector<harness::NodeSpec>& nodes);
 // Node specs for `spans` contiguous spans covering `n_layers` layers, each span served by
 // `replicas` nodes: a killed node has a replacement, and DSI finds disjoint chains.
-std::vector<harness::NodeSpec> ReplicatedSpans(int n_layers, int spans, int replicas,
-                                              int threads);
+std::vector<harness::NodeSpec> ReplicatedSpans(int n_layers, int spans, int replicas, int threads);
 // Sets the one-way delay of every link; nothing to do for a swarm without links (all delays 0).
 absl::Status SetBenchDelay(harness::LocalSwarm& swarm, double delay_ms);
 // Client options for a benchmark against `swarm`.
-ClientOptions BenchClientOptions(const harness::LocalSwarm& swarm, const std::string& model,
+ClientOptions BenchClientOptions(const harness::LocalSwarm& swarm,
+                                 const std::string& model,
                                  int threads);
 
 }  // namespace strata::cli

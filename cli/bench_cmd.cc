@@ -70,8 +70,11 @@ int RunLocalBench(const BenchFlags& f) {
     prefill_tps.push_back(f.prompt_tokens / prefill_s);
     decode_tps.push_back(f.decode_tokens / absl::ToDoubleSeconds(t2 - t1));
     if (!f.json) {
-      std::fprintf(stderr, "run %d: prefill %.1f tok/s, decode %.1f tok/s\n", r + 1,
-                   prefill_tps.back(), decode_tps.back());
+      std::fprintf(stderr,
+                   "run %d: prefill %.1f tok/s, decode %.1f tok/s\n",
+                   r + 1,
+                   prefill_tps.back(),
+                   decode_tps.back());
     }
   }
   struct rusage usage;
@@ -90,13 +93,15 @@ int RunLocalBench(const BenchFlags& f) {
   if (f.json) {
     std::cout << j.dump() << std::endl;
   } else {
-    std::printf("model        %s\nthreads      %d (%s)\n", lo.path.c_str(),
-                (*lm)->pool().num_threads(), std::string(kernels::ActiveIsa()).c_str());
-    std::printf("prefill      %.1f tokens/s (%d-token prompt)\n", Median(prefill_tps),
-                f.prompt_tokens);
+    std::printf("model        %s\nthreads      %d (%s)\n",
+                lo.path.c_str(),
+                (*lm)->pool().num_threads(),
+                std::string(kernels::ActiveIsa()).c_str());
+    std::printf(
+        "prefill      %.1f tokens/s (%d-token prompt)\n", Median(prefill_tps), f.prompt_tokens);
     std::printf("decode       %.1f tokens/s (%d tokens)\n", Median(decode_tps), f.decode_tokens);
-    std::printf("first token  %.1f ms\npeak RSS     %.1f MiB\n", Median(ttft_ms),
-                usage.ru_maxrss / 1024.0);
+    std::printf(
+        "first token  %.1f ms\npeak RSS     %.1f MiB\n", Median(ttft_ms), usage.ru_maxrss / 1024.0);
   }
   return 0;
 }
@@ -112,63 +117,76 @@ void RegisterBench(CLI::App& app, int* exit_code) {
   cmd->add_option("--prompt-tokens", flags->prompt_tokens, "Prompt length for prefill")
       ->check(CLI::Range(1, 1 << 16));
   CLI::Option* decode =
-      cmd->add_option("--decode-tokens", flags->decode_tokens,
+      cmd->add_option("--decode-tokens",
+                      flags->decode_tokens,
                       "Tokens to decode (default 128; 48 per prompt with --spec-sweep)")
           ->check(CLI::Range(1, 1 << 16));
   CLI::Option* repeat =
-      cmd->add_option("--repeat", flags->repeat,
+      cmd->add_option("--repeat",
+                      flags->repeat,
                       "Runs (the median is reported; default 3); with --recovery, failures per "
                       "delay and context (default 10)")
           ->check(CLI::Range(1, 100));
   cmd->add_flag("--json", flags->json, "Print JSON");
-  cmd->add_option("--nodes", flags->nodes,
+  cmd->add_option("--nodes",
+                  flags->nodes,
                   "Benchmark a local swarm of this many node processes instead of the engine; "
                   "with --recovery or --spec-sweep, this many spans, each served by two nodes "
                   "(default 3)");
   CLI::Option* delays =
-      cmd->add_option("--delay-ms", flags->delays_ms,
+      cmd->add_option("--delay-ms",
+                      flags->delays_ms,
                       "Swarm: one-way delay per hop, swept (e.g. --delay-ms 0,5,20,50; default 0, "
                       "0,20 with --recovery, 0,5,20,50 with --spec-sweep)")
           ->delimiter(',');
-  cmd->add_option("--sessions", flags->sessions,
+  cmd->add_option("--sessions",
+                  flags->sessions,
                   "Swarm: concurrent sessions, swept (e.g. --sessions 1,4,16,32)")
       ->delimiter(',');
   cmd->add_option("--node-threads", flags->node_threads, "Swarm: threads per node process");
   CLI::Option* recovery = cmd->add_flag(
-      "--recovery", flags->recovery,
+      "--recovery",
+      flags->recovery,
       "Swarm: failover recovery time, kill -9 of a hop -> the next token (p50/p95 over --repeat "
       "failures, hitting the first, middle and last hop in turn) and the replay within it");
-  cmd->add_option("--context", flags->contexts,
+  cmd->add_option("--context",
+                  flags->contexts,
                   "Recovery: prompt tokens of the session a node dies under, swept (default "
                   "128,1024)")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
   CLI::Option* sweep = cmd->add_flag(
-      "--spec-sweep", flags->spec_sweep,
+      "--spec-sweep",
+      flags->spec_sweep,
       "Swarm: speculative decoding (M1 chain, M2 tree, M3 pipelined, M4 dsi with ngram, self:K "
       "and oracle drafters) against plain decoding (M0) on four chat prompts, greedy; fails "
       "unless every run gives the plain tokens");
-  cmd->add_flag("--spec-quick", flags->spec_quick,
+  cmd->add_flag("--spec-quick",
+                flags->spec_quick,
                 "Spec sweep: only M0, M1 with ngram, and M1-M4 with the oracle at 0.7");
-  cmd->add_option("--spec-draft", flags->spec_drafts,
+  cmd->add_option("--spec-draft",
+                  flags->spec_drafts,
                   "Spec sweep: a draft model (same vocabulary) to add M1 and M3 rows for; "
                   "repeatable (e.g. one made by `strata quantize`)")
       ->check(CLI::ExistingFile);
-  cmd->add_option("--spec-modes", flags->spec_modes,
+  cmd->add_option("--spec-modes",
+                  flags->spec_modes,
                   "Spec sweep: only the rows of these modes (chain, tree, pipelined, dsi), beside "
                   "M0")
       ->delimiter(',')
       ->check(CLI::IsMember({"chain", "tree", "pipelined", "dsi"}));
-  cmd->add_option("--spec-drafters", flags->spec_drafters,
+  cmd->add_option("--spec-drafters",
+                  flags->spec_drafters,
                   "Spec sweep: only the rows of these drafters (ngram, self, draft, oracle, or a "
                   "whole name such as oracle:0.9), beside M0")
       ->delimiter(',');
   cmd->add_option("--gamma", flags->gamma, "Spec sweep: drafts per pass (start value)")
       ->capture_default_str()
       ->check(CLI::Range(1, 16));
-  cmd->add_flag("--fixed-gamma", flags->fixed_gamma,
-                "Spec sweep: keep gamma fixed instead of adapting it");
-  cmd->add_flag("--spec-paired", flags->spec_paired,
+  cmd->add_flag(
+      "--fixed-gamma", flags->fixed_gamma, "Spec sweep: keep gamma fixed instead of adapting it");
+  cmd->add_flag("--spec-paired",
+                flags->spec_paired,
                 "Spec sweep: run M0 again right before every speculative row and compare the "
                 "row with that run (where the machine drifts as much as the rows differ, as on "
                 "compute-bound delays)");

@@ -27,7 +27,7 @@ constexpr int kTokensBeforeKill = 4;
 constexpr double kGoalMs = 1000;
 
 struct Sample {
-  std::string victim;      // "first", "middle" or "last" hop of the route
+  std::string victim;  // "first", "middle" or "last" hop of the route
   std::string node_id;
   double recovery_ms = 0;  // kill -> the next token's logits
   double replay_ms = 0;    // the chain's replay forward (compute and traversals)
@@ -44,8 +44,10 @@ int VictimHop(int r, int hops, std::string* kind) {
 // One repeat: a session on a fresh route takes `prompt` and a few tokens, loses a hop to
 // kill -9 and decodes the next token through the replacement. The killed node is restarted and
 // the swarm serves again before this returns.
-absl::StatusOr<Sample> OneFailure(client::SwarmClient& client, harness::LocalSwarm& swarm,
-                                  const std::vector<int32_t>& prompt, int repeat) {
+absl::StatusOr<Sample> OneFailure(client::SwarmClient& client,
+                                  harness::LocalSwarm& swarm,
+                                  const std::vector<int32_t>& prompt,
+                                  int repeat) {
   client::RemoteChain* chain = nullptr;
   ASSIGN_OR_RETURN(std::unique_ptr<client::InferenceSession> session,
                    client.NewInferenceSession(nullptr, &chain));
@@ -123,8 +125,8 @@ int RunRecoveryBench(const BenchFlags& f) {
     std::printf("starting %d nodes: %d spans, two nodes each\n", 2 * f.nodes, f.nodes);
     std::fflush(stdout);
   }
-  auto swarm = StartBenchSwarm(model, f.delays_ms,
-                               ReplicatedSpans(hp.n_layer, f.nodes, 2, f.node_threads));
+  auto swarm =
+      StartBenchSwarm(model, f.delays_ms, ReplicatedSpans(hp.n_layer, f.nodes, 2, f.node_threads));
   if (!swarm.ok()) return Fail(std::string(swarm.status().message()));
   auto client = client::SwarmClient::Create(BenchClientOptions(**swarm, model, f.threads));
   if (!client.ok()) return Fail(std::string(client.status().message()));
@@ -141,10 +143,18 @@ int RunRecoveryBench(const BenchFlags& f) {
         "recovery: kill -9 of a hop -> the next token (first, middle and last hop in turn, %d "
         "repeats)\nreplay: the forward that rebuilds the replacement's KV; rest = recovery - "
         "replay, goal p95 <= %.0f ms\n",
-        f.repeat, kGoalMs);
-    std::printf("%-9s %-8s %-13s %-13s %-11s %-11s %-9s %-9s %-5s\n", "delay_ms", "context",
-                "recovery_p50", "recovery_p95", "replay_p50", "replay_p95", "rest_p50",
-                "rest_p95", "goal");
+        f.repeat,
+        kGoalMs);
+    std::printf("%-9s %-8s %-13s %-13s %-11s %-11s %-9s %-9s %-5s\n",
+                "delay_ms",
+                "context",
+                "recovery_p50",
+                "recovery_p95",
+                "replay_p50",
+                "replay_p95",
+                "rest_p50",
+                "rest_p95",
+                "goal");
   }
   for (double delay : f.delays_ms) {
     absl::Status st = SetBenchDelay(**swarm, delay);
@@ -161,11 +171,16 @@ int RunRecoveryBench(const BenchFlags& f) {
       j["delay_ms"] = delay;
       j["context"] = context;
       if (!f.json) {
-        std::printf("%-9.0f %-8d %-13.1f %-13.1f %-11.1f %-11.1f %-9.1f %-9.1f %-5s\n", delay,
-                    context, j["recovery_p50_ms"].get<double>(),
-                    j["recovery_p95_ms"].get<double>(), j["replay_p50_ms"].get<double>(),
-                    j["replay_p95_ms"].get<double>(), j["rest_p50_ms"].get<double>(),
-                    j["rest_p95_ms"].get<double>(), j["goal_met"].get<bool>() ? "yes" : "no");
+        std::printf("%-9.0f %-8d %-13.1f %-13.1f %-11.1f %-11.1f %-9.1f %-9.1f %-5s\n",
+                    delay,
+                    context,
+                    j["recovery_p50_ms"].get<double>(),
+                    j["recovery_p95_ms"].get<double>(),
+                    j["replay_p50_ms"].get<double>(),
+                    j["replay_p95_ms"].get<double>(),
+                    j["rest_p50_ms"].get<double>(),
+                    j["rest_p95_ms"].get<double>(),
+                    j["goal_met"].get<bool>() ? "yes" : "no");
         std::fflush(stdout);
       }
       out["runs"].push_back(std::move(j));

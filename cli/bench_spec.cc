@@ -42,9 +42,9 @@ const char* const kPrompts[] = {
 
 // A row of the matrix. M0 is plain decoding; M1-M4 are the speculative modes.
 struct Config {
-  std::string mode;     // "plain", "chain", "tree", "pipelined" or "dsi"
-  std::string drafter;  // "none", "ngram", "self:K" or "oracle:A"
-  double accuracy = 0;  // the oracle's probability of a right draft; 0: not the oracle
+  std::string mode;       // "plain", "chain", "tree", "pipelined" or "dsi"
+  std::string drafter;    // "none", "ngram", "self:K" or "oracle:A"
+  double accuracy = 0;    // the oracle's probability of a right draft; 0: not the oracle
   bool last_hop = false;  // verified by the last hop
 };
 
@@ -112,9 +112,7 @@ std::vector<Config> Matrix(const BenchFlags& f, const std::string& self) {
 // Expected tokens per pass for a chain of `gamma` drafts, each right independently with
 // probability a, the target's own token after the last accepted draft included:
 // sum_{i=0..gamma} a^i = (1 - a^(gamma+1)) / (1 - a).
-double ExpectedTokensPerPass(double a, int gamma) {
-  return (1 - std::pow(a, gamma + 1)) / (1 - a);
-}
+double ExpectedTokensPerPass(double a, int gamma) { return (1 - std::pow(a, gamma + 1)) / (1 - a); }
 
 // A prompt as a user sends it: chat template on, greedy.
 GenerateRequest Request(const char* prompt, int max_tokens) {
@@ -132,9 +130,9 @@ struct Totals {
   int passes = 0;
   double accepted = 0;  // accepted drafts
   int wasted_rows = 0;
-  std::vector<double> gaps_ms;  // between consecutive emitted tokens
-  int decode_tokens = 0;        // tokens after each request's first
-  double decode_s = 0;          // from each request's first token to its last
+  std::vector<double> gaps_ms;     // between consecutive emitted tokens
+  int decode_tokens = 0;           // tokens after each request's first
+  double decode_s = 0;             // from each request's first token to its last
   std::vector<double> request_ms;  // each prompt's wall time, in order (the first one learns)
   std::vector<double> first_ms;    // each prompt's time to its first token
   std::vector<double> tail_ms;     // each prompt's time from its last token to the answer
@@ -151,7 +149,8 @@ bool DrafterSharesCores(const BenchFlags& f) {
 
 // Runs every prompt with `config`. `plain` (the M0 outputs, null for M0 itself) is the truth the
 // oracle knows.
-absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& f,
+absl::StatusOr<Totals> RunConfig(client::SwarmClient& client,
+                                 const BenchFlags& f,
                                  const Config& config,
                                  const std::vector<std::vector<int32_t>>& prompts,
                                  const std::vector<std::vector<int32_t>>* plain) {
@@ -183,14 +182,15 @@ absl::StatusOr<Totals> RunConfig(client::SwarmClient& client, const BenchFlags& 
       std::vector<int32_t> truth = prompts[i];
       truth.insert(truth.end(), (*plain)[i].begin(), (*plain)[i].end());
       // The same seed for every mode and delay: each sees the same right and wrong drafts.
-      oracle = std::make_unique<client::OracleDrafter>(std::move(truth), config.accuracy, i + 1,
-                                                       client.vocab_size());
+      oracle = std::make_unique<client::OracleDrafter>(
+          std::move(truth), config.accuracy, i + 1, client.vocab_size());
     }
     std::vector<absl::Time> emitted;
     const absl::Time start = absl::Now();
     ASSIGN_OR_RETURN(GenerateResult g,
                      client.GenerateWith(
-                         r, oracle.get(),
+                         r,
+                         oracle.get(),
                          [&](int32_t token, std::string_view) {
                            if (token >= 0) emitted.push_back(absl::Now());
                            return true;
@@ -226,8 +226,8 @@ std::string DrafterLabel(const std::string& drafter) {
 }
 
 // One row of the table: M0 rows have no speculative columns.
-nlohmann::json RowJson(double delay, const Config& c, const Totals& t, double plain_tps,
-                       bool identical, int gamma) {
+nlohmann::json RowJson(
+    double delay, const Config& c, const Totals& t, double plain_tps, bool identical, int gamma) {
   const double tps = t.wall_s > 0 ? t.tokens / t.wall_s : 0;
   nlohmann::json j = {{"delay_ms", delay},
                       {"mode", ModeLabel(c.mode) + (c.last_hop ? ", last hop" : "")},
@@ -262,45 +262,71 @@ std::string Column(const nlohmann::json& row, const char* key, int digits) {
 }
 
 void PrintRow(const nlohmann::json& j) {
-  std::printf("%-6.0f %-24s %-11s %-8.1f %-8.1f %-8s %-8s %-9s %-9s %-7s %-9s %-7s %-8.1f %-8.1f "
-              "%-4s\n",
-              j["delay_ms"].get<double>(), j["mode"].get<std::string>().c_str(),
-              j["drafter"].get<std::string>().c_str(), j["tokens_per_s"].get<double>(),
-              j["decode_tokens_per_s"].get<double>(),
-              (Column(j, "speedup", 2) + "x").c_str(),
-              Column(j, "paired_plain_tokens_per_s", 1).c_str(),
-              Column(j, "accepted_per_pass", 2).c_str(),
-              Column(j, "tokens_per_pass", 2).c_str(),
-              Column(j, "expected_tokens_per_pass", 2).c_str(),
-              Column(j, "passes_per_token", 3).c_str(), Column(j, "wasted_rows", 0).c_str(),
-              j["itl_p50_ms"].get<double>(), j["itl_p95_ms"].get<double>(),
-              j["tokens_identical"].get<bool>() ? "yes" : "no");
+  std::printf(
+      "%-6.0f %-24s %-11s %-8.1f %-8.1f %-8s %-8s %-9s %-9s %-7s %-9s %-7s %-8.1f %-8.1f "
+      "%-4s\n",
+      j["delay_ms"].get<double>(),
+      j["mode"].get<std::string>().c_str(),
+      j["drafter"].get<std::string>().c_str(),
+      j["tokens_per_s"].get<double>(),
+      j["decode_tokens_per_s"].get<double>(),
+      (Column(j, "speedup", 2) + "x").c_str(),
+      Column(j, "paired_plain_tokens_per_s", 1).c_str(),
+      Column(j, "accepted_per_pass", 2).c_str(),
+      Column(j, "tokens_per_pass", 2).c_str(),
+      Column(j, "expected_tokens_per_pass", 2).c_str(),
+      Column(j, "passes_per_token", 3).c_str(),
+      Column(j, "wasted_rows", 0).c_str(),
+      j["itl_p50_ms"].get<double>(),
+      j["itl_p95_ms"].get<double>(),
+      j["tokens_identical"].get<bool>() ? "yes" : "no");
   std::fflush(stdout);
 }
 
 void PrintHeader(const BenchFlags& f, int nodes) {
-  std::printf("%d prompts (summary, question on a text, code edit, chat), chat template, greedy, "
-              "%d tokens each; %d nodes: %d spans, two nodes each\n",
-              static_cast<int>(std::size(kPrompts)), f.decode_tokens, nodes, f.nodes);
+  std::printf(
+      "%d prompts (summary, question on a text, code edit, chat), chat template, greedy, "
+      "%d tokens each; %d nodes: %d spans, two nodes each\n",
+      static_cast<int>(std::size(kPrompts)),
+      f.decode_tokens,
+      nodes,
+      f.nodes);
   std::printf("gamma %d%s; tok/pass includes the target's own token after the accepted drafts\n",
-              f.gamma, f.fixed_gamma ? " (fixed)" : " at the start, then adaptive");
-  std::printf("expect: (1 - a^(gamma+1)) / (1 - a) tok/pass for a chain of gamma drafts each right "
-              "with probability a (M1 oracle rows; exact with --fixed-gamma)\n");
-  std::printf("%s\n", DrafterSharesCores(f)
-                          ? "the drafter shares the nodes' cores: it drafts ahead of runs in flight "
-                            "only where a draft before a run would pay"
-                          : "the drafter has cores of its own: drafting ahead of runs in flight "
-                            "costs only the rows");
+              f.gamma,
+              f.fixed_gamma ? " (fixed)" : " at the start, then adaptive");
+  std::printf(
+      "expect: (1 - a^(gamma+1)) / (1 - a) tok/pass for a chain of gamma drafts each right "
+      "with probability a (M1 oracle rows; exact with --fixed-gamma)\n");
+  std::printf("%s\n",
+              DrafterSharesCores(f)
+                  ? "the drafter shares the nodes' cores: it drafts ahead of runs in flight "
+                    "only where a draft before a run would pay"
+                  : "the drafter has cores of its own: drafting ahead of runs in flight "
+                    "costs only the rows");
   if (f.spec_paired) {
-    std::printf("paired: each speculative row's speedup is against the M0 run made right before "
-                "it (its tok/s under \"M0\")\n");
+    std::printf(
+        "paired: each speculative row's speedup is against the M0 run made right before "
+        "it (its tok/s under \"M0\")\n");
   }
-  std::printf("decode tok/s: tokens after each request's first over the time from its first token "
-              "to its last (no session opening, no prompt pass)\n");
+  std::printf(
+      "decode tok/s: tokens after each request's first over the time from its first token "
+      "to its last (no session opening, no prompt pass)\n");
   std::printf("%-6s %-24s %-11s %-8s %-8s %-8s %-8s %-9s %-9s %-7s %-9s %-7s %-8s %-8s %-4s\n",
-              "delay", "mode", "drafter", "tok/s", "decode", "speedup", "M0", "acc/pass",
+              "delay",
+              "mode",
+              "drafter",
+              "tok/s",
+              "decode",
+              "speedup",
+              "M0",
+              "acc/pass",
               "tok/pass",
-              "expect", "pass/tok", "wasted", "itl_p50", "itl_p95", "same");
+              "expect",
+              "pass/tok",
+              "wasted",
+              "itl_p50",
+              "itl_p95",
+              "same");
 }
 
 }  // namespace
@@ -366,8 +392,8 @@ int RunSpecSweep(const BenchFlags& f) {
       }
       auto t = RunConfig(**client, f, c, prompts, IsPlain(c) ? nullptr : &plain.outputs);
       if (!t.ok()) {
-        return Fail(StrCat(ModeLabel(c.mode), " ", c.drafter, " at ", delay,
-                           " ms: ", t.status().message()));
+        return Fail(StrCat(
+            ModeLabel(c.mode), " ", c.drafter, " at ", delay, " ms: ", t.status().message()));
       }
       const bool identical = c.mode == "plain" || t->outputs == plain.outputs;  // M0 again too
       if (!identical) {
@@ -390,10 +416,13 @@ int RunSpecSweep(const BenchFlags& f) {
     for (const auto& [oracle, b] : best) {
       out["best"].push_back(b);
       if (!f.json) {
-        std::printf("best at %.0f ms (%s): %s %s, %.1f tok/s, %.2fx plain\n", delay,
+        std::printf("best at %.0f ms (%s): %s %s, %.1f tok/s, %.2fx plain\n",
+                    delay,
                     oracle ? "oracle" : "real drafters",
-                    b["mode"].get<std::string>().c_str(), b["drafter"].get<std::string>().c_str(),
-                    b["tokens_per_s"].get<double>(), b["speedup"].get<double>());
+                    b["mode"].get<std::string>().c_str(),
+                    b["drafter"].get<std::string>().c_str(),
+                    b["tokens_per_s"].get<double>(),
+                    b["speedup"].get<double>());
       }
     }
   }

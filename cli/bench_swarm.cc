@@ -25,16 +25,19 @@ namespace {
 constexpr int kNodeKvMib = 2048;  // KV memory per node: long prompts times many sessions
 
 struct RunStats {
-  double ttft_ms = 0;             // median over sessions: prompt in -> first token's logits
-  double step_p50_ms = 0;         // inter-token latency over all sessions' steps
+  double ttft_ms = 0;      // median over sessions: prompt in -> first token's logits
+  double step_p50_ms = 0;  // inter-token latency over all sessions' steps
   double step_p95_ms = 0;
-  double session_tokens_per_s = 0;  // median over sessions, decode only
+  double session_tokens_per_s = 0;    // median over sessions, decode only
   double aggregate_tokens_per_s = 0;  // all generated tokens / wall time of the run
 };
 
 // Prefill `prompt` and decode `tokens` greedy steps (no stop token) in one session.
-absl::Status OneSession(client::InferenceSession& s, const std::vector<int32_t>& prompt,
-                        int tokens, double* ttft_ms, std::vector<double>* steps) {
+absl::Status OneSession(client::InferenceSession& s,
+                        const std::vector<int32_t>& prompt,
+                        int tokens,
+                        double* ttft_ms,
+                        std::vector<double>* steps) {
   const absl::Time t0 = absl::Now();
   auto logits = s.Feed(prompt);
   if (!logits.ok()) return logits.status();
@@ -53,7 +56,9 @@ absl::Status OneSession(client::InferenceSession& s, const std::vector<int32_t>&
 
 // Runs `sessions` sessions at once; `open` makes each one's InferenceSession.
 absl::StatusOr<RunStats> Measure(
-    int sessions, const std::vector<int32_t>& prompt, int tokens,
+    int sessions,
+    const std::vector<int32_t>& prompt,
+    int tokens,
     const std::function<absl::StatusOr<std::unique_ptr<client::InferenceSession>>()>& open) {
   std::vector<std::unique_ptr<client::InferenceSession>> opened;
   for (int i = 0; i < sessions; ++i) {
@@ -101,7 +106,8 @@ nlohmann::json ToJson(const RunStats& r) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<harness::LocalSwarm>> StartBenchSwarm(
-    const std::string& model, const std::vector<double>& delays_ms,
+    const std::string& model,
+    const std::vector<double>& delays_ms,
     const std::vector<harness::NodeSpec>& nodes) {
   harness::LocalSwarmOptions so;
   const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
@@ -116,8 +122,7 @@ absl::StatusOr<std::unique_ptr<harness::LocalSwarm>> StartBenchSwarm(
   return swarm;
 }
 
-std::vector<harness::NodeSpec> ReplicatedSpans(int n_layers, int spans, int replicas,
-                                              int threads) {
+std::vector<harness::NodeSpec> ReplicatedSpans(int n_layers, int spans, int replicas, int threads) {
   std::vector<harness::NodeSpec> out;
   for (int r = 0; r < replicas; ++r) {
     for (int i = 0; i < spans; ++i) {
@@ -136,7 +141,8 @@ absl::Status SetBenchDelay(harness::LocalSwarm& swarm, double delay_ms) {
   return swarm.SetDelay(delay_ms);
 }
 
-ClientOptions BenchClientOptions(const harness::LocalSwarm& swarm, const std::string& model,
+ClientOptions BenchClientOptions(const harness::LocalSwarm& swarm,
+                                 const std::string& model,
                                  int threads) {
   ClientOptions co;
   co.coordinators = swarm.coordinators();
@@ -180,10 +186,18 @@ int RunSwarmBench(const BenchFlags& f) {
   out["runs"] = nlohmann::json::array();
   if (!f.json) {
     std::printf("local engine: decode %.1f tokens/s, first token %.1f ms, step p50 %.2f ms\n",
-                local_stats->session_tokens_per_s, local_stats->ttft_ms,
+                local_stats->session_tokens_per_s,
+                local_stats->ttft_ms,
                 local_stats->step_p50_ms);
-    std::printf("%-9s %-9s %-12s %-11s %-11s %-11s %-12s %-10s\n", "delay_ms", "sessions",
-                "decode_tok/s", "ttft_ms", "step_p50", "step_p95", "aggregate/s", "bound_ms");
+    std::printf("%-9s %-9s %-12s %-11s %-11s %-11s %-12s %-10s\n",
+                "delay_ms",
+                "sessions",
+                "decode_tok/s",
+                "ttft_ms",
+                "step_p50",
+                "step_p95",
+                "aggregate/s",
+                "bound_ms");
   }
   double step0 = 0;
   for (double delay : f.delays_ms) {
@@ -192,8 +206,8 @@ int RunSwarmBench(const BenchFlags& f) {
     for (int sessions : f.sessions) {
       std::vector<RunStats> runs;
       for (int r = 0; r < std::max(1, f.repeat); ++r) {
-        auto stats = Measure(sessions, prompt, f.decode_tokens,
-                             [&] { return (*client)->NewInferenceSession(); });
+        auto stats = Measure(
+            sessions, prompt, f.decode_tokens, [&] { return (*client)->NewInferenceSession(); });
         if (!stats.ok()) return Fail(std::string(stats.status().message()));
         runs.push_back(*stats);
       }
@@ -211,8 +225,13 @@ int RunSwarmBench(const BenchFlags& f) {
       if (bound > 0 && sessions == 1) j["step_bound_ms"] = bound;
       out["runs"].push_back(j);
       if (!f.json) {
-        std::printf("%-9.0f %-9d %-12.1f %-11.1f %-11.2f %-11.2f %-12.1f %-10s\n", delay,
-                    sessions, s.session_tokens_per_s, s.ttft_ms, s.step_p50_ms, s.step_p95_ms,
+        std::printf("%-9.0f %-9d %-12.1f %-11.1f %-11.2f %-11.2f %-12.1f %-10s\n",
+                    delay,
+                    sessions,
+                    s.session_tokens_per_s,
+                    s.ttft_ms,
+                    s.step_p50_ms,
+                    s.step_p95_ms,
                     s.aggregate_tokens_per_s,
                     bound > 0 && sessions == 1 ? absl::StrFormat("%.2f", bound).c_str() : "-");
         std::fflush(stdout);

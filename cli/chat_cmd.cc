@@ -239,8 +239,8 @@ class Chat {
       g = Speculate(prompt, r, show);
     } else {
       ASSIGN_OR_RETURN(std::unique_ptr<client::InferenceSession> session, engine_->NewSession());
-      g = client::Generate(*session, engine_->tokenizer(), prompt, client::ToGenerateOptions(r),
-                           show);
+      g = client::Generate(
+          *session, engine_->tokenizer(), prompt, client::ToGenerateOptions(r), show);
     }
     signals_->Take();  // a Ctrl-C that stopped this answer is used up
     return g;

@@ -89,8 +89,9 @@ void RegisterCoordinator(CLI::App& app, int* exit_code) {
   cmd->add_option("--heartbeat-ms", flags->heartbeat_ms, "Heartbeat interval told to nodes")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{10}, int64_t{600'000}));
-  cmd->add_flag("!--no-rebalance", flags->rebalance,
-               "Move nodes only to fill uncovered layers, never to even out throughput");
+  cmd->add_flag("!--no-rebalance",
+                flags->rebalance,
+                "Move nodes only to fill uncovered layers, never to even out throughput");
   cmd->callback([flags, exit_code] { *exit_code = RunCoordinator(*flags); });
 }
 

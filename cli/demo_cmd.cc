@@ -59,7 +59,8 @@ int RunDemo(const DemoFlags& f) {
   auto swarm = harness::LocalSwarm::Start(so);
   if (!swarm.ok()) return Fail(std::string(swarm.status().message()));
   std::printf("coordinator  %s  (swarm JSON at http://%s/api/swarm)\n",
-              (*swarm)->coordinator().c_str(), (*swarm)->http().c_str());
+              (*swarm)->coordinator().c_str(),
+              (*swarm)->http().c_str());
   // One node at a time, so each joins seeing the previous ones' coverage.
   harness::NodeSpec spec;
   spec.max_layers = (n_layers + f.nodes - 1) / f.nodes;
@@ -68,8 +69,12 @@ int RunDemo(const DemoFlags& f) {
   for (int i = 0; i < f.nodes && !g_interrupted; ++i) {
     auto node = (*swarm)->AddNode(spec);
     if (!node.ok()) return Fail(std::string(node.status().message()));
-    std::printf("node %d       %s  %s  layers %d-%d\n", i + 1, (*node)->address.c_str(),
-                (*node)->id.c_str(), (*node)->first_layer, (*node)->last_layer - 1);
+    std::printf("node %d       %s  %s  layers %d-%d\n",
+                i + 1,
+                (*node)->address.c_str(),
+                (*node)->id.c_str(),
+                (*node)->first_layer,
+                (*node)->last_layer - 1);
     std::fflush(stdout);
   }
   if (g_interrupted) return 130;
@@ -101,7 +106,9 @@ int RunDemo(const DemoFlags& f) {
     std::printf("  %s [layers %d-%d]", h.node_id.c_str(), h.first_layer, h.last_layer - 1);
   }
   std::printf("\n%d prompt tokens, %zu generated, first token %.0f ms, %.1f tokens/s\n",
-              result->prompt_tokens, result->token_ids.size(), result->ttft_ms,
+              result->prompt_tokens,
+              result->token_ids.size(),
+              result->ttft_ms,
               result->decode_tokens_per_s);
   if (f.keep && !g_interrupted) {
     std::printf("the swarm keeps running; Ctrl-C stops it\n");

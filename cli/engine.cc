@@ -38,8 +38,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Local(const std::string& model_p
   e->local_ = *std::move(local);
   e->model_path_ = model_path;
   e->threads_ = threads;
-  e->local_drafters_ = std::make_unique<client::DrafterCache>(
-      model_path, e->model_->hparams().n_vocab, threads);
+  e->local_drafters_ =
+      std::make_unique<client::DrafterCache>(model_path, e->model_->hparams().n_vocab, threads);
   return e;
 }
 
@@ -68,8 +68,13 @@ absl::StatusOr<GenerateResult> Engine::Speculate(std::span<const int32_t> prompt
     chains.push_back(chain.get());
     owned.push_back(std::move(chain));
   }
-  client::RequestContext context{&local_->embedder(), &local_->head(), &local_->tokenizer(),
-                                 &local_->pool(), model_path_, threads_, nullptr,
+  client::RequestContext context{&local_->embedder(),
+                                 &local_->head(),
+                                 &local_->tokenizer(),
+                                 &local_->pool(),
+                                 model_path_,
+                                 threads_,
+                                 nullptr,
                                  local_drafters_.get()};
   return client::RunTokens(prompt, request, context, chains, on_token);
 }

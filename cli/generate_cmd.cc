@@ -42,7 +42,8 @@ nlohmann::json ResultJson(const GenerateResult& r, uint64_t seed) {
   return j;
 }
 
-absl::StatusOr<GenerateResult> GenerateLocally(const GenerateFlags& f, const std::string& path,
+absl::StatusOr<GenerateResult> GenerateLocally(const GenerateFlags& f,
+                                               const std::string& path,
                                                const TokenCallback& stream) {
   client::LocalModelOptions lo;
   lo.path = path;
@@ -58,8 +59,8 @@ absl::StatusOr<GenerateResult> GenerateLocally(const GenerateFlags& f, const std
     chains.push_back(chain->get());
     owned.push_back(std::move(*chain));
   }
-  client::RequestContext context{&(*lm)->embedder(), &(*lm)->head(), &(*lm)->tokenizer(),
-                                 &(*lm)->pool(), path, f.threads};
+  client::RequestContext context{
+      &(*lm)->embedder(), &(*lm)->head(), &(*lm)->tokenizer(), &(*lm)->pool(), path, f.threads};
   return client::RunRequest(f.request, context, chains, stream);
 }
 
@@ -106,8 +107,11 @@ int RunGenerate(GenerateFlags f) {
     std::cout << j.dump() << std::endl;
   } else {
     std::printf("\n");
-    std::fprintf(stderr, "[%d prompt tokens, %zu generated, first token %.0f ms, %.1f tokens/s]\n",
-                 result->prompt_tokens, result->token_ids.size(), result->ttft_ms,
+    std::fprintf(stderr,
+                 "[%d prompt tokens, %zu generated, first token %.0f ms, %.1f tokens/s]\n",
+                 result->prompt_tokens,
+                 result->token_ids.size(),
+                 result->ttft_ms,
                  result->decode_tokens_per_s);
   }
   return 0;
@@ -121,7 +125,8 @@ CLI::Validator StatusValidator(absl::StatusOr<T> (*parse)(std::string_view), std
         absl::StatusOr<T> parsed = parse(value);
         return parsed.ok() ? std::string() : std::string(parsed.status().message());
       },
-      "", std::move(name));
+      "",
+      std::move(name));
 }
 
 }  // namespace
@@ -146,19 +151,23 @@ void AddSpeculativeFlags(CLI::App* cmd, SpeculativeOptions* sp) {
   cmd->add_option("--tree-budget", sp->tree_budget, "Draft nodes per tree")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
-  cmd->add_option("--in-flight", sp->max_in_flight,
+  cmd->add_option("--in-flight",
+                  sp->max_in_flight,
                   "Most runs in flight (pipelined, dsi; fewer where the links are fast)")
       ->capture_default_str()
       ->check(CLI::Range(1, 16));
   cmd->add_option("--replicas", sp->replicas, "Chains for dsi")
       ->capture_default_str()
       ->check(CLI::Range(1, 8));
-  cmd->add_flag("--rejection-sampling", sp->rejection_sampling,
+  cmd->add_flag("--rejection-sampling",
+                sp->rejection_sampling,
                 "Accept drafts with probability p/q instead of by exact match");
-  cmd->add_flag("--verify-at-last-hop", sp->verify_at_last_hop,
+  cmd->add_flag("--verify-at-last-hop",
+                sp->verify_at_last_hop,
                 "The node serving the last layers verifies the drafts with the model's head and "
                 "answers with tokens instead of hidden states (chain, pipelined, dsi)");
-  cmd->add_flag("--drafter-shares-cores", sp->drafter_shares_cores,
+  cmd->add_flag("--drafter-shares-cores",
+                sp->drafter_shares_cores,
                 "The drafter runs on the cores the nodes compute on (a local swarm on this "
                 "machine): pipelined runs then draft ahead only as far as a draft before a run "
                 "would pay");
@@ -168,7 +177,8 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<GenerateFlags>();
   GenerateRequest& r = flags->request;
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt");
-  cmd->add_option("--coordinator", flags->coordinators,
+  cmd->add_option("--coordinator",
+                  flags->coordinators,
                   "Generate through a swarm: coordinator address(es), comma-separated");
   cmd->add_option("--model", flags->model, "GGUF model file (default: the installed model)");
   cmd->add_option("--prompt", r.prompt, "Prompt text")->required();

@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "text/chat_template.h"
 #include "nlohmann/json.hpp"
 #include "strata/client.h"
+#include "text/chat_template.h"
 
 namespace strata::cli::openai {
 

@@ -29,8 +29,10 @@ class Chain {
   // Runs `rows` (hidden: rows.size() x n_embd f32) through every layer, appending their KV.
   // Writes the final hidden states of the rows named in `out_rows` (indices into rows) to
   // `out`, out_rows.size() x n_embd.
-  virtual absl::Status Forward(std::span<const model::Row> rows, const float* hidden,
-                               std::span<const int32_t> out_rows, float* out) = 0;
+  virtual absl::Status Forward(std::span<const model::Row> rows,
+                               const float* hidden,
+                               std::span<const int32_t> out_rows,
+                               float* out) = 0;
 
   // Drops positions >= from_pos of sequence `seq` on every hop.
   virtual absl::Status Truncate(model::SeqId seq, int32_t from_pos) = 0;

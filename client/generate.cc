@@ -25,8 +25,10 @@ size_t PendingStopPrefix(std::string_view text, const std::vector<std::string>& 
 
 }  // namespace
 
-Emitter::Emitter(const text::Tokenizer& tokenizer, const GenerateOptions& options,
-                 const strata::TokenCallback& on_token, Generation* out)
+Emitter::Emitter(const text::Tokenizer& tokenizer,
+                 const GenerateOptions& options,
+                 const strata::TokenCallback& on_token,
+                 Generation* out)
     : tokenizer_(tokenizer),
       options_(options),
       on_token_(on_token),
@@ -90,7 +92,8 @@ void Emitter::Finish() {
   }
 }
 
-absl::StatusOr<Generation> Generate(InferenceSession& session, const text::Tokenizer& tokenizer,
+absl::StatusOr<Generation> Generate(InferenceSession& session,
+                                    const text::Tokenizer& tokenizer,
                                     std::span<const int32_t> prompt,
                                     const GenerateOptions& options,
                                     const strata::TokenCallback& on_token) {

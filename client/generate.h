@@ -12,8 +12,8 @@
 #include "absl/time/time.h"
 #include "client/session.h"
 #include "model/sampling.h"
-#include "text/tokenizer.h"
 #include "strata/client.h"
+#include "text/tokenizer.h"
 
 namespace strata::client {
 
@@ -28,7 +28,7 @@ struct Generation {
   std::vector<int32_t> tokens;  // generated ids (an end-of-generation token is not included)
   std::string text;
   int prompt_tokens = 0;
-  double ttft_ms = 0;              // first Feed of the prompt until the first token is sampled
+  double ttft_ms = 0;  // first Feed of the prompt until the first token is sampled
   double prefill_ms = 0;
   double decode_tokens_per_s = 0;  // tokens after the first / time after the first
   std::string finish_reason;       // "stop", "length" or "cancelled"
@@ -39,8 +39,10 @@ struct Generation {
 // Shared by plain and speculative decoding so both end a generation the same way.
 class Emitter {
  public:
-  Emitter(const text::Tokenizer& tokenizer, const GenerateOptions& options,
-          const strata::TokenCallback& on_token, Generation* out);
+  Emitter(const text::Tokenizer& tokenizer,
+          const GenerateOptions& options,
+          const strata::TokenCallback& on_token,
+          Generation* out);
   // Takes the next sampled token; false when the generation is over (finish_reason is set).
   bool Push(int32_t token);
   // Flushes held-back text and fills text / decode speed. Call once at the end.
@@ -62,9 +64,9 @@ class Emitter {
 
 // Feeds `prompt` to the (fresh) session and generates. The session holds the text afterwards.
 absl::StatusOr<Generation> Generate(InferenceSession& session,
-                                        const text::Tokenizer& tokenizer,
-                                        std::span<const int32_t> prompt,
-                                        const GenerateOptions& options,
+                                    const text::Tokenizer& tokenizer,
+                                    std::span<const int32_t> prompt,
+                                    const GenerateOptions& options,
                                     const strata::TokenCallback& on_token = nullptr);
 
 }  // namespace strata::client

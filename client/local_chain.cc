@@ -8,14 +8,16 @@
 namespace strata::client {
 
 absl::StatusOr<std::unique_ptr<LocalChain>> LocalChain::Create(
-    std::shared_ptr<const model::Model> model, ThreadPool* pool, size_t kv_bytes,
-    std::vector<int> boundaries, bool allow_partial) {
+    std::shared_ptr<const model::Model> model,
+    ThreadPool* pool,
+    size_t kv_bytes,
+    std::vector<int> boundaries,
+    bool allow_partial) {
   const int n_layer = model->hparams().n_layer;
   if (boundaries.empty()) boundaries = {0, n_layer};
   if (boundaries.size() < 2 || boundaries.front() != 0 ||
       (boundaries.back() != n_layer && !(allow_partial && boundaries.back() < n_layer))) {
-    return absl::InvalidArgumentError(
-        StrCat("span boundaries must run from 0 to ", n_layer));
+    return absl::InvalidArgumentError(StrCat("span boundaries must run from 0 to ", n_layer));
   }
   auto chain = std::unique_ptr<LocalChain>(new LocalChain());
   chain->model_ = model;
@@ -31,8 +33,10 @@ absl::StatusOr<std::unique_ptr<LocalChain>> LocalChain::Create(
   return chain;
 }
 
-absl::Status LocalChain::Forward(std::span<const model::Row> rows, const float* hidden,
-                                 std::span<const int32_t> out_rows, float* out) {
+absl::Status LocalChain::Forward(std::span<const model::Row> rows,
+                                 const float* hidden,
+                                 std::span<const int32_t> out_rows,
+                                 float* out) {
   const size_t width = static_cast<size_t>(n_embd_);
   work_.assign(hidden, hidden + rows.size() * width);
   for (size_t i = 0; i < stages_.size(); ++i) {
@@ -120,8 +124,9 @@ absl::StatusOr<uint64_t> LocalChain::SubmitVerifiedRun(std::span<const model::Ro
     verifier_ = std::move(*v);
   }
   if (!verifier_) {
-    f.status = absl::FailedPreconditionError("a chain that stops before the last layer cannot "
-                                             "verify");
+    f.status = absl::FailedPreconditionError(
+        "a chain that stops before the last layer cannot "
+        "verify");
     return id;
   }
   model::VerifySpec spec = verify;

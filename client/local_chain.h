@@ -18,15 +18,21 @@ class LocalChain : public Chain {
   // With `allow_partial` the last boundary may stop before n_layer (early exit: the head then
   // reads the output of an inner layer — self-speculation).
   static absl::StatusOr<std::unique_ptr<LocalChain>> Create(
-      std::shared_ptr<const model::Model> model, ThreadPool* pool, size_t kv_bytes,
-      std::vector<int> boundaries = {}, bool allow_partial = false);
+      std::shared_ptr<const model::Model> model,
+      ThreadPool* pool,
+      size_t kv_bytes,
+      std::vector<int> boundaries = {},
+      bool allow_partial = false);
 
-  absl::Status Forward(std::span<const model::Row> rows, const float* hidden,
-                       std::span<const int32_t> out_rows, float* out) override;
+  absl::Status Forward(std::span<const model::Row> rows,
+                       const float* hidden,
+                       std::span<const int32_t> out_rows,
+                       float* out) override;
   absl::Status Truncate(model::SeqId seq, int32_t from_pos) override;
   absl::Status Commit(model::SeqId seq, int32_t until_pos) override;
   std::vector<HopInfo> Hops() const override;
-  absl::StatusOr<uint64_t> SubmitRun(std::span<const model::Row> rows, const float* hidden,
+  absl::StatusOr<uint64_t> SubmitRun(std::span<const model::Row> rows,
+                                     const float* hidden,
                                      std::span<const int32_t> out_rows) override;
   absl::Status WaitRun(uint64_t run, float* out) override;
   absl::StatusOr<uint64_t> SubmitVerifiedRun(std::span<const model::Row> rows,

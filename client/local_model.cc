@@ -36,8 +36,8 @@ absl::StatusOr<std::unique_ptr<LocalChain>> LocalModel::NewChain() {
 
 absl::StatusOr<std::unique_ptr<InferenceSession>> LocalModel::NewSession() {
   ASSIGN_OR_RETURN(auto chain, LocalChain::Create(model_, pool_.get(), options_.kv_bytes));
-  return std::make_unique<InferenceSession>(embedder_.get(), head_.get(), std::move(chain),
-                                            pool_.get());
+  return std::make_unique<InferenceSession>(
+      embedder_.get(), head_.get(), std::move(chain), pool_.get());
 }
 
 }  // namespace strata::client

@@ -16,9 +16,9 @@ namespace strata::client {
 
 struct LocalModelOptions {
   std::string path;
-  int threads = 0;                     // 0: all CPUs
-  size_t kv_bytes = size_t{1} << 30;   // KV cache cap
-  bool show_progress = false;          // loading progress on stderr (when it is a terminal)
+  int threads = 0;                    // 0: all CPUs
+  size_t kv_bytes = size_t{1} << 30;  // KV cache cap
+  bool show_progress = false;         // loading progress on stderr (when it is a terminal)
 };
 
 class LocalModel {

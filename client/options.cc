@@ -41,8 +41,10 @@ std::string DrafterName(const Drafter& drafter) {
 }
 
 absl::StatusOr<SpeculativeMode> ParseSpeculativeMode(std::string_view text) {
-  for (SpeculativeMode m : {SpeculativeMode::kChain, SpeculativeMode::kTree,
-                            SpeculativeMode::kPipelined, SpeculativeMode::kDsi}) {
+  for (SpeculativeMode m : {SpeculativeMode::kChain,
+                            SpeculativeMode::kTree,
+                            SpeculativeMode::kPipelined,
+                            SpeculativeMode::kDsi}) {
     if (text == SpeculativeModeName(m)) return m;
   }
   return absl::InvalidArgumentError(

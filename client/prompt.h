@@ -6,8 +6,8 @@
 
 #include "absl/status/statusor.h"
 #include "client/generate.h"
-#include "text/tokenizer.h"
 #include "strata/client.h"
+#include "text/tokenizer.h"
 
 namespace strata::client {
 

@@ -76,8 +76,10 @@ absl::StatusOr<strata::GenerateResult> RunTokens(std::span<const int32_t> prompt
     lease.emplace(std::move(l));
     drafter = lease->get();
   } else if (drafter == nullptr) {
-    ASSIGN_OR_RETURN(owned, MakeDrafter(DrafterName(so.drafter), context.model_path, context.head->n_vocab(),
-                                        context.threads));
+    ASSIGN_OR_RETURN(
+        owned,
+        MakeDrafter(
+            DrafterName(so.drafter), context.model_path, context.head->n_vocab(), context.threads));
     drafter = owned.get();
   }
   SpeculativeOptions o;
@@ -91,16 +93,22 @@ absl::StatusOr<strata::GenerateResult> RunTokens(std::span<const int32_t> prompt
   o.drafter_shares_cores = so.drafter_shares_cores;
   // The drafter's cost model carries over to its next request.
   // (Per mode and where runs are verified: the pass costs differ.)
-  const std::string key = StrCat(SpeculativeModeName(so.mode), so.verify_at_last_hop ? ", last hop" : "");
-  std::shared_ptr<void>* learned = lease                ? &lease->learned(key)
-                                   : context.learned   ? &(*context.learned)[key]
-                                                       : nullptr;
+  const std::string key =
+      StrCat(SpeculativeModeName(so.mode), so.verify_at_last_hop ? ", last hop" : "");
+  std::shared_ptr<void>* learned = lease             ? &lease->learned(key)
+                                   : context.learned ? &(*context.learned)[key]
+                                                     : nullptr;
   if (learned != nullptr && o.adaptive) {
     if (!*learned) *learned = std::make_shared<GammaController>(o.gamma, o.max_gamma, true);
     o.learned = static_cast<GammaController*>(learned->get());
   }
-  SpeculativeDecoder decoder(context.embedder, context.head, std::move(chains), context.pool,
-                             context.tokenizer, drafter, o);
+  SpeculativeDecoder decoder(context.embedder,
+                             context.head,
+                             std::move(chains),
+                             context.pool,
+                             context.tokenizer,
+                             drafter,
+                             o);
   ASSIGN_OR_RETURN(Generation g, decoder.Generate(prompt, options, on_token));
   strata::GenerateResult out = ToResult(std::move(g));
   out.passes = decoder.stats().passes;

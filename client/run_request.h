@@ -10,8 +10,8 @@
 #include "client/drafter.h"
 #include "common/thread_pool.h"
 #include "model/llama.h"
-#include "text/tokenizer.h"
 #include "strata/client.h"
+#include "text/tokenizer.h"
 
 namespace strata::client {
 

@@ -6,8 +6,10 @@
 
 namespace strata::client {
 
-InferenceSession::InferenceSession(const model::Embedder* embedder, const model::Head* head,
-                                   Chain* chain, ThreadPool* pool)
+InferenceSession::InferenceSession(const model::Embedder* embedder,
+                                   const model::Head* head,
+                                   Chain* chain,
+                                   ThreadPool* pool)
     : embedder_(embedder), head_(head), chain_(chain), pool_(pool) {}
 
 absl::StatusOr<std::span<const float>> InferenceSession::Feed(std::span<const int32_t> tokens,
@@ -31,8 +33,8 @@ absl::StatusOr<std::span<const float>> InferenceSession::Feed(std::span<const in
   RETURN_IF_ERROR(chain_->Forward(rows_, hidden_.data(), out_rows, last_hidden_.data()));
   tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
   logits_.resize(out_rows.size() * static_cast<size_t>(head_->n_vocab()));
-  head_->Logits(last_hidden_.data(), static_cast<int64_t>(out_rows.size()), logits_.data(),
-                *pool_, scratch_);
+  head_->Logits(
+      last_hidden_.data(), static_cast<int64_t>(out_rows.size()), logits_.data(), *pool_, scratch_);
   return std::span<const float>(logits_).subspan(logits_.size() - head_->n_vocab());
 }
 

@@ -16,11 +16,15 @@ namespace strata::client {
 
 class InferenceSession {
  public:
-  InferenceSession(const model::Embedder* embedder, const model::Head* head, Chain* chain,
+  InferenceSession(const model::Embedder* embedder,
+                   const model::Head* head,
+                   Chain* chain,
                    ThreadPool* pool);
   // Takes ownership of the chain.
-  InferenceSession(const model::Embedder* embedder, const model::Head* head,
-                   std::unique_ptr<Chain> chain, ThreadPool* pool)
+  InferenceSession(const model::Embedder* embedder,
+                   const model::Head* head,
+                   std::unique_ptr<Chain> chain,
+                   ThreadPool* pool)
       : InferenceSession(embedder, head, chain.get(), pool) {
     owned_chain_ = std::move(chain);
   }

@@ -57,8 +57,8 @@ absl::StatusOr<std::unique_ptr<SwarmClient>> SwarmClient::Create(const ClientOpt
   ASSIGN_OR_RETURN(c->head_, model::Head::Load(c->model_));
   c->pool_ = std::make_unique<ThreadPool>(options.threads > 0 ? options.threads
                                                               : ThreadPool::DefaultThreads());
-  c->drafters_ = std::make_unique<DrafterCache>(options.model_path, c->model_->hparams().n_vocab,
-                                                options.threads);
+  c->drafters_ = std::make_unique<DrafterCache>(
+      options.model_path, c->model_->hparams().n_vocab, options.threads);
   for (const std::string& address : options.coordinators) {
     c->coordinators_.push_back(
         v1::Coordinator::NewStub(transport::ChannelCache::Default().Get(address)));
@@ -125,8 +125,8 @@ absl::StatusOr<std::unique_ptr<InferenceSession>> SwarmClient::NewInferenceSessi
   ASSIGN_OR_RETURN(std::unique_ptr<RemoteChain> chain, OpenChain());
   if (route_out) *route_out = chain->Hops();
   if (chain_out) *chain_out = chain.get();
-  return std::make_unique<InferenceSession>(embedder_.get(), head_.get(), std::move(chain),
-                                            pool_.get());
+  return std::make_unique<InferenceSession>(
+      embedder_.get(), head_.get(), std::move(chain), pool_.get());
 }
 
 absl::StatusOr<std::unique_ptr<strata::Session>> SwarmClient::OpenSession() {
@@ -154,13 +154,16 @@ absl::Status SwarmClient::LoadDrafter(const strata::Drafter& drafter) {
 }
 
 absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateWith(
-    const GenerateRequest& request, Drafter* drafter, const strata::TokenCallback& on_token,
+    const GenerateRequest& request,
+    Drafter* drafter,
+    const strata::TokenCallback& on_token,
     DrafterCache::Learned* learned) {
   return Run(request, nullptr, drafter, on_token, learned);
 }
 
 absl::StatusOr<strata::GenerateResult> SwarmClient::GenerateTokens(
-    std::span<const int32_t> prompt, const GenerateRequest& request,
+    std::span<const int32_t> prompt,
+    const GenerateRequest& request,
     const strata::TokenCallback& on_token) {
   return Run(request, &prompt, nullptr, on_token);
 }
@@ -182,8 +185,14 @@ absl::StatusOr<strata::GenerateResult> SwarmClient::Run(const GenerateRequest& r
     chains.push_back(chain->get());
     owned.push_back(std::move(*chain));
   }
-  RequestContext context{embedder_.get(), head_.get(), tokenizer_.get(), pool_.get(),
-                         options_.model_path, options_.threads, drafter, drafters_.get(),
+  RequestContext context{embedder_.get(),
+                         head_.get(),
+                         tokenizer_.get(),
+                         pool_.get(),
+                         options_.model_path,
+                         options_.threads,
+                         drafter,
+                         drafters_.get(),
                          learned};
   ASSIGN_OR_RETURN(strata::GenerateResult out,
                    prompt != nullptr ? RunTokens(*prompt, request, context, chains, on_token)

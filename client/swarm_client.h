@@ -11,9 +11,9 @@
 #include "client/session.h"
 #include "common/thread_pool.h"
 #include "model/llama.h"
-#include "text/tokenizer.h"
 #include "strata/client.h"
 #include "strata/v1/coordinator.grpc.pb.h"
+#include "text/tokenizer.h"
 
 namespace strata::client {
 
@@ -26,7 +26,8 @@ class SwarmClient final : public Client {
   // Generate with `drafter` (not owned; null: the one request.speculative.drafter names), for
   // benchmarks whose drafters the public options cannot name (the oracle). `learned` (may be
   // null) carries what the requests with such drafters learn from one request to the next.
-  absl::StatusOr<GenerateResult> GenerateWith(const GenerateRequest& request, Drafter* drafter,
+  absl::StatusOr<GenerateResult> GenerateWith(const GenerateRequest& request,
+                                              Drafter* drafter,
                                               const TokenCallback& on_token,
                                               DrafterCache::Learned* learned = nullptr);
   // Generate from prompt tokens the caller templated itself (a multi-turn conversation);
@@ -61,7 +62,8 @@ class SwarmClient final : public Client {
   SwarmClient() = default;
   // A request over fresh chains; `prompt` (null: request's own prompt) as for GenerateTokens.
   absl::StatusOr<GenerateResult> Run(const GenerateRequest& request,
-                                     const std::span<const int32_t>* prompt, Drafter* drafter,
+                                     const std::span<const int32_t>* prompt,
+                                     Drafter* drafter,
                                      const TokenCallback& on_token,
                                      DrafterCache::Learned* learned = nullptr);
 

@@ -34,18 +34,17 @@ struct LogVoidify {
 }  // namespace internal
 }  // namespace strata
 
-#define STRATA_LOG(level)                                                          \
-  (::strata::LogLevel::k##level < ::strata::MinLogLevel())                         \
-      ? (void)0                                                                    \
-      : ::strata::internal::LogVoidify() &                                         \
-            ::strata::internal::LogMessage(::strata::LogLevel::k##level, __FILE__, \
-                                           __LINE__)                               \
+#define STRATA_LOG(level)                                                                    \
+  (::strata::LogLevel::k##level < ::strata::MinLogLevel())                                   \
+      ? (void)0                                                                              \
+      : ::strata::internal::LogVoidify() &                                                   \
+            ::strata::internal::LogMessage(::strata::LogLevel::k##level, __FILE__, __LINE__) \
                 .stream()
 
-#define STRATA_CHECK(cond)                                                                 \
-  (cond) ? (void)0                                                                         \
-         : ::strata::internal::LogVoidify() &                                              \
-               ::strata::internal::LogMessage(::strata::LogLevel::kError, __FILE__, __LINE__, \
-                                              /*fatal=*/true)                              \
-                       .stream()                                                           \
+#define STRATA_CHECK(cond)                                                         \
+  (cond) ? (void)0                                                                 \
+         : ::strata::internal::LogVoidify() &                                      \
+               ::strata::internal::LogMessage(                                     \
+                   ::strata::LogLevel::kError, __FILE__, __LINE__, /*fatal=*/true) \
+                       .stream()                                                   \
                    << "Check failed: " #cond " "

@@ -37,8 +37,8 @@ class Subprocess {
 
  private:
   Subprocess() = default;
-  static absl::StatusOr<std::unique_ptr<Subprocess>> StartHere(
-      const std::vector<std::string>& argv, const std::string& stderr_path);
+  static absl::StatusOr<std::unique_ptr<Subprocess>> StartHere(const std::vector<std::string>& argv,
+                                                               const std::string& stderr_path);
   pid_t pid_ = -1;
   int stdout_fd_ = -1;
   std::string buffer_;

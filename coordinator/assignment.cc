@@ -100,7 +100,8 @@ absl::StatusOr<LayerRange> ChooseSpan(const v1::SwarmSnapshot& swarm,
   return span;
 }
 
-std::optional<LayerRange> PlanMove(const v1::SwarmSnapshot& swarm, const std::string& node_id,
+std::optional<LayerRange> PlanMove(const v1::SwarmSnapshot& swarm,
+                                   const std::string& node_id,
                                    const std::vector<std::pair<std::string, LayerRange>>& pending,
                                    const MoveOptions& options) {
   const int n = swarm.num_layers();

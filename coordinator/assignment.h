@@ -68,7 +68,8 @@ struct MoveOptions {
 // nobody and the node is not the only server of any of its own layers, it takes the best window
 // without itself (gaps first). Then rebalance: it moves when the weakest layer's throughput
 // rises by more than 1 / balance_quality.
-std::optional<LayerRange> PlanMove(const v1::SwarmSnapshot& swarm, const std::string& node_id,
+std::optional<LayerRange> PlanMove(const v1::SwarmSnapshot& swarm,
+                                   const std::string& node_id,
                                    const std::vector<std::pair<std::string, LayerRange>>& pending,
                                    const MoveOptions& options = {});
 

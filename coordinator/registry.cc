@@ -242,13 +242,14 @@ absl::StatusOr<v1::HeartbeatResponse> Registry::Heartbeat(const v1::HeartbeatReq
   return response;
 }
 
-void Registry::MaybeMoveLocked(const std::string& id, Member& m, absl::Time now,
+void Registry::MaybeMoveLocked(const std::string& id,
+                               Member& m,
+                               absl::Time now,
                                v1::HeartbeatResponse& response) {
   if (!options_.moves || !m.descriptor.movable()) return;
   if (m.move_to) {
     const bool arrived = m.first_layer == m.move_to->first_layer &&
-                         m.last_layer == m.move_to->last_layer &&
-                         m.state == v1::NODE_STATE_ONLINE;
+                         m.last_layer == m.move_to->last_layer && m.state == v1::NODE_STATE_ONLINE;
     if (arrived || now - m.move_ordered > options_.move_timeout) {
       if (!arrived) LogLocked(now, "move", id, "gave up waiting for the ordered move");
       m.move_to.reset();
@@ -275,8 +276,12 @@ void Registry::MaybeMoveLocked(const std::string& id, Member& m, absl::Time now,
   if (!target) return;
   m.move_to = target;
   m.move_ordered = now;
-  LogLocked(now, gaps ? "repair" : "rebalance", id,
-            StrCat("ordered to move from ", SpanText(m.first_layer, m.last_layer), " to ",
+  LogLocked(now,
+            gaps ? "repair" : "rebalance",
+            id,
+            StrCat("ordered to move from ",
+                   SpanText(m.first_layer, m.last_layer),
+                   " to ",
                    SpanText(target->first_layer, target->last_layer)));
   response.set_move(true);
   response.set_move_first_layer(target->first_layer);

@@ -43,10 +43,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/random/random.h"
 #include "absl/status/statusor.h"
-#include "coordinator/assignment.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "coordinator/assignment.h"
 #include "strata/v1/coordinator.pb.h"
 
 namespace strata::coordinator {
@@ -113,7 +113,9 @@ class Registry {
     absl::Time online_since = absl::InfiniteFuture();
   };
   // Orders a move for `m` (repair or rebalance) when one is due; fills `response`.
-  void MaybeMoveLocked(const std::string& id, Member& m, absl::Time now,
+  void MaybeMoveLocked(const std::string& id,
+                       Member& m,
+                       absl::Time now,
                        v1::HeartbeatResponse& response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Drops members past the TTL, logging an "expire" event for each.

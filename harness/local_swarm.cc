@@ -64,9 +64,15 @@ absl::Status LocalSwarm::AddCoordinator() {
 }
 
 absl::Status LocalSwarm::StartCoordinator(Coordinator& c) {
-  std::vector<std::string> argv = {options_.strata_binary, "coordinator", "--listen", c.address,
-                                   "--http", "127.0.0.1:0", "--ttl-ms",
-                                   std::to_string(options_.ttl_ms), "--heartbeat-ms",
+  std::vector<std::string> argv = {options_.strata_binary,
+                                   "coordinator",
+                                   "--listen",
+                                   c.address,
+                                   "--http",
+                                   "127.0.0.1:0",
+                                   "--ttl-ms",
+                                   std::to_string(options_.ttl_ms),
+                                   "--heartbeat-ms",
                                    std::to_string(options_.heartbeat_ms)};
   argv.insert(argv.end(), options_.coordinator_args.begin(), options_.coordinator_args.end());
   ASSIGN_OR_RETURN(c.process, Subprocess::Start(argv, options_.stderr_path));
@@ -136,10 +142,20 @@ absl::Status LocalSwarm::LaunchNode(RunningNode& node) {
   for (const Coordinator& c : coordinators_) {
     coordinators += (coordinators.empty() ? "" : ",") + c.address;
   }
-  std::vector<std::string> argv = {options_.strata_binary, "node", "--coordinator", coordinators,
-                                   "--model", options_.model_path, "--layers", spec.layers,
-                                   "--threads", std::to_string(spec.threads), "--kv-memory",
-                                   std::to_string(spec.kv_memory_mib), "--quiet", "--listen",
+  std::vector<std::string> argv = {options_.strata_binary,
+                                   "node",
+                                   "--coordinator",
+                                   coordinators,
+                                   "--model",
+                                   options_.model_path,
+                                   "--layers",
+                                   spec.layers,
+                                   "--threads",
+                                   std::to_string(spec.threads),
+                                   "--kv-memory",
+                                   std::to_string(spec.kv_memory_mib),
+                                   "--quiet",
+                                   "--listen",
                                    node.listen};
   if (node.link) argv.insert(argv.end(), {"--advertise", node.link->listen_address(0)});
   if (spec.max_layers > 0) {
@@ -180,8 +196,8 @@ absl::Status LocalSwarm::StopNode(int i, absl::Duration timeout) {
   n.process->Signal(SIGTERM);
   if (n.process->Wait(timeout) == -1) {
     n.process->Stop(absl::Seconds(1));
-    return absl::DeadlineExceededError(StrCat("node ", n.id, " did not leave within ",
-                                              absl::FormatDuration(timeout)));
+    return absl::DeadlineExceededError(
+        StrCat("node ", n.id, " did not leave within ", absl::FormatDuration(timeout)));
   }
   return absl::OkStatus();
 }
@@ -205,7 +221,11 @@ absl::Status LocalSwarm::WaitUntilServing(int nodes, absl::Duration timeout) {
       int online = 0;
       for (const auto& n : snap.nodes()) online += n.state() == v1::NODE_STATE_ONLINE;
       if (online == nodes && snap.uncovered_layers_size() == 0) return absl::OkStatus();
-      last = StrCat(online, " of ", nodes, " nodes online, ", snap.uncovered_layers_size(),
+      last = StrCat(online,
+                    " of ",
+                    nodes,
+                    " nodes online, ",
+                    snap.uncovered_layers_size(),
                     " layers uncovered");
     }
     absl::SleepFor(absl::Milliseconds(50));

@@ -17,16 +17,16 @@
 namespace strata::harness {
 
 struct LocalSwarmOptions {
-  std::string strata_binary;   // path of `strata`
-  std::string linkem_binary;   // path of `strata-linkem` (with links)
+  std::string strata_binary;  // path of `strata`
+  std::string linkem_binary;  // path of `strata-linkem` (with links)
   std::string model_path;
-  bool links = false;          // a link emulator in front of every node
-  double delay_ms = 0;         // one-way delay of every link (each direction)
+  bool links = false;   // a link emulator in front of every node
+  double delay_ms = 0;  // one-way delay of every link (each direction)
   double jitter_ms = 0;
   double bandwidth_mbit = 0;
-  int ttl_ms = 3000;           // coordinator membership TTL
+  int ttl_ms = 3000;  // coordinator membership TTL
   int heartbeat_ms = 300;
-  std::string stderr_path;     // children's stderr: "" inherits, "/dev/null" discards
+  std::string stderr_path;  // children's stderr: "" inherits, "/dev/null" discards
   std::vector<std::string> coordinator_args;
 };
 
@@ -35,7 +35,7 @@ struct NodeSpec {
   int max_layers = 0;
   int threads = 1;
   int kv_memory_mib = 256;
-  std::string id;               // empty: chosen by the node
+  std::string id;  // empty: chosen by the node
   std::vector<std::string> extra_args;
 };
 
@@ -43,8 +43,8 @@ struct RunningNode {
   NodeSpec spec;
   std::unique_ptr<Subprocess> process;
   std::unique_ptr<linkem::LinkEmulator> link;  // when the swarm has links
-  std::string address;   // what the swarm dials (the proxy when there is one)
-  std::string listen;    // where the node itself listens
+  std::string address;                         // what the swarm dials (the proxy when there is one)
+  std::string listen;                          // where the node itself listens
   std::string id;
   int first_layer = 0;
   int last_layer = 0;

@@ -8,16 +8,28 @@
 
 namespace strata::kernels {
 
-void AttendHeadAvx2(const float* q, const uint16_t* const* k, const uint16_t* const* v, int n,
-                    int head_dim, float scale, float* scores, float* out);
+void AttendHeadAvx2(const float* q,
+                    const uint16_t* const* k,
+                    const uint16_t* const* v,
+                    int n,
+                    int head_dim,
+                    float scale,
+                    float* scores,
+                    float* out);
 void ConvertToF16Avx2(const float* src, uint16_t* dst, int64_t n);
 
 namespace {
 
 bool UseAvx2() { return ActiveIsa() == "avx2"; }
 
-void AttendHeadScalar(const float* q, const uint16_t* const* k, const uint16_t* const* v, int n,
-                      int head_dim, float scale, float* scores, float* out) {
+void AttendHeadScalar(const float* q,
+                      const uint16_t* const* k,
+                      const uint16_t* const* v,
+                      int n,
+                      int head_dim,
+                      float scale,
+                      float* scores,
+                      float* out) {
   float max_score = -INFINITY;
   for (int j = 0; j < n; ++j) {
     float s = 0;
@@ -41,8 +53,14 @@ void AttendHeadScalar(const float* q, const uint16_t* const* k, const uint16_t* 
 
 }  // namespace
 
-void AttendHead(const float* q, const uint16_t* const* k, const uint16_t* const* v, int n,
-                int head_dim, float scale, float* scores, float* out) {
+void AttendHead(const float* q,
+                const uint16_t* const* k,
+                const uint16_t* const* v,
+                int n,
+                int head_dim,
+                float scale,
+                float* scores,
+                float* out) {
   if (UseAvx2() && head_dim % 8 == 0) {
     AttendHeadAvx2(q, k, v, n, head_dim, scale, scores, out);
   } else {
@@ -50,8 +68,13 @@ void AttendHead(const float* q, const uint16_t* const* k, const uint16_t* const*
   }
 }
 
-void AttendHeadRef(const float* q, const uint16_t* const* k, const uint16_t* const* v, int n,
-                   int head_dim, float scale, float* out) {
+void AttendHeadRef(const float* q,
+                   const uint16_t* const* k,
+                   const uint16_t* const* v,
+                   int n,
+                   int head_dim,
+                   float scale,
+                   float* out) {
   std::vector<double> s(n);
   double max_score = -INFINITY;
   for (int j = 0; j < n; ++j) {

@@ -11,12 +11,23 @@ namespace strata::kernels {
 
 // out[d] = sum_j softmax_j(scale * q . k_j) * v_j[d], j < n.
 //   q: head_dim f32; k[j], v[j]: head_dim f16 each; scores: scratch of n floats; out: head_dim f32.
-void AttendHead(const float* q, const uint16_t* const* k, const uint16_t* const* v, int n,
-                int head_dim, float scale, float* scores, float* out);
+void AttendHead(const float* q,
+                const uint16_t* const* k,
+                const uint16_t* const* v,
+                int n,
+                int head_dim,
+                float scale,
+                float* scores,
+                float* out);
 
 // Scalar reference of the same computation, accumulating in double.
-void AttendHeadRef(const float* q, const uint16_t* const* k, const uint16_t* const* v, int n,
-                   int head_dim, float scale, float* out);
+void AttendHeadRef(const float* q,
+                   const uint16_t* const* k,
+                   const uint16_t* const* v,
+                   int n,
+                   int head_dim,
+                   float scale,
+                   float* out);
 
 // Converts n f32 values to f16 (round to nearest even), as stored in the KV cache.
 void ConvertToF16(const float* src, uint16_t* dst, int64_t n);

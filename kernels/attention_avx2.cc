@@ -24,8 +24,14 @@ inline __m256 LoadF16(const uint16_t* p) {
 
 }  // namespace
 
-void AttendHeadAvx2(const float* q, const uint16_t* const* k, const uint16_t* const* v, int n,
-                    int head_dim, float scale, float* scores, float* out) {
+void AttendHeadAvx2(const float* q,
+                    const uint16_t* const* k,
+                    const uint16_t* const* v,
+                    int n,
+                    int head_dim,
+                    float scale,
+                    float* scores,
+                    float* out) {
   float max_score = -INFINITY;
   for (int j = 0; j < n; ++j) {
     __m256 acc = _mm256_setzero_ps();
@@ -52,7 +58,8 @@ void AttendHeadAvx2(const float* q, const uint16_t* const* k, const uint16_t* co
       for (int c = 0; c < width / 8; ++c) acc[c] = _mm256_fmadd_ps(p, LoadF16(vj + 8 * c), acc[c]);
     }
     const __m256 inv = _mm256_set1_ps(1.0f / sum);
-    for (int c = 0; c < width / 8; ++c) _mm256_storeu_ps(out + d0 + 8 * c, _mm256_mul_ps(acc[c], inv));
+    for (int c = 0; c < width / 8; ++c)
+      _mm256_storeu_ps(out + d0 + 8 * c, _mm256_mul_ps(acc[c], inv));
   }
 }
 

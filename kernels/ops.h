@@ -34,8 +34,8 @@ struct MatMulScratch {
 // Quantized weights: each x row is quantized per block to the matching activation format
 // (Q8_0 / Q8_1 / Q8_K) and the dot product uses integer arithmetic per block, as GGML does.
 // F32/F16/BF16 weights: f32 dot products. Work is split over output features across `pool`.
-void MatMul(const Tensor& w, const float* x, int64_t m, float* y, ThreadPool& pool,
-            MatMulScratch& scratch);
+void MatMul(
+    const Tensor& w, const float* x, int64_t m, float* y, ThreadPool& pool, MatMulScratch& scratch);
 
 // Several products sharing the activations x, such as the q/k/v projections or gate/up:
 // ys[t] = the MatMul of *ws[t] and x, for t < ws.size() <= kMaxMatMulMany. Every ws[t] has k
@@ -43,8 +43,12 @@ void MatMul(const Tensor& w, const float* x, int64_t m, float* y, ThreadPool& po
 // activation format and all the weight rows are split over the pool in a single parallel region,
 // which saves the fixed per-call costs that dominate small decode products.
 inline constexpr size_t kMaxMatMulMany = 8;
-void MatMulMany(std::span<const Tensor* const> ws, const float* x, int64_t m,
-                std::span<float* const> ys, ThreadPool& pool, MatMulScratch& scratch);
+void MatMulMany(std::span<const Tensor* const> ws,
+                const float* x,
+                int64_t m,
+                std::span<float* const> ys,
+                ThreadPool& pool,
+                MatMulScratch& scratch);
 
 // Reference for tests: the same product computed by dequantizing w with DequantizeRowRef and
 // accumulating in double (no activation quantization).

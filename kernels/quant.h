@@ -15,21 +15,21 @@ constexpr int kQK = 32;    // elements per block of the 32-wide formats
 constexpr int kQKK = 256;  // elements per super-block of the K formats
 
 struct BlockQ4_0 {
-  uint16_t d;            // fp16 scale
-  uint8_t qs[kQK / 2];   // byte j: low nibble = element j, high nibble = element j+16
+  uint16_t d;           // fp16 scale
+  uint8_t qs[kQK / 2];  // byte j: low nibble = element j, high nibble = element j+16
 };
 struct BlockQ4_1 {
-  uint16_t d;            // fp16 scale
-  uint16_t m;            // fp16 minimum
+  uint16_t d;  // fp16 scale
+  uint16_t m;  // fp16 minimum
   uint8_t qs[kQK / 2];
 };
 struct BlockQ8_0 {
-  uint16_t d;            // fp16 scale
+  uint16_t d;  // fp16 scale
   int8_t qs[kQK];
 };
 struct BlockQ8_1 {
-  uint16_t d;            // fp16 scale
-  uint16_t s;            // fp16 of d * sum(qs)
+  uint16_t d;  // fp16 scale
+  uint16_t s;  // fp16 of d * sum(qs)
   int8_t qs[kQK];
 };
 struct BlockQ4_K {
@@ -45,7 +45,7 @@ struct BlockQ6_K {
   uint16_t d;                // fp16 super-block scale
 };
 struct BlockQ8_K {
-  float d;                   // f32 scale
+  float d;  // f32 scale
   int8_t qs[kQKK];
   int16_t bsums[kQKK / 16];  // sums of groups of 16 codes
 };

@@ -31,7 +31,8 @@ absl::StatusOr<HParams> HParams::FromGguf(const gguf::GgufFile& f) {
     return absl::InvalidArgumentError(
         StrCat(f.name(), ": architecture '", arch, "' is not supported (llama, qwen2)"));
   }
-  if (const gguf::GgufValue* name = f.Find("general.name"); name && name->type == gguf::GgufType::kString) {
+  if (const gguf::GgufValue* name = f.Find("general.name");
+      name && name->type == gguf::GgufType::kString) {
     hp.model_name = std::string(name->str);
   }
   const std::string p = hp.arch_name + ".";
@@ -44,16 +45,19 @@ absl::StatusOr<HParams> HParams::FromGguf(const gguf::GgufFile& f) {
     ASSIGN_OR_RETURN(hp.n_head_kv, GetPositiveInt(f, p + "attention.head_count_kv", 4096));
   }
   if (hp.n_head % hp.n_head_kv != 0) {
-    return absl::InvalidArgumentError(StrCat(f.name(), ": ", hp.n_head,
+    return absl::InvalidArgumentError(StrCat(f.name(),
+                                             ": ",
+                                             hp.n_head,
                                              " attention heads are not a multiple of ",
-                                             hp.n_head_kv, " KV heads"));
+                                             hp.n_head_kv,
+                                             " KV heads"));
   }
   hp.head_dim = hp.n_embd / hp.n_head;
   if (f.Find(p + "attention.key_length")) {
     ASSIGN_OR_RETURN(hp.head_dim, GetPositiveInt(f, p + "attention.key_length", 1 << 12));
   } else if (hp.n_embd % hp.n_head != 0) {
-    return absl::InvalidArgumentError(StrCat(f.name(), ": width ", hp.n_embd,
-                                             " is not a multiple of ", hp.n_head, " heads"));
+    return absl::InvalidArgumentError(
+        StrCat(f.name(), ": width ", hp.n_embd, " is not a multiple of ", hp.n_head, " heads"));
   }
   if (hp.head_dim % 2 != 0) {
     return absl::InvalidArgumentError(StrCat(f.name(), ": head size ", hp.head_dim, " is odd"));
@@ -98,9 +102,12 @@ absl::StatusOr<HParams> HParams::FromGguf(const gguf::GgufFile& f) {
 
   ASSIGN_OR_RETURN(const gguf::GgufTensorInfo* embd, f.FindTensor("token_embd.weight"));
   if (embd->ndim != 2 || embd->shape[1] != hp.n_embd) {
-    return absl::InvalidArgumentError(StrCat(f.name(), ": token_embd.weight has shape ",
+    return absl::InvalidArgumentError(StrCat(f.name(),
+                                             ": token_embd.weight has shape ",
                                              gguf::GgufFile::View(*embd).ShapeString(),
-                                             ", expected {vocab, ", hp.n_embd, "}"));
+                                             ", expected {vocab, ",
+                                             hp.n_embd,
+                                             "}"));
   }
   hp.n_vocab = static_cast<int>(embd->shape[0]);
   hp.tied_output = !f.HasTensor("output.weight");

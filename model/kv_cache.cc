@@ -11,8 +11,8 @@
 namespace strata::model {
 
 size_t KvPageBytes(const KvLayout& layout, int page_cells) {
-  size_t bytes = static_cast<size_t>(page_cells) * layout.n_layers * 2 * layout.kv_dim *
-                 sizeof(uint16_t);
+  size_t bytes =
+      static_cast<size_t>(page_cells) * layout.n_layers * 2 * layout.kv_dim * sizeof(uint16_t);
   return std::max<size_t>(64, (bytes + 63) / 64 * 64);
 }
 
@@ -35,7 +35,9 @@ void KvPool::FreePage(uint16_t* page) { std::free(page); }
 
 absl::StatusOr<uint16_t*> KvPool::Allocate(size_t bytes) {
   if (used_bytes() + bytes > max_bytes_) {
-    return absl::ResourceExhaustedError(StrCat("KV cache full: ", used_bytes() >> 20, " of ",
+    return absl::ResourceExhaustedError(StrCat("KV cache full: ",
+                                               used_bytes() >> 20,
+                                               " of ",
                                                max_bytes_ >> 20,
                                                " MiB in use (raise --kv-memory)"));
   }
@@ -88,7 +90,9 @@ absl::StatusOr<std::vector<int32_t>> KvCache::AddCells(std::span<const Cell> row
     if (c.seqs == 0) continue;
     for (SeqMask m = c.seqs; m; m &= m - 1) {
       if (present.contains(key(__builtin_ctzll(m), c.pos))) {
-        return absl::InvalidArgumentError(StrCat("position ", c.pos, " of sequence ",
+        return absl::InvalidArgumentError(StrCat("position ",
+                                                 c.pos,
+                                                 " of sequence ",
                                                  __builtin_ctzll(m),
                                                  " is already in the cache (truncate first)"));
       }
@@ -104,9 +108,13 @@ absl::StatusOr<std::vector<int32_t>> KvCache::AddCells(std::span<const Cell> row
   const size_t missing = rows.size() - slots.size();
   const size_t new_pages = (missing + pc - 1) / pc;
   if (new_pages * page_bytes_ > pool_->free_bytes()) {
-    return absl::ResourceExhaustedError(
-        StrCat("KV cache full: ", rows.size(), " more cells need ", (new_pages * page_bytes_) >> 10,
-               " KiB, ", pool_->free_bytes() >> 10, " KiB free (raise --kv-memory)"));
+    return absl::ResourceExhaustedError(StrCat("KV cache full: ",
+                                               rows.size(),
+                                               " more cells need ",
+                                               (new_pages * page_bytes_) >> 10,
+                                               " KiB, ",
+                                               pool_->free_bytes() >> 10,
+                                               " KiB free (raise --kv-memory)"));
   }
   for (size_t p = 0; p < new_pages; ++p) {
     auto page = pool_->Allocate(page_bytes_);

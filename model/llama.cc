@@ -36,8 +36,14 @@ void AddInPlace(float* dst, const float* src, int64_t count) {
 
 bool IsMatMulType(DType t) {
   switch (t) {
-    case DType::kF32: case DType::kF16: case DType::kBF16: case DType::kQ4_0: case DType::kQ4_1:
-    case DType::kQ8_0: case DType::kQ4_K: case DType::kQ6_K:
+    case DType::kF32:
+    case DType::kF16:
+    case DType::kBF16:
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ8_0:
+    case DType::kQ4_K:
+    case DType::kQ6_K:
       return true;
     default:
       return false;
@@ -77,15 +83,18 @@ absl::StatusOr<Tensor> Model::Weight(const std::string& name,
   if (!same) {
     std::string want = "{";
     for (int64_t d : shape) want += StrCat(want.size() > 1 ? ", " : "", d);
-    return absl::InvalidArgumentError(StrCat(path_, ": tensor '", name, "' has shape ",
-                                             t.ShapeString(), ", expected ", want, "}"));
+    return absl::InvalidArgumentError(StrCat(
+        path_, ": tensor '", name, "' has shape ", t.ShapeString(), ", expected ", want, "}"));
   }
   if (shape.size() == 1 && t.dtype != DType::kF32) {
     return absl::InvalidArgumentError(
         StrCat(path_, ": tensor '", name, "' must be f32, is ", kernels::Info(t.dtype).name));
   }
   if (!IsMatMulType(t.dtype)) {
-    return absl::InvalidArgumentError(StrCat(path_, ": tensor '", name, "' has type ",
+    return absl::InvalidArgumentError(StrCat(path_,
+                                             ": tensor '",
+                                             name,
+                                             "' has type ",
                                              kernels::Info(t.dtype).name,
                                              ", which cannot be used as a weight"));
   }
@@ -116,11 +125,12 @@ absl::Status Embedder::Embed(std::span<const int32_t> tokens, float* out) const 
 }
 
 absl::StatusOr<std::unique_ptr<LayerSpan>> LayerSpan::Load(std::shared_ptr<const Model> model,
-                                                           int first, int last) {
+                                                           int first,
+                                                           int last) {
   const HParams& hp = model->hparams();
   if (first < 0 || last > hp.n_layer || first >= last) {
-    return absl::InvalidArgumentError(StrCat("layer span [", first, ", ", last,
-                                             ") is not inside the model's [0, ", hp.n_layer, ")"));
+    return absl::InvalidArgumentError(StrCat(
+        "layer span [", first, ", ", last, ") is not inside the model's [0, ", hp.n_layer, ")"));
   }
   auto span = std::unique_ptr<LayerSpan>(new LayerSpan());
   span->first_ = first;
@@ -152,16 +162,29 @@ absl::StatusOr<std::unique_ptr<LayerSpan>> LayerSpan::Load(std::shared_ptr<const
 std::vector<kernels::Tensor> LayerSpan::tensors() const {
   std::vector<kernels::Tensor> out;
   for (const Layer& L : layers_) {
-    for (const Tensor& t : {L.attn_norm, L.wq, L.wk, L.wv, L.wo, L.ffn_norm, L.w_gate, L.w_up,
-                            L.w_down, L.bq, L.bk, L.bv}) {
+    for (const Tensor& t : {L.attn_norm,
+                            L.wq,
+                            L.wk,
+                            L.wv,
+                            L.wo,
+                            L.ffn_norm,
+                            L.w_gate,
+                            L.w_up,
+                            L.w_down,
+                            L.bq,
+                            L.bk,
+                            L.bv}) {
       if (t.data != nullptr) out.push_back(t);
     }
   }
   return out;
 }
 
-absl::Status LayerSpan::Forward(std::span<const Row> rows, float* hidden, KvCache& kv,
-                                ThreadPool& pool, ForwardScratch& s,
+absl::Status LayerSpan::Forward(std::span<const Row> rows,
+                                float* hidden,
+                                KvCache& kv,
+                                ThreadPool& pool,
+                                ForwardScratch& s,
                                 const std::atomic<bool>* cancel) const {
   const Part part{&kv, rows};
   return ForwardBatch({&part, 1}, hidden, pool, s, cancel);
@@ -171,7 +194,8 @@ namespace {
 
 // Appends, for each row, the slots of the cells it attends to in (position, sequence set, slot)
 // order: the same for every layer, and independent of where the cache put the cells.
-void VisibleCells(const KvCache& kv, std::span<const Row> rows,
+void VisibleCells(const KvCache& kv,
+                  std::span<const Row> rows,
                   std::vector<std::vector<int32_t>>::iterator out) {
   const auto& all = kv.cells();
   std::vector<int32_t> order;
@@ -197,8 +221,10 @@ void VisibleCells(const KvCache& kv, std::span<const Row> rows,
 
 }  // namespace
 
-absl::Status LayerSpan::ForwardBatch(std::span<const Part> parts, float* hidden,
-                                     ThreadPool& pool, ForwardScratch& s,
+absl::Status LayerSpan::ForwardBatch(std::span<const Part> parts,
+                                     float* hidden,
+                                     ThreadPool& pool,
+                                     ForwardScratch& s,
                                      const std::atomic<bool>* cancel) const {
   int64_t n = 0;
   const KvLayout want = kv_layout();
@@ -253,8 +279,8 @@ absl::Status LayerSpan::ForwardBatch(std::span<const Part> parts, float* hidden,
   float* gate = Floats(s.gate, n * ff);
   float* up = Floats(s.up, n * ff);
   float* act = Floats(s.act, n * ff);
-  const kernels::RopeParams rope{hp.head_dim, hp.rot_dim, hp.rope_base, hp.rope_freq_scale,
-                                 hp.rope_neox};
+  const kernels::RopeParams rope{
+      hp.head_dim, hp.rot_dim, hp.rope_base, hp.rope_freq_scale, hp.rope_neox};
 
   auto is_cancelled = [&](const Part& p) {
     return p.cancel != nullptr && p.cancel->load(std::memory_order_acquire);
@@ -337,8 +363,13 @@ void LayerSpan::Attention(int64_t n, int layer, ThreadPool& pool, ForwardScratch
         t.k[j] = kv.K(vis[j], layer) + kv_off;
         t.v[j] = kv.V(vis[j], layer) + kv_off;
       }
-      kernels::AttendHead(q + i * q_dim + h * hd, t.k.data(), t.v.data(),
-                          static_cast<int>(vis.size()), hd, scale, t.scores.data(),
+      kernels::AttendHead(q + i * q_dim + h * hd,
+                          t.k.data(),
+                          t.v.data(),
+                          static_cast<int>(vis.size()),
+                          hd,
+                          scale,
+                          t.scores.data(),
                           out + i * q_dim + h * hd);
     }
   });
@@ -354,8 +385,8 @@ absl::StatusOr<std::unique_ptr<Head>> Head::Load(std::shared_ptr<const Model> mo
   return head;
 }
 
-void Head::Logits(const float* hidden, int64_t n, float* logits, ThreadPool& pool,
-                  ForwardScratch& s) const {
+void Head::Logits(
+    const float* hidden, int64_t n, float* logits, ThreadPool& pool, ForwardScratch& s) const {
   const HParams& hp = model_->hparams();
   float* norm = Floats(s.norm, n * hp.n_embd);
   kernels::RmsNorm(hidden, norm_.as<const float>(), n, hp.n_embd, hp.rms_eps, norm);

@@ -15,9 +15,9 @@
 
 #include "absl/status/statusor.h"
 #include "common/thread_pool.h"
+#include "gguf/reader.h"
 #include "kernels/ops.h"
 #include "kernels/tensor.h"
-#include "gguf/reader.h"
 #include "model/hparams.h"
 #include "model/kv_cache.h"
 
@@ -60,8 +60,8 @@ struct Row {
 struct ForwardScratch {
   kernels::Buffer norm, q, k, v, attn, proj, gate, up, act;
   kernels::MatMulScratch matmul;
-  std::vector<int32_t> slots;                 // per row: its cell slot
-  std::vector<const KvCache*> row_cache;      // per row: its session's cache
+  std::vector<int32_t> slots;             // per row: its cell slot
+  std::vector<const KvCache*> row_cache;  // per row: its session's cache
   std::vector<int32_t> positions;
   std::vector<std::vector<int32_t>> visible;  // per row: visible cell slots in position order
   struct PerThread {
@@ -88,7 +88,8 @@ class LayerSpan {
  public:
   // Layers [first, last) of the model; INVALID_ARGUMENT for an empty or out-of-range span.
   static absl::StatusOr<std::unique_ptr<LayerSpan>> Load(std::shared_ptr<const Model> model,
-                                                         int first, int last);
+                                                         int first,
+                                                         int last);
 
   int first() const { return first_; }
   int last() const { return last_; }
@@ -103,8 +104,12 @@ class LayerSpan {
   // appending one cell per row to `kv` (which must use kv_layout()). Checks `cancel` at every
   // layer boundary: when set, the cells this call added are freed and CANCELLED is returned.
   // On any error the cache is left as it was.
-  absl::Status Forward(std::span<const Row> rows, float* hidden, KvCache& kv, ThreadPool& pool,
-                       ForwardScratch& scratch, const std::atomic<bool>* cancel = nullptr) const;
+  absl::Status Forward(std::span<const Row> rows,
+                       float* hidden,
+                       KvCache& kv,
+                       ThreadPool& pool,
+                       ForwardScratch& scratch,
+                       const std::atomic<bool>* cancel = nullptr) const;
 
   // Rows of one session inside a multi-session batch.
   struct Part {
@@ -119,7 +124,9 @@ class LayerSpan {
   // in part order): the weights are read once for all of them. Each row's result is bit-identical
   // to running its session alone. All or nothing: on error no cache keeps cells from this call.
   // When every part is cancelled the pass stops early and returns CANCELLED.
-  absl::Status ForwardBatch(std::span<const Part> parts, float* hidden, ThreadPool& pool,
+  absl::Status ForwardBatch(std::span<const Part> parts,
+                            float* hidden,
+                            ThreadPool& pool,
                             ForwardScratch& scratch,
                             const std::atomic<bool>* cancel = nullptr) const;
 
@@ -139,7 +146,10 @@ class Head {
  public:
   static absl::StatusOr<std::unique_ptr<Head>> Load(std::shared_ptr<const Model> model);
   // logits: n rows of n_vocab for n hidden rows of n_embd.
-  void Logits(const float* hidden, int64_t n, float* logits, ThreadPool& pool,
+  void Logits(const float* hidden,
+              int64_t n,
+              float* logits,
+              ThreadPool& pool,
               ForwardScratch& scratch) const;
   int n_vocab() const { return model_->hparams().n_vocab; }
   std::vector<kernels::Tensor> tensors() const { return {norm_, output_}; }

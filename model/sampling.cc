@@ -29,8 +29,7 @@ absl::Status SamplingParams::Validate() const {
     return absl::InvalidArgumentError(StrCat("min_p must be in [0, 1], got ", min_p));
   }
   if (!(repeat_penalty > 0) || !std::isfinite(repeat_penalty)) {
-    return absl::InvalidArgumentError(
-        StrCat("repeat_penalty must be > 0, got ", repeat_penalty));
+    return absl::InvalidArgumentError(StrCat("repeat_penalty must be > 0, got ", repeat_penalty));
   }
   if (repeat_last_n < 0) return absl::InvalidArgumentError("repeat_last_n must be >= 0");
   return absl::OkStatus();
@@ -54,10 +53,9 @@ std::vector<Candidate> Sampler::Distribution(std::span<const float> logits,
   const int32_t n = static_cast<int32_t>(logits.size());
   std::vector<float> adjusted(logits.begin(), logits.end());
   if (params_.repeat_penalty != 1.0f && params_.repeat_last_n > 0) {
-    const size_t start =
-        history.size() > static_cast<size_t>(params_.repeat_last_n)
-            ? history.size() - params_.repeat_last_n
-            : 0;
+    const size_t start = history.size() > static_cast<size_t>(params_.repeat_last_n)
+                             ? history.size() - params_.repeat_last_n
+                             : 0;
     absl::flat_hash_set<int32_t> seen(history.begin() + start, history.end());
     for (int32_t t : seen) {
       if (t < 0 || t >= n) continue;
@@ -116,7 +114,8 @@ std::vector<Candidate> Sampler::Distribution(std::span<const float> logits,
   return out;
 }
 
-int32_t Sampler::Sample(std::span<const float> logits, int64_t position,
+int32_t Sampler::Sample(std::span<const float> logits,
+                        int64_t position,
                         std::span<const int32_t> history) const {
   if (params_.greedy() && params_.repeat_penalty == 1.0f) return Argmax(logits);
   std::vector<Candidate> dist = Distribution(logits, history);

@@ -12,10 +12,10 @@
 namespace strata::model {
 
 struct SamplingParams {
-  float temperature = 0.0f;  // <= 0: greedy (argmax, lowest id on ties)
-  int top_k = 40;            // <= 0: off
-  float top_p = 1.0f;        // >= 1: off
-  float min_p = 0.0f;        // <= 0: off
+  float temperature = 0.0f;     // <= 0: greedy (argmax, lowest id on ties)
+  int top_k = 40;               // <= 0: off
+  float top_p = 1.0f;           // >= 1: off
+  float min_p = 0.0f;           // <= 0: off
   float repeat_penalty = 1.0f;  // 1: off; applied to the last `repeat_last_n` tokens
   int repeat_last_n = 64;
   uint64_t seed = 0;
@@ -45,7 +45,8 @@ class Sampler {
 
   // Picks the token for absolute position `position` from `logits` (n_vocab values); `history`
   // is the text so far (prompt and generated), used by the repetition penalty.
-  int32_t Sample(std::span<const float> logits, int64_t position,
+  int32_t Sample(std::span<const float> logits,
+                 int64_t position,
                  std::span<const int32_t> history) const;
 
   // The distribution Sample draws from (after every filter), for speculative verification.

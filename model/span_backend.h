@@ -34,7 +34,8 @@ class SpanBackend {
 
   // Runs the rows of several sessions (LayerSpan::ForwardBatch's contract): `hidden` is host
   // memory, rows x n_embd f32, updated in place.
-  virtual absl::Status ForwardBatch(std::span<const LayerSpan::Part> parts, float* hidden,
+  virtual absl::Status ForwardBatch(std::span<const LayerSpan::Part> parts,
+                                    float* hidden,
                                     const std::atomic<bool>* cancel = nullptr) = 0;
 };
 
@@ -49,7 +50,8 @@ class CpuSpanBackend final : public SpanBackend {
   int first_layer() const override { return span_->first(); }
   int last_layer() const override { return span_->last(); }
   KvLayout kv_layout() const override { return span_->kv_layout(); }
-  absl::Status ForwardBatch(std::span<const LayerSpan::Part> parts, float* hidden,
+  absl::Status ForwardBatch(std::span<const LayerSpan::Part> parts,
+                            float* hidden,
                             const std::atomic<bool>* cancel) override {
     return span_->ForwardBatch(parts, hidden, *pool_, scratch_, cancel);
   }

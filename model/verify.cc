@@ -15,9 +15,14 @@ constexpr uint64_t kResidualSalt = 0x7265736964756full;
 
 }  // namespace
 
-int32_t VerifyDraft(const Sampler& sampler, std::span<const float> logits, int64_t position,
-                    std::span<const int32_t> history, int32_t draft, float draft_prob,
-                    bool rejection_sampling, bool* accepted) {
+int32_t VerifyDraft(const Sampler& sampler,
+                    std::span<const float> logits,
+                    int64_t position,
+                    std::span<const int32_t> history,
+                    int32_t draft,
+                    float draft_prob,
+                    bool rejection_sampling,
+                    bool* accepted) {
   *accepted = false;
   if (!rejection_sampling || sampler.params().greedy()) {
     // Exact match: the target's own draw at this position decides, as in plain decoding.
@@ -67,8 +72,8 @@ absl::Status ValidateVerifySpec(const VerifySpec& spec, int64_t rows, int n_voca
   RETURN_IF_ERROR(spec.sampling.Validate());
   if (rows <= 0) return absl::InvalidArgumentError("verification needs at least one row");
   if (static_cast<int64_t>(spec.drafts.size()) != rows) {
-    return absl::InvalidArgumentError(StrCat("verification of ", rows, " rows got ",
-                                             spec.drafts.size(), " drafts (one per row)"));
+    return absl::InvalidArgumentError(StrCat(
+        "verification of ", rows, " rows got ", spec.drafts.size(), " drafts (one per row)"));
   }
   if (spec.first_position < 1) {
     return absl::InvalidArgumentError("verification must decide positions after the first");
@@ -88,16 +93,21 @@ absl::Status ValidateVerifySpec(const VerifySpec& spec, int64_t rows, int n_voca
   return absl::OkStatus();
 }
 
-std::vector<int32_t> VerifyRows(std::span<const float> logits, int n_vocab,
+std::vector<int32_t> VerifyRows(std::span<const float> logits,
+                                int n_vocab,
                                 const VerifySpec& spec) {
   const Sampler sampler(spec.sampling);
   std::vector<int32_t> history = spec.history;
   std::vector<int32_t> out;
   for (size_t i = 0; i < spec.drafts.size(); ++i) {
     bool accepted = false;
-    const int32_t t = VerifyDraft(sampler, logits.subspan(i * n_vocab, n_vocab),
-                                  spec.first_position + static_cast<int64_t>(i), history,
-                                  spec.drafts[i], /*draft_prob=*/1.0f, spec.rejection_sampling,
+    const int32_t t = VerifyDraft(sampler,
+                                  logits.subspan(i * n_vocab, n_vocab),
+                                  spec.first_position + static_cast<int64_t>(i),
+                                  history,
+                                  spec.drafts[i],
+                                  /*draft_prob=*/1.0f,
+                                  spec.rejection_sampling,
                                   &accepted);
     out.push_back(t);
     if (!accepted) break;
@@ -114,7 +124,8 @@ absl::StatusOr<std::unique_ptr<Verifier>> Verifier::Load(std::shared_ptr<const M
   return v;
 }
 
-absl::StatusOr<std::vector<int32_t>> Verifier::Verify(const float* hidden, int64_t rows,
+absl::StatusOr<std::vector<int32_t>> Verifier::Verify(const float* hidden,
+                                                      int64_t rows,
                                                       const VerifySpec& spec) {
   const int vocab = head_->n_vocab();
   RETURN_IF_ERROR(ValidateVerifySpec(spec, rows, vocab));

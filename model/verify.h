@@ -21,9 +21,14 @@ namespace strata::model {
 // sampling: the draft is accepted with probability min(1, p(draft) / draft_prob), else a token
 // is drawn from p without the draft — the target distribution is preserved (drafters here are
 // deterministic, so q is one-hot and draft_prob is 1).
-int32_t VerifyDraft(const Sampler& sampler, std::span<const float> logits, int64_t position,
-                    std::span<const int32_t> history, int32_t draft, float draft_prob,
-                    bool rejection_sampling, bool* accepted);
+int32_t VerifyDraft(const Sampler& sampler,
+                    std::span<const float> logits,
+                    int64_t position,
+                    std::span<const int32_t> history,
+                    int32_t draft,
+                    float draft_prob,
+                    bool rejection_sampling,
+                    bool* accepted);
 
 // A run of consecutive rows to verify: row i's logits decide position first_position + i.
 struct VerifySpec {
@@ -48,8 +53,7 @@ absl::Status ValidateVerifySpec(const VerifySpec& spec, int64_t rows, int n_voca
 // Decides positions first_position, first_position + 1, ... from `logits` (rows x n_vocab) until
 // a draft is not accepted, or the rows run out: the accepted drafts, then the target's own token
 // (the correction, or the token after the last row). `spec` must be valid.
-std::vector<int32_t> VerifyRows(std::span<const float> logits, int n_vocab,
-                                const VerifySpec& spec);
+std::vector<int32_t> VerifyRows(std::span<const float> logits, int n_vocab, const VerifySpec& spec);
 
 // Verification where the final hidden states are: the model's head, then VerifyRows.
 class Verifier {
@@ -57,7 +61,8 @@ class Verifier {
   static absl::StatusOr<std::unique_ptr<Verifier>> Load(std::shared_ptr<const Model> model,
                                                         ThreadPool* pool);
   // `hidden`: rows x n_embd final hidden states.
-  absl::StatusOr<std::vector<int32_t>> Verify(const float* hidden, int64_t rows,
+  absl::StatusOr<std::vector<int32_t>> Verify(const float* hidden,
+                                              int64_t rows,
                                               const VerifySpec& spec);
 
  private:

@@ -17,15 +17,15 @@ class NodeService final : public v1::Node::CallbackService {
  public:
   // `info` fills the live NodeInfo for the Info RPC; `handoff` decides which offers of a direct
   // link from previous hops this node takes.
-  NodeService(Worker* worker, std::function<void(v1::NodeInfo*)> info,
-              HandoffOptions handoff = {});
+  NodeService(Worker* worker, std::function<void(v1::NodeInfo*)> info, HandoffOptions handoff = {});
 
   grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
       grpc::CallbackServerContext* context) override;
   grpc::ServerBidiReactor<v1::PushRequest, v1::PushResponse>* Push(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* Info(grpc::CallbackServerContext* context,
-                                 const v1::InfoRequest* request, v1::NodeInfo* response) override;
+                                 const v1::InfoRequest* request,
+                                 v1::NodeInfo* response) override;
 
  private:
   Worker* worker_;

@@ -8,8 +8,8 @@ std::shared_ptr<grpc::Channel> ChannelCache::Get(const std::string& address) {
   absl::MutexLock lock(&mu_);
   auto it = channels_.find(address);
   if (it != channels_.end()) return it->second;
-  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
-                                           DefaultChannelArguments());
+  auto channel = grpc::CreateCustomChannel(
+      address, grpc::InsecureChannelCredentials(), DefaultChannelArguments());
   channels_[address] = channel;
   return channel;
 }

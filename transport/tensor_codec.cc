@@ -9,10 +9,14 @@ namespace strata::transport {
 
 int WireElementBytes(v1::DType dtype) {
   switch (dtype) {
-    case v1::DTYPE_F32: return 4;
-    case v1::DTYPE_F16: return 2;
-    case v1::DTYPE_BF16: return 2;
-    default: return 0;
+    case v1::DTYPE_F32:
+      return 4;
+    case v1::DTYPE_F16:
+      return 2;
+    case v1::DTYPE_BF16:
+      return 2;
+    default:
+      return 0;
   }
 }
 
@@ -31,7 +35,8 @@ void EncodeRows(const float* data, int64_t rows, int64_t width, v1::DType dtype,
   }
   uint16_t* dst = reinterpret_cast<uint16_t*>(bytes->data());
   for (int64_t i = 0; i < n; ++i) {
-    uint16_t h = dtype == v1::DTYPE_F16 ? kernels::Fp32ToFp16(data[i]) : kernels::Fp32ToBf16(data[i]);
+    uint16_t h =
+        dtype == v1::DTYPE_F16 ? kernels::Fp32ToFp16(data[i]) : kernels::Fp32ToBf16(data[i]);
     std::memcpy(dst + i, &h, 2);
   }
 }
@@ -49,8 +54,8 @@ absl::Status DecodeRows(const v1::Tensor& t, int64_t rows, int64_t width, std::v
   }
   const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(width);
   if (t.data().size() != n * elem) {
-    return absl::InvalidArgumentError(StrCat("hidden states carry ", t.data().size(),
-                                             " bytes, shape and dtype need ", n * elem));
+    return absl::InvalidArgumentError(
+        StrCat("hidden states carry ", t.data().size(), " bytes, shape and dtype need ", n * elem));
   }
   const size_t base = out->size();
   out->resize(base + n);

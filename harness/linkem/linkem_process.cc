@@ -15,8 +15,8 @@
 
 #include "absl/time/clock.h"
 #include "common/status.h"
-#include "common/subprocess.h"
 #include "common/strings.h"
+#include "common/subprocess.h"
 #include "harness/linkem/address.h"
 #include "harness/linkem/socket_util.h"
 

@@ -293,8 +293,8 @@ absl::Status NcclLink::Wait(const char* what) {
 }
 
 absl::Status NcclLink::Synchronize(cudaStream_t stream,
-                                  absl::Duration timeout,
-                                  const std::atomic<bool>* cancel) {
+                                   absl::Duration timeout,
+                                   const std::atomic<bool>* cancel) {
   if (comm_ == nullptr) return absl::UnavailableError("the NCCL link was aborted");
   ASSIGN_OR_RETURN(const Nccl* n, LoadNccl());
   cudaSetDevice(device_);

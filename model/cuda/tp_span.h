@@ -82,8 +82,10 @@ class CudaTpSpanBackend final : public SpanBackend {
   // an empty device list or a shape that cannot be split (see PlanTensorParallel); UNAVAILABLE
   // without a usable device (or without NCCL when TpReducer::kNccl is asked for);
   // RESOURCE_EXHAUSTED when the weights do not fit.
-  static absl::StatusOr<std::unique_ptr<CudaTpSpanBackend>> Load(
-      std::shared_ptr<const Model> model, int first, int last, const CudaTpSpanOptions& options);
+  static absl::StatusOr<std::unique_ptr<CudaTpSpanBackend>> Load(std::shared_ptr<const Model> model,
+                                                                 int first,
+                                                                 int last,
+                                                                 const CudaTpSpanOptions& options);
   ~CudaTpSpanBackend() override;
 
   // "cuda:0+cuda:1 tensor-parallel (NVIDIA H100 80GB HBM3)"

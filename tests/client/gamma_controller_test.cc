@@ -23,8 +23,8 @@ GammaController Simulate(double base, double per_row, double accept, int passes)
   for (int i = 0; i < passes; ++i) {
     const int g = c.NextGamma();
     // Expected accepted drafts of g at acceptance `accept`, rounded: deterministic.
-    const int accepted = static_cast<int>(std::lround(accept * (1 - std::pow(accept, g)) /
-                                                      (1 - accept)));
+    const int accepted =
+        static_cast<int>(std::lround(accept * (1 - std::pow(accept, g)) / (1 - accept)));
     c.Observe(g + 1, base + per_row * (g + 1), g, std::min(accepted, g));
   }
   return c;
@@ -138,7 +138,9 @@ TEST(GammaControllerTest, PipelinedRunsAreShortAndManyWhereTheLinkDominates) {
   struct Case {
     double base, row, accept, draft;
   };
-  for (const Case& k : {Case{87, 6.5, 0.85, 9.5}, Case{200, 1.5, 0.7, 3}, Case{100, 1, 0.95, 4},
+  for (const Case& k : {Case{87, 6.5, 0.85, 9.5},
+                        Case{200, 1.5, 0.7, 3},
+                        Case{100, 1, 0.95, 4},
                         Case{30, 4, 0.8, 2}}) {
     SCOPED_TRACE(::testing::Message() << "base " << k.base << " row " << k.row);
     GammaController c = Simulate(k.base, k.row, k.accept, 40);

@@ -118,8 +118,13 @@ TEST(RejectionSamplingTest, ShortContinuationsMatchPlainSampling) {
       so.gamma = 1;
       so.adaptive = false;
       so.verify_at_last_hop = last_hop;
-      SpeculativeDecoder d(&(*lm)->embedder(), &(*lm)->head(), {chain->get()}, &(*lm)->pool(),
-                           &(*lm)->tokenizer(), greedy->get(), so);
+      SpeculativeDecoder d(&(*lm)->embedder(),
+                           &(*lm)->head(),
+                           {chain->get()},
+                           &(*lm)->pool(),
+                           &(*lm)->tokenizer(),
+                           greedy->get(),
+                           so);
       auto s = d.Generate(prompt, go);
       ASSERT_TRUE(s.ok());
       drafted += d.stats().drafted;

@@ -50,8 +50,11 @@ class LocalSpeculativeTest : public ::testing::Test {
   }
 
   // Speculative generation over `chains` fresh local chains; fills `stats`.
-  std::vector<int32_t> Speculative(const std::vector<int32_t>& prompt, const GenerateOptions& o,
-                                   Drafter* drafter, SpeculativeOptions so, int chains,
+  std::vector<int32_t> Speculative(const std::vector<int32_t>& prompt,
+                                   const GenerateOptions& o,
+                                   Drafter* drafter,
+                                   SpeculativeOptions so,
+                                   int chains,
                                    SpeculativeStats* stats = nullptr,
                                    std::vector<std::unique_ptr<LocalChain>>* keep = nullptr) {
     std::vector<std::unique_ptr<LocalChain>> owned;
@@ -60,8 +63,8 @@ class LocalSpeculativeTest : public ::testing::Test {
       owned.push_back(std::move(*lm_->NewChain()));
       raw.push_back(owned.back().get());
     }
-    SpeculativeDecoder d(&lm_->embedder(), &lm_->head(), raw, &lm_->pool(), &lm_->tokenizer(),
-                         drafter, so);
+    SpeculativeDecoder d(
+        &lm_->embedder(), &lm_->head(), raw, &lm_->pool(), &lm_->tokenizer(), drafter, so);
     auto g = d.Generate(prompt, o);
     EXPECT_TRUE(g.ok()) << g.status();
     if (stats) *stats = d.stats();
@@ -86,15 +89,17 @@ TEST_F(LocalSpeculativeTest, EveryDrafterAndModeGivesThePlainTokens) {
   NgramDrafter ngram;
   auto draft_model =
       ModelDrafter::Load(testkit::DefaultModelPath(), 0, lm_->model().hparams().n_vocab, 1);
-  auto self = ModelDrafter::Load(testkit::DefaultModelPath(), 20, lm_->model().hparams().n_vocab, 1);
+  auto self =
+      ModelDrafter::Load(testkit::DefaultModelPath(), 20, lm_->model().hparams().n_vocab, 1);
   ASSERT_TRUE(draft_model.ok() && self.ok());
   const auto truth_greedy = Plain(prompt, Options(0, 200));
   std::vector<int32_t> truth = prompt;
   truth.insert(truth.end(), truth_greedy.begin(), truth_greedy.end());
   OracleDrafter oracle(truth, 0.7, 5, lm_->model().hparams().n_vocab);
-  std::vector<std::pair<std::string, Drafter*>> drafters = {
-      {"ngram", &ngram}, {"draft", draft_model->get()}, {"self:20", self->get()},
-      {"oracle", &oracle}};
+  std::vector<std::pair<std::string, Drafter*>> drafters = {{"ngram", &ngram},
+                                                            {"draft", draft_model->get()},
+                                                            {"self:20", self->get()},
+                                                            {"oracle", &oracle}};
   for (float temperature : {0.0f, 0.8f}) {
     const auto want = Plain(prompt, Options(temperature));
     for (auto& [name, drafter] : drafters) {
@@ -105,16 +110,15 @@ TEST_F(LocalSpeculativeTest, EveryDrafterAndModeGivesThePlainTokens) {
           // adaptive gamma does not draft at all.
           for (bool adaptive : {true, false}) {
             if (!adaptive && drafter->token_ms() == 0) continue;
-            SCOPED_TRACE(::testing::Message() << name << " mode " << int(mode) << " chains "
-                                            << chains << " T " << temperature << " adaptive "
-                                            << adaptive);
+            SCOPED_TRACE(::testing::Message()
+                         << name << " mode " << int(mode) << " chains " << chains << " T "
+                         << temperature << " adaptive " << adaptive);
             SpeculativeOptions so;
             so.mode = mode;
             so.gamma = 4;
             so.adaptive = adaptive;
             SpeculativeStats stats;
-            EXPECT_EQ(Speculative(prompt, Options(temperature), drafter, so, chains, &stats),
-                      want);
+            EXPECT_EQ(Speculative(prompt, Options(temperature), drafter, so, chains, &stats), want);
             if (!adaptive) {
               EXPECT_GT(stats.drafted, 0);
             }
@@ -240,8 +244,15 @@ TEST_F(LocalSpeculativeTest, WhatACallersOwnDrafterLearnedCarriesOverPerMode) {
   const auto prompt = Prompt("Repeat after me: one two three, one two three.");
   NgramDrafter ngram;
   DrafterCache::Learned learned;
-  RequestContext context{&lm_->embedder(), &lm_->head(), &lm_->tokenizer(), &lm_->pool(),
-                         testkit::DefaultModelPath(), 1, &ngram, nullptr, &learned};
+  RequestContext context{&lm_->embedder(),
+                         &lm_->head(),
+                         &lm_->tokenizer(),
+                         &lm_->pool(),
+                         testkit::DefaultModelPath(),
+                         1,
+                         &ngram,
+                         nullptr,
+                         &learned};
   GenerateRequest r;
   r.max_tokens = 16;
   r.sampling.temperature = 0;
@@ -268,8 +279,10 @@ TEST_F(LocalSpeculativeTest, WhatACallersOwnDrafterLearnedCarriesOverPerMode) {
 class SlowCancelChain : public Chain {
  public:
   explicit SlowCancelChain(Chain* inner) : inner_(inner) {}
-  absl::Status Forward(std::span<const model::Row> rows, const float* hidden,
-                       std::span<const int32_t> out_rows, float* out) override {
+  absl::Status Forward(std::span<const model::Row> rows,
+                       const float* hidden,
+                       std::span<const int32_t> out_rows,
+                       float* out) override {
     return inner_->Forward(rows, hidden, out_rows, out);
   }
   absl::Status Truncate(model::SeqId seq, int32_t from_pos) override {
@@ -279,7 +292,8 @@ class SlowCancelChain : public Chain {
     return inner_->Commit(seq, until_pos);
   }
   std::vector<HopInfo> Hops() const override { return inner_->Hops(); }
-  absl::StatusOr<uint64_t> SubmitRun(std::span<const model::Row> rows, const float* hidden,
+  absl::StatusOr<uint64_t> SubmitRun(std::span<const model::Row> rows,
+                                     const float* hidden,
                                      std::span<const int32_t> out_rows) override {
     return inner_->SubmitRun(rows, hidden, out_rows);
   }
@@ -336,8 +350,8 @@ TEST_F(LocalSpeculativeTest, NothingWaitsForACancelledRun) {
     so.mode = Mode::kPipelined;
     so.max_in_flight = 3;
     so.adaptive = false;
-    SpeculativeDecoder d(&lm_->embedder(), &lm_->head(), {&chain}, &lm_->pool(),
-                         &lm_->tokenizer(), &oracle, so);
+    SpeculativeDecoder d(
+        &lm_->embedder(), &lm_->head(), {&chain}, &lm_->pool(), &lm_->tokenizer(), &oracle, so);
     // Cancelled runs either never answer within the request, or answer before the next wait:
     // both must give the plain tokens, and only answered ones are collected.
     chain.answer_cancelled = answered;
@@ -375,9 +389,9 @@ TEST_F(LocalSpeculativeTest, TheLastStageVerifiesAndGivesThePlainTokens) {
         for (Mode mode : {Mode::kChain, Mode::kPipelined}) {
           for (int chains : {1, 2}) {
             if (chains == 2 && mode != Mode::kPipelined) continue;
-            SCOPED_TRACE(::testing::Message() << name << " mode " << int(mode) << " chains "
-                                            << chains << " T " << temperature << " penalty "
-                                            << penalty);
+            SCOPED_TRACE(::testing::Message()
+                         << name << " mode " << int(mode) << " chains " << chains << " T "
+                         << temperature << " penalty " << penalty);
             SpeculativeOptions so;
             so.mode = mode;
             so.gamma = 4;
@@ -396,8 +410,8 @@ TEST_F(LocalSpeculativeTest, TheLastStageVerifiesAndGivesThePlainTokens) {
   SpeculativeOptions so;
   so.mode = Mode::kTree;
   so.verify_at_last_hop = true;
-  SpeculativeDecoder d(&lm_->embedder(), &lm_->head(), {chain->get()}, &lm_->pool(),
-                       &lm_->tokenizer(), &ngram, so);
+  SpeculativeDecoder d(
+      &lm_->embedder(), &lm_->head(), {chain->get()}, &lm_->pool(), &lm_->tokenizer(), &ngram, so);
   EXPECT_EQ(d.Generate(prompt, Options(0)).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -419,9 +433,7 @@ class CountingDrafter final : public Drafter {
   void Read(std::span<const int32_t>) override { ++asked; }
   double token_ms() const override { return token_ms_; }
   double read_ms() const override { return read_ms_; }
-  int Unread(std::span<const int32_t> text) const override {
-    return static_cast<int>(text.size());
-  }
+  int Unread(std::span<const int32_t> text) const override { return static_cast<int>(text.size()); }
   int asked = 0;
 
  private:

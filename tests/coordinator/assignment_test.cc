@@ -7,11 +7,11 @@
 namespace strata::coordinator {
 namespace {
 
+using ::testing::HasSubstr;
 using testkit::AddNode;
 using testkit::AutoJoin;
 using testkit::EmptySwarm;
 using testkit::FixedJoin;
-using ::testing::HasSubstr;
 
 LayerRange Choose(const v1::SwarmSnapshot& swarm, int max_layers) {
   absl::StatusOr<LayerRange> span =
@@ -126,8 +126,8 @@ TEST(PlanMoveTest, RepairsAGapEvenWithoutRebalancing) {
   ASSERT_TRUE(to.has_value());
   EXPECT_EQ(to->first_layer, 15);
   // b alone would still serve [0,15); a move already ordered counts as done.
-  EXPECT_FALSE(PlanMove(s, "b", {{"a", LayerRange{15, 30}}}, MoveOptions{.balance_quality = 0})
-                   .has_value());
+  EXPECT_FALSE(
+      PlanMove(s, "b", {{"a", LayerRange{15, 30}}}, MoveOptions{.balance_quality = 0}).has_value());
 }
 
 }  // namespace

@@ -189,8 +189,16 @@ TEST(CoordinatorCliTest, BadAddressIsAOneLineError) {
 TEST(NodeCliTest, BadDeviceIsAOneLineErrorNotACrash) {
   ASSERT_TRUE(strata::testkit::DefaultModelPresent());
   for (const std::string device : {"tpu:0", "cuda:x"}) {
-    Child node({StrataBinary(), "node", "--model", strata::testkit::DefaultModelPath(), "--layers",
-                "0:10", "--device", device, "--listen", "127.0.0.1:0"});
+    Child node({StrataBinary(),
+                "node",
+                "--model",
+                strata::testkit::DefaultModelPath(),
+                "--layers",
+                "0:10",
+                "--device",
+                device,
+                "--listen",
+                "127.0.0.1:0"});
     EXPECT_EQ(node.Wait(absl::Seconds(60)), 1) << device << ": " << node.err_text();
     EXPECT_THAT(node.err_text(), StartsWith("error: ")) << device;
     EXPECT_THAT(node.err_text(), HasSubstr(device)) << device;

@@ -12,9 +12,9 @@
 namespace strata::coordinator {
 namespace {
 
+using ::testing::HasSubstr;
 using testkit::AutoJoin;
 using testkit::FixedJoin;
-using ::testing::HasSubstr;
 
 class HttpTest : public ::testing::Test {
  protected:

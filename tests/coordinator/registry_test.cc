@@ -10,10 +10,10 @@
 namespace strata::coordinator {
 namespace {
 
-using testkit::AutoJoin;
 using ::testing::ElementsAre;
-using testkit::FixedJoin;
 using ::testing::HasSubstr;
+using testkit::AutoJoin;
+using testkit::FixedJoin;
 using testkit::kModel;
 
 v1::HeartbeatRequest Beat(const std::string& id,

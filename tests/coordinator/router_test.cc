@@ -9,9 +9,9 @@
 namespace strata::coordinator {
 namespace {
 
+using ::testing::HasSubstr;
 using testkit::AddNode;
 using testkit::EmptySwarm;
-using ::testing::HasSubstr;
 using testkit::Hops;
 using testkit::kNowMs;
 

@@ -15,8 +15,8 @@
 namespace strata::coordinator {
 namespace {
 
-using testkit::AutoJoin;
 using ::testing::HasSubstr;
+using testkit::AutoJoin;
 
 class ServiceTest : public ::testing::Test {
  protected:

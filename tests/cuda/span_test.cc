@@ -9,6 +9,8 @@
 // every format: the CUDA result is no further from exact than the CPU's own error allows,
 // relative L2 <= max(2e-3, 1.5 x the CPU's), and max |difference| within 1e-2 of max |exact|
 // plus the CPU's own max difference.
+#include "model/cuda/span.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,14 +20,13 @@
 #include <random>
 
 #include "kernels/dtype.h"
-#include "model/cuda/span.h"
 #include "model/llama.h"
-#include "text/tokenizer.h"
 #include "tests/cuda/gpu_testing.h"
 #include "tests/cuda/span_testing.h"
 #include "tests/testing/model_runner.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/tiny_model.h"
+#include "text/tokenizer.h"
 
 namespace strata {
 namespace {
@@ -46,8 +47,10 @@ using testkit::Rows;
 using testkit::TinyModel;
 
 // The tolerance stated at the top: CUDA against exact, bounded by the CPU's own error.
-void ExpectClose(const std::vector<float>& gpu, const std::vector<float>& cpu,
-                 const std::vector<float>& exact, const char* what) {
+void ExpectClose(const std::vector<float>& gpu,
+                 const std::vector<float>& cpu,
+                 const std::vector<float>& exact,
+                 const char* what) {
   ASSERT_EQ(gpu.size(), exact.size());
   ASSERT_EQ(cpu.size(), exact.size());
   const Distance g = Measure(gpu, exact), c = Measure(cpu, exact);
@@ -137,13 +140,17 @@ TEST_P(CudaVsCpu, PrefillThenDecodeAgreeWithinTolerance) {
   const std::vector<int32_t> tokens = RandomTokens(13, testkit::kTinyVocab, 3);
   const std::vector<Row> prefill = Rows(0, 9);
   const std::vector<float> h = p.Embed(std::span(tokens).first(9));
-  ExpectClose(p.GpuForward(*gc, prefill, h), p.CpuForward(*cc, prefill, h),
-              twin.CpuForward(*xc, prefill, h), "prefill");
+  ExpectClose(p.GpuForward(*gc, prefill, h),
+              p.CpuForward(*cc, prefill, h),
+              twin.CpuForward(*xc, prefill, h),
+              "prefill");
   for (int i = 9; i < 13; ++i) {
     const std::vector<Row> row = Rows(i, 1);
     const std::vector<float> hi = p.Embed(std::span(tokens).subspan(i, 1));
-    ExpectClose(p.GpuForward(*gc, row, hi), p.CpuForward(*cc, row, hi),
-                twin.CpuForward(*xc, row, hi), "decode");
+    ExpectClose(p.GpuForward(*gc, row, hi),
+                p.CpuForward(*cc, row, hi),
+                twin.CpuForward(*xc, row, hi),
+                "decode");
   }
   EXPECT_EQ(gc->used_cells(), 13);
 }

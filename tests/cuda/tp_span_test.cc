@@ -8,6 +8,8 @@
 // - One shard is bit-identical to the single-device span, with either reducer.
 // - Batch invariance (bit-exact) and the KV contract hold as for the single-device span.
 // - Shapes that cannot be split give INVALID_ARGUMENT.
+#include "model/cuda/tp_span.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -19,7 +21,6 @@
 #include "kernels/cuda/nccl_link.h"
 #include "kernels/dtype.h"
 #include "model/cuda/span.h"
-#include "model/cuda/tp_span.h"
 #include "model/llama.h"
 #include "tests/cuda/gpu_testing.h"
 #include "tests/cuda/span_testing.h"
@@ -126,7 +127,9 @@ struct Exact {
     span = std::move(*s);
     pool = model::NewCpuKvPool(kKvBytes);
   }
-  std::unique_ptr<KvCache> Cache() { return std::make_unique<KvCache>(pool.get(), span->kv_layout()); }
+  std::unique_ptr<KvCache> Cache() {
+    return std::make_unique<KvCache>(pool.get(), span->kv_layout());
+  }
   std::vector<float> Run(KvCache& kv, std::span<const Row> rows, std::vector<float> h) {
     const LayerSpan::Part part{&kv, rows};
     absl::Status st = span->ForwardBatch({&part, 1}, h.data(), runner->pool(), scratch);
@@ -151,8 +154,8 @@ void ExpectClose(DType t,
     // H200 measured 1.1e-5 to 6e-5 (f16 the most); a wrong slice or a lost partial is O(1).
     const Distance d = Measure(tp, single);
     EXPECT_LE(d.rel_l2, 2e-4) << what << ": relative L2 distance from the single-device span";
-    EXPECT_LE(d.max_diff, 2e-3 * d.max_ref) << what << ": max difference (max |ref| " << d.max_ref
-                                            << ")";
+    EXPECT_LE(d.max_diff, 2e-3 * d.max_ref)
+        << what << ": max difference (max |ref| " << d.max_ref << ")";
     return;
   }
   ASSERT_EQ(exact.size(), single.size());
@@ -197,13 +200,16 @@ TEST_P(TpVsSingle, PrefillThenDecodeAgree) {
   const std::vector<int32_t> tokens = RandomTokens(13, testkit::kTinyVocab, 3);
   const std::vector<Row> prefill = Rows(0, 9);
   const std::vector<float> h = p.Embed(std::span(tokens).first(9));
-  ExpectClose(spec.weight_type, p.Tp(*tc, prefill, h), p.Single(*sc, prefill, h),
-              exact(prefill, h), "prefill");
+  ExpectClose(spec.weight_type,
+              p.Tp(*tc, prefill, h),
+              p.Single(*sc, prefill, h),
+              exact(prefill, h),
+              "prefill");
   for (int i = 9; i < 13; ++i) {
     const std::vector<Row> row = Rows(i, 1);
     const std::vector<float> hi = p.Embed(std::span(tokens).subspan(i, 1));
-    ExpectClose(spec.weight_type, p.Tp(*tc, row, hi), p.Single(*sc, row, hi), exact(row, hi),
-                "decode");
+    ExpectClose(
+        spec.weight_type, p.Tp(*tc, row, hi), p.Single(*sc, row, hi), exact(row, hi), "decode");
   }
   EXPECT_EQ(tc->used_cells(), 13);
 }

@@ -27,9 +27,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "gtest/gtest.h"
 #include "gguf/reader.h"
 #include "gguf/writer.h"
+#include "gtest/gtest.h"
 #include "tests/testing/paths.h"
 
 namespace strata::gguf {

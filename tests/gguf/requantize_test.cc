@@ -9,8 +9,8 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels/quant.h"
 #include "gguf/reader.h"
+#include "kernels/quant.h"
 #include "model/llama.h"
 #include "tests/testing/tiny_model.h"
 
@@ -24,8 +24,8 @@ std::vector<float> Values(const gguf::GgufTensorInfo& t) {
   const int64_t rows = static_cast<int64_t>(t.bytes / kernels::RowBytes(t.dtype, cols));
   std::vector<float> out(static_cast<size_t>(rows * cols));
   for (int64_t r = 0; r < rows; ++r) {
-    kernels::DequantizeRowRef(t.dtype, t.data + r * kernels::RowBytes(t.dtype, cols),
-                              out.data() + r * cols, cols);
+    kernels::DequantizeRowRef(
+        t.dtype, t.data + r * kernels::RowBytes(t.dtype, cols), out.data() + r * cols, cols);
   }
   return out;
 }
@@ -86,7 +86,8 @@ TEST_F(RequantizeTest, MatricesChangeDtypeAndKeepTheirValues) {
       float amax = 0;
       for (size_t k = j; k < j + 32; ++k) amax = std::max(amax, std::fabs(va[k]));
       for (size_t k = j; k < j + 32; ++k) {
-        ASSERT_NEAR(vb[k], va[k], amax * (0.5f / 127.0f + 1.0f / 2048.0f) + 1e-6f) << ta.name << " at " << k;
+        ASSERT_NEAR(vb[k], va[k], amax * (0.5f / 127.0f + 1.0f / 2048.0f) + 1e-6f)
+            << ta.name << " at " << k;
       }
     }
   }

@@ -13,9 +13,9 @@
 #include "client/prompt.h"
 #include "model/sampling.h"
 #include "strata/client.h"
+#include "strata/v1/coordinator.grpc.pb.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/swarm.h"
-#include "strata/v1/coordinator.grpc.pb.h"
 
 namespace strata {
 namespace {
@@ -35,8 +35,18 @@ TEST(ChaosTest, SessionsSurviveRandomKillsWithIdenticalTokens) {
   }
   ASSERT_TRUE(swarm->WaitUntilServing(5).ok());
 
-  const char* topics[] = {"rivers", "volcanoes", "bees", "the moon", "chess", "bread",
-                          "trains", "glaciers", "owls", "copper", "tides", "maps"};
+  const char* topics[] = {"rivers",
+                          "volcanoes",
+                          "bees",
+                          "the moon",
+                          "chess",
+                          "bread",
+                          "trains",
+                          "glaciers",
+                          "owls",
+                          "copper",
+                          "tides",
+                          "maps"};
   client::LocalModelOptions lo;
   lo.path = testkit::DefaultModelPath();
   lo.threads = 2;
@@ -115,8 +125,8 @@ TEST(ChaosTest, SessionsSurviveRandomKillsWithIdenticalTokens) {
     absl::SleepFor(absl::Milliseconds(1000));
     if (running == 0) break;
     const std::vector<int> busy = busy_nodes();
-    const int victim = busy.empty() ? static_cast<int>(rng() % swarm->nodes().size())
-                                    : busy[rng() % busy.size()];
+    const int victim =
+        busy.empty() ? static_cast<int>(rng() % swarm->nodes().size()) : busy[rng() % busy.size()];
     swarm->KillNode(victim);
     ++kills;
     absl::SleepFor(absl::Milliseconds(1000));

@@ -1,8 +1,7 @@
 // No session lost: a generation survives node failures, departures and coordinator loss with
 // exactly the tokens of an uninterrupted run.
-#include <signal.h>
-
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <functional>
 #include <set>
@@ -23,8 +22,10 @@ using testkit::NodeSpec;
 
 // Greedy continuation of `prompt` for `steps` tokens, one Feed per token; `hook(step)` runs
 // before each step (step 0 = before the prompt).
-absl::StatusOr<std::vector<int32_t>> Decode(Session& s, const std::vector<int32_t>& prompt,
-                                            int steps, const std::function<void(int)>& hook) {
+absl::StatusOr<std::vector<int32_t>> Decode(Session& s,
+                                            const std::vector<int32_t>& prompt,
+                                            int steps,
+                                            const std::function<void(int)>& hook) {
   std::vector<int32_t> out;
   hook(0);
   auto logits = s.Feed(prompt);

@@ -42,8 +42,8 @@ class NodeInputTest : public ::testing::Test {
   static void TearDownTestSuite() { delete swarm_; }
 
   std::unique_ptr<v1::Node::Stub> Stub(int node) {
-    return v1::Node::NewStub(grpc::CreateChannel(swarm_->nodes()[node]->address,
-                                                 grpc::InsecureChannelCredentials()));
+    return v1::Node::NewStub(
+        grpc::CreateChannel(swarm_->nodes()[node]->address, grpc::InsecureChannelCredentials()));
   }
 
   v1::OpenSession Open(int node, const std::string& id) {
@@ -59,7 +59,8 @@ class NodeInputTest : public ::testing::Test {
   }
 
   // Opens a session on `node` and returns the stream once it is accepted.
-  std::unique_ptr<Stream> OpenOk(v1::Node::Stub* stub, grpc::ClientContext* ctx,
+  std::unique_ptr<Stream> OpenOk(v1::Node::Stub* stub,
+                                 grpc::ClientContext* ctx,
                                  const v1::OpenSession& open) {
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
     auto stream = stub->Session(ctx);
@@ -97,8 +98,8 @@ class NodeInputTest : public ::testing::Test {
       m->set_pos(first_pos + i);
       m->set_seqs(1);
     }
-    transport::EncodeRows(hidden.data(), rows, width, v1::DTYPE_F32,
-                          op.mutable_forward()->mutable_hidden());
+    transport::EncodeRows(
+        hidden.data(), rows, width, v1::DTYPE_F32, op.mutable_forward()->mutable_hidden());
     return op;
   }
 
@@ -178,15 +179,59 @@ TEST_F(NodeInputTest, EveryKindOfBadOpIsRejectedAndGoodOpsStillWork) {
   };
   const int w = width_;
   std::vector<Case> cases = {
-      {"wrong shape", [&] { auto op = ForwardOp(1, 2, w); op.mutable_forward()->mutable_hidden()->set_shape(1, w - 1); return op; }, grpc::StatusCode::INVALID_ARGUMENT},
-      {"short data", [&] { auto op = ForwardOp(1, 2, w); op.mutable_forward()->mutable_hidden()->mutable_data()->resize(10); return op; }, grpc::StatusCode::INVALID_ARGUMENT},
-      {"unknown dtype", [&] { auto op = ForwardOp(1, 2, w); op.mutable_forward()->mutable_hidden()->set_dtype(static_cast<v1::DType>(42)); return op; }, grpc::StatusCode::INVALID_ARGUMENT},
+      {"wrong shape",
+       [&] {
+         auto op = ForwardOp(1, 2, w);
+         op.mutable_forward()->mutable_hidden()->set_shape(1, w - 1);
+         return op;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"short data",
+       [&] {
+         auto op = ForwardOp(1, 2, w);
+         op.mutable_forward()->mutable_hidden()->mutable_data()->resize(10);
+         return op;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"unknown dtype",
+       [&] {
+         auto op = ForwardOp(1, 2, w);
+         op.mutable_forward()->mutable_hidden()->set_dtype(static_cast<v1::DType>(42));
+         return op;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
       {"too many rows", [&] { return ForwardOp(1, 9000, w); }, grpc::StatusCode::INVALID_ARGUMENT},
-      {"negative position", [&] { auto op = ForwardOp(1, 1, w); op.mutable_forward()->mutable_rows(0)->set_pos(-3); return op; }, grpc::StatusCode::INVALID_ARGUMENT},
-      {"empty sequence set", [&] { auto op = ForwardOp(1, 1, w); op.mutable_forward()->mutable_rows(0)->set_seqs(0); return op; }, grpc::StatusCode::INVALID_ARGUMENT},
-      {"out_rows out of range", [&] { auto op = ForwardOp(1, 1, w); op.mutable_forward()->add_out_rows(5); return op; }, grpc::StatusCode::INVALID_ARGUMENT},
-      {"out-of-order op_seq", [&] { return ForwardOp(3, 1, w); }, grpc::StatusCode::INVALID_ARGUMENT},
-      {"empty op", [&] { v1::Op op; op.set_op_seq(1); return op; }, grpc::StatusCode::INVALID_ARGUMENT},
+      {"negative position",
+       [&] {
+         auto op = ForwardOp(1, 1, w);
+         op.mutable_forward()->mutable_rows(0)->set_pos(-3);
+         return op;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"empty sequence set",
+       [&] {
+         auto op = ForwardOp(1, 1, w);
+         op.mutable_forward()->mutable_rows(0)->set_seqs(0);
+         return op;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"out_rows out of range",
+       [&] {
+         auto op = ForwardOp(1, 1, w);
+         op.mutable_forward()->add_out_rows(5);
+         return op;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"out-of-order op_seq",
+       [&] { return ForwardOp(3, 1, w); },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"empty op",
+       [&] {
+         v1::Op op;
+         op.set_op_seq(1);
+         return op;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -224,7 +269,9 @@ TEST_F(NodeInputTest, TheLastHopVerifiesAndRefusesVerificationsItCannotDo) {
   int next_pos = 0;
   uint64_t next_seq = 1;
   // A forward of `rows` rows whose out rows `out` (all when empty) are verified with `drafts`.
-  auto verified = [&](int rows, std::vector<int32_t> out, std::vector<int32_t> drafts,
+  auto verified = [&](int rows,
+                      std::vector<int32_t> out,
+                      std::vector<int32_t> drafts,
                       float temperature = 0.0f) {
     v1::Op op = ForwardOp(next_seq++, rows, width_, next_pos);
     next_pos += rows;
@@ -305,8 +352,7 @@ TEST_F(NodeInputTest, PushStreamsNeedAKnownSessionAndItsToken) {
   EXPECT_EQ(push_status("no-such-session", "x").error_code(), grpc::StatusCode::NOT_FOUND);
   grpc::ClientContext ctx;
   auto stream = OpenOk(stub.get(), &ctx, Open(1, "push-target"));
-  EXPECT_EQ(push_status("push-target", "wrong").error_code(),
-            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(push_status("push-target", "wrong").error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(push_status("", "").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
@@ -447,11 +493,11 @@ TEST_F(NodeInputTest, GarbageBytesAreRejectedAndTheNodeKeepsServing) {
   ASSERT_TRUE(before.ok()) << before.status();
 
   std::mt19937 rng(5);
-  for (const char* method : {"/strata.v1.Node/Session", "/strata.v1.Node/Push",
-                             "/strata.v1.Node/Info"}) {
+  for (const char* method :
+       {"/strata.v1.Node/Session", "/strata.v1.Node/Push", "/strata.v1.Node/Info"}) {
     for (int round = 0; round < 5; ++round) {
-      auto channel = grpc::CreateChannel(swarm_->nodes()[0]->address,
-                                         grpc::InsecureChannelCredentials());
+      auto channel =
+          grpc::CreateChannel(swarm_->nodes()[0]->address, grpc::InsecureChannelCredentials());
       grpc::GenericStub generic(channel);
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));

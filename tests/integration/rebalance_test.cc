@@ -31,7 +31,8 @@ v1::SwarmSnapshot Snapshot(const std::string& coordinator) {
 }
 
 // Waits until `pred(snapshot)` holds; false after `timeout`.
-bool WaitFor(const std::string& coordinator, absl::Duration timeout,
+bool WaitFor(const std::string& coordinator,
+             absl::Duration timeout,
              const std::function<bool(const v1::SwarmSnapshot&)>& pred) {
   const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {

@@ -24,7 +24,9 @@ const char* kPrompts[] = {
     "Translate to French: good morning, good night.",
     "Explain what a hash table is."};
 
-GenerateRequest Request(const std::string& prompt, float temperature, const std::string& drafter,
+GenerateRequest Request(const std::string& prompt,
+                        float temperature,
+                        const std::string& drafter,
                         const std::string& mode) {
   GenerateRequest r;
   r.prompt = prompt;
@@ -50,8 +52,8 @@ std::vector<int32_t> Local(const GenerateRequest& r) {
   GenerateRequest plain = r;
   plain.speculative.drafter = Drafter::None();
   auto chain = lm->NewChain();
-  client::RequestContext ctx{&lm->embedder(), &lm->head(), &lm->tokenizer(), &lm->pool(),
-                             testkit::DefaultModelPath(), 1};
+  client::RequestContext ctx{
+      &lm->embedder(), &lm->head(), &lm->tokenizer(), &lm->pool(), testkit::DefaultModelPath(), 1};
   auto g = client::RunRequest(plain, ctx, {chain->get()}, nullptr);
   EXPECT_TRUE(g.ok()) << g.status();
   return g->token_ids;
@@ -146,8 +148,12 @@ TEST_F(SpeculativeSwarmTest, EveryHopAppliesTheSameOpsAndKeepsOnlyCommittedText)
   lo.path = testkit::DefaultModelPath();
   lo.threads = 1;
   auto lm = client::LocalModel::Load(lo);
-  client::RequestContext ctx{&(*lm)->embedder(), &(*lm)->head(), &(*lm)->tokenizer(),
-                             &(*lm)->pool(), testkit::DefaultModelPath(), 1};
+  client::RequestContext ctx{&(*lm)->embedder(),
+                             &(*lm)->head(),
+                             &(*lm)->tokenizer(),
+                             &(*lm)->pool(),
+                             testkit::DefaultModelPath(),
+                             1};
   auto got = client::RunRequest(r, ctx, {chain->get()}, nullptr);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->token_ids, Local(r));
@@ -177,8 +183,8 @@ TEST_F(SpeculativeSwarmTest, TheLastHopVerifiesAndGivesThePlainTokens) {
       for (const char* mode : {"chain", "pipelined", "dsi"}) {
         for (const std::string& drafter : {std::string("ngram"), draft}) {
           if (drafter == draft && i > 0) continue;  // one prompt for the (slower) draft model
-          SCOPED_TRACE(::testing::Message() << kPrompts[i] << " T=" << t << " " << mode << " "
-                                          << drafter);
+          SCOPED_TRACE(::testing::Message()
+                       << kPrompts[i] << " T=" << t << " " << mode << " " << drafter);
           GenerateRequest r = Request(kPrompts[i], t, drafter, mode);
           r.speculative.verify_at_last_hop = true;
           r.speculative.adaptive = drafter != draft;  // a draft model drafts at a fixed gamma
@@ -204,8 +210,8 @@ TEST_F(SpeculativeSwarmTest, FailoverInTheMiddleOfSpeculationKeepsTheTokens) {
     bool last_hop;
     int layer;
   };
-  for (const Case& c : {Case{"pipelined", false, 12}, Case{"tree", false, 12},
-                        Case{"pipelined", true, 29}}) {
+  for (const Case& c :
+       {Case{"pipelined", false, 12}, Case{"tree", false, 12}, Case{"pipelined", true, 29}}) {
     const char* mode = c.mode;
     SCOPED_TRACE(::testing::Message() << mode << " last hop " << c.last_hop);
     GenerateRequest r = Request(kPrompts[3], 0, "ngram", mode);
@@ -218,8 +224,12 @@ TEST_F(SpeculativeSwarmTest, FailoverInTheMiddleOfSpeculationKeepsTheTokens) {
     lo.path = testkit::DefaultModelPath();
     lo.threads = 1;
     auto lm = client::LocalModel::Load(lo);
-    client::RequestContext ctx{&(*lm)->embedder(), &(*lm)->head(), &(*lm)->tokenizer(),
-                               &(*lm)->pool(), testkit::DefaultModelPath(), 1};
+    client::RequestContext ctx{&(*lm)->embedder(),
+                               &(*lm)->head(),
+                               &(*lm)->tokenizer(),
+                               &(*lm)->pool(),
+                               testkit::DefaultModelPath(),
+                               1};
     // After a few tokens, kill the node serving the layer on the route in use; the other
     // replica route takes over and speculation restarts from the committed text.
     int killed = -1, tokens = 0;

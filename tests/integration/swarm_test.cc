@@ -1,6 +1,8 @@
 // The swarm end to end: real `strata coordinator` and `strata node` processes on loopback, the
 // client SDK in this process. Outputs are compared with local single-process generation by
 // equality (DESIGN.md, Determinism).
+#include "tests/testing/swarm.h"
+
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -13,7 +15,6 @@
 #include "strata/client.h"
 #include "strata/v1/node.grpc.pb.h"
 #include "tests/testing/paths.h"
-#include "tests/testing/swarm.h"
 
 namespace strata {
 namespace {
@@ -126,8 +127,8 @@ TEST_F(SwarmTest, ThreeNodesMatchLocalTokensAndLogits) {
   auto open_sessions = [&] {
     int open = 0;
     for (const auto& node : swarm->nodes()) {
-      auto stub = v1::Node::NewStub(
-          grpc::CreateChannel(node->address, grpc::InsecureChannelCredentials()));
+      auto stub =
+          v1::Node::NewStub(grpc::CreateChannel(node->address, grpc::InsecureChannelCredentials()));
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
       v1::NodeInfo info;
@@ -160,9 +161,11 @@ TEST_F(SwarmTest, SplitsOverOneTwoThreeAndFiveNodesAgree) {
   const GenerateRequest sampled = Request(kPrompts[3], 0.9f, 77);
   const std::vector<int32_t> want_greedy = Reference().Generate(greedy);
   const std::vector<int32_t> want_sampled = Reference().Generate(sampled);
-  for (const std::vector<std::string>& spans : std::vector<std::vector<std::string>>{
-           {"0:30"}, {"0:15", "15:30"}, {"0:10", "10:20", "20:30"},
-           {"0:6", "6:12", "12:18", "18:24", "24:30"}}) {
+  for (const std::vector<std::string>& spans :
+       std::vector<std::vector<std::string>>{{"0:30"},
+                                             {"0:15", "15:30"},
+                                             {"0:10", "10:20", "20:30"},
+                                             {"0:6", "6:12", "12:18", "18:24", "24:30"}}) {
     SCOPED_TRACE(spans.size());
     auto swarm = StartSwarm(spans);
     auto client = Connect(*swarm);

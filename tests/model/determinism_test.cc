@@ -142,7 +142,9 @@ TEST_P(DeterminismTest, LogitsAreFiniteAndVary) {
   EXPECT_GT(hi - lo, 0.1f);
 }
 
-INSTANTIATE_TEST_SUITE_P(AllWeightTypes, DeterminismTest, ::testing::ValuesIn(Cases()),
+INSTANTIATE_TEST_SUITE_P(AllWeightTypes,
+                         DeterminismTest,
+                         ::testing::ValuesIn(Cases()),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // The same equalities on the real default model (30 layers, GQA, Q4_1 + Q8_0).

@@ -17,12 +17,12 @@
 #include <cmath>
 #include <fstream>
 
-#include "nlohmann/json.hpp"
-#include "tests/testing/model_runner.h"
-#include "tests/testing/paths.h"
 #include "client/local_chain.h"
 #include "client/session.h"
 #include "model/sampling.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/model_runner.h"
+#include "tests/testing/paths.h"
 
 namespace strata {
 namespace {
@@ -50,8 +50,8 @@ class ReferenceTest : public ::testing::Test {
   std::unique_ptr<client::InferenceSession> NewSession() {
     auto chain = client::LocalChain::Create(model_, pool_.get(), size_t{256} << 20);
     EXPECT_TRUE(chain.ok());
-    return std::make_unique<client::InferenceSession>(embedder_.get(), head_.get(),
-                                                      std::move(*chain), pool_.get());
+    return std::make_unique<client::InferenceSession>(
+        embedder_.get(), head_.get(), std::move(*chain), pool_.get());
   }
 
   std::shared_ptr<const model::Model> model_;
@@ -105,8 +105,8 @@ TEST_F(ReferenceTest, TeacherForcedTokensAndLogitsMatchLlamaCpp) {
   }
   std::cout << "[ info ] teacher-forced: " << steps - near_ties << "/" << steps
             << " greedy tokens identical (the rest at near-ties); " << logit_rows
-            << " top-10 logit rows, worst |diff| " << worst
-            << ", mean |diff| " << sum_diff / (10 * logit_rows) << "\n";
+            << " top-10 logit rows, worst |diff| " << worst << ", mean |diff| "
+            << sum_diff / (10 * logit_rows) << "\n";
   EXPECT_LE(sum_diff / (10 * logit_rows), kMeanLogitTolerance);
   // Near-ties are the exception: at least 95% of the steps agree exactly.
   EXPECT_LE(near_ties * 20, steps);

@@ -1,9 +1,8 @@
 // A process that runs only layers [a, b) touches only their weights: the model file stays
 // mapped, and only the pages a span reads become resident.
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <fstream>
 #include <sstream>
@@ -24,7 +23,8 @@ int64_t MappedRssKib(const std::string& path) {
   while (std::getline(smaps, line)) {
     if (line.find('-') != std::string::npos && line.find(' ') != std::string::npos &&
         std::isxdigit(static_cast<unsigned char>(line[0])) && line.find(':') > 20) {
-      in_file = line.size() >= path.size() && line.compare(line.size() - path.size(), path.size(), path) == 0;
+      in_file = line.size() >= path.size() &&
+                line.compare(line.size() - path.size(), path.size(), path) == 0;
       continue;
     }
     if (in_file && line.rfind("Rss:", 0) == 0) {

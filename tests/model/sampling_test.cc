@@ -58,11 +58,11 @@ TEST(SamplingTest, TopKKeepsOnlyTheBest) {
 TEST(SamplingTest, TopPAndMinPCut) {
   // Probabilities at T=1 over {0: ln 0.5, 1: ln 0.3, 2: ln 0.15, 3: ln 0.05}.
   std::vector<float> l = {std::log(0.5f), std::log(0.3f), std::log(0.15f), std::log(0.05f)};
-  auto top_p = Sampler(SamplingParams{.temperature = 1, .top_k = 0, .top_p = 0.75f})
-                   .Distribution(l, {});
+  auto top_p =
+      Sampler(SamplingParams{.temperature = 1, .top_k = 0, .top_p = 0.75f}).Distribution(l, {});
   EXPECT_EQ(top_p.size(), 2u);  // 0.5 + 0.3 >= 0.75
-  auto min_p = Sampler(SamplingParams{.temperature = 1, .top_k = 0, .min_p = 0.25f})
-                   .Distribution(l, {});
+  auto min_p =
+      Sampler(SamplingParams{.temperature = 1, .top_k = 0, .min_p = 0.25f}).Distribution(l, {});
   EXPECT_EQ(min_p.size(), 3u);  // 0.15 >= 0.125, 0.05 < 0.125
   EXPECT_NEAR(min_p[0].prob, 0.5 / 0.95, 1e-5);
 }

@@ -21,15 +21,21 @@ std::vector<float> RandomLogits(int rows, uint32_t seed) {
 }
 
 // Position by position, as the client does: the text so far is the whole history.
-std::vector<int32_t> OneByOne(std::span<const float> logits, const VerifySpec& spec,
+std::vector<int32_t> OneByOne(std::span<const float> logits,
+                              const VerifySpec& spec,
                               std::vector<int32_t> text) {
   const Sampler sampler(spec.sampling);
   std::vector<int32_t> out;
   for (size_t i = 0; i < spec.drafts.size(); ++i) {
     bool accepted = false;
-    const int32_t t = VerifyDraft(sampler, logits.subspan(i * kVocab, kVocab),
-                                  spec.first_position + static_cast<int64_t>(i), text,
-                                  spec.drafts[i], 1.0f, spec.rejection_sampling, &accepted);
+    const int32_t t = VerifyDraft(sampler,
+                                  logits.subspan(i * kVocab, kVocab),
+                                  spec.first_position + static_cast<int64_t>(i),
+                                  text,
+                                  spec.drafts[i],
+                                  1.0f,
+                                  spec.rejection_sampling,
+                                  &accepted);
     out.push_back(t);
     if (!accepted) break;
     text.push_back(t);
@@ -61,7 +67,8 @@ TEST(VerifyRowsTest, DecidesWhatEachPositionAloneDecides) {
     for (int i = 0; i < kRows; ++i) {
       const Sampler s(spec.sampling);
       const int32_t t = s.Sample(std::span<const float>(logits).subspan(i * kVocab, kVocab),
-                                 spec.first_position + i, probe);
+                                 spec.first_position + i,
+                                 probe);
       spec.drafts.push_back(i < right ? t : (t + 1 + static_cast<int32_t>(trial)) % kVocab);
       probe.push_back(t);
     }

@@ -14,10 +14,10 @@
 namespace strata {
 namespace {
 
+using ::testing::HasSubstr;
 using testkit::FakeFaults;
 using testkit::FakeHandoff;
 using testkit::FakeHub;
-using ::testing::HasSubstr;
 
 constexpr int kSteps = 10;
 

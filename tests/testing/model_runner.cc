@@ -99,19 +99,22 @@ std::vector<float> ModelRunner::InterleavedWith(std::span<const int32_t> tokens,
   EXPECT_TRUE(st.ok()) << st;
   const int e = model_->hparams().n_embd;
   std::vector<float> picked;
-  for (size_t r : mine) picked.insert(picked.end(), hidden.begin() + r * e, hidden.begin() + (r + 1) * e);
+  for (size_t r : mine)
+    picked.insert(picked.end(), hidden.begin() + r * e, hidden.begin() + (r + 1) * e);
   return Logits(picked);
 }
 
 std::vector<float> ModelRunner::CrossSession(std::span<const int32_t> tokens,
-                                             std::span<const int32_t> other, int chunk) {
+                                             std::span<const int32_t> other,
+                                             int chunk) {
   model::KvPool kv_pool(kKvBytes);
   model::KvCache a(&kv_pool, full_->kv_layout()), b(&kv_pool, full_->kv_layout());
   const int e = model_->hparams().n_embd;
   std::vector<float> picked;
   for (size_t start = 0; start < std::max(tokens.size(), other.size()); start += chunk) {
     auto take = [&](std::span<const int32_t> t) {
-      return start >= t.size() ? std::span<const int32_t>() : t.subspan(start, std::min<size_t>(chunk, t.size() - start));
+      return start >= t.size() ? std::span<const int32_t>()
+                               : t.subspan(start, std::min<size_t>(chunk, t.size() - start));
     };
     auto ta = take(tokens), tb = take(other);
     std::vector<int32_t> ids(ta.begin(), ta.end());

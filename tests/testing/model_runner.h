@@ -38,7 +38,8 @@ class ModelRunner {
                                      std::span<const int32_t> other);
   // Batched across sessions: `tokens` and `other` in separate caches, one ForwardBatch per step
   // of `chunk` tokens.
-  std::vector<float> CrossSession(std::span<const int32_t> tokens, std::span<const int32_t> other,
+  std::vector<float> CrossSession(std::span<const int32_t> tokens,
+                                  std::span<const int32_t> other,
                                   int chunk);
 
  private:

@@ -1,4 +1,5 @@
-// Locations tests need: the source tree (fixtures), the build tree (binaries) and the default model.
+// Locations tests need: the source tree (fixtures), the build tree (binaries) and the default
+// model.
 #pragma once
 
 #include <string>

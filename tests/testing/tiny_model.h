@@ -14,7 +14,7 @@ namespace strata::testkit {
 struct TinyModelSpec {
   std::string arch = "llama";  // or "qwen2" (biases on Q/K/V, NeoX RoPE)
   int n_layer = 4;
-  int n_embd = 64;     // K-quant weights need multiples of 256
+  int n_embd = 64;  // K-quant weights need multiples of 256
   int n_ff = 128;
   int n_head = 4;
   int n_head_kv = 2;

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "gguf/reader.h"
-#include "text/tokenizer.h"
 #include "tests/testing/paths.h"
+#include "text/tokenizer.h"
 
 namespace strata::text {
 namespace {
@@ -86,11 +86,11 @@ TEST(ChatTemplateTest, Llama2DocumentedFormat) {
       "{% if messages[0]['role'] == 'system' %}...{{ bos_token + '[INST] ' + content.strip() + "
       "' [/INST]' }}...'<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n'...";
   auto out = text::ApplyChatTemplate(tmpl,
-                               {{"system", "You are a helpful assistant."},
-                                {"user", "Hi there"},
-                                {"assistant", "Hello! How can I help?"},
-                                {"user", "Tell me a joke."}},
-                               /*add_generation_prompt=*/true);
+                                     {{"system", "You are a helpful assistant."},
+                                      {"user", "Hi there"},
+                                      {"assistant", "Hello! How can I help?"},
+                                      {"user", "Tell me a joke."}},
+                                     /*add_generation_prompt=*/true);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(*out,
             "<s>[INST] <<SYS>>\nYou are a helpful assistant.\n<</SYS>>\n\nHi there [/INST] "
@@ -132,13 +132,15 @@ TEST(ChatTemplateTest, Llama3DocumentedFormat) {
 
 TEST(ChatTemplateTest, DetectsFamiliesAndRejectsOthers) {
   EXPECT_EQ(text::DetectChatTemplate("").status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(text::DetectChatTemplate("{{ messages }}").status().code(), absl::StatusCode::kUnimplemented);
-  // Mistral v0.1: [INST] without <<SYS>>.
-  EXPECT_EQ(text::DetectChatTemplate("{{ bos_token }}{% for m in messages %}{{ '[INST] ' + m['content'] "
-                               "+ ' [/INST]' }}{% endfor %}")
-                .status()
-                .code(),
+  EXPECT_EQ(text::DetectChatTemplate("{{ messages }}").status().code(),
             absl::StatusCode::kUnimplemented);
+  // Mistral v0.1: [INST] without <<SYS>>.
+  EXPECT_EQ(
+      text::DetectChatTemplate("{{ bos_token }}{% for m in messages %}{{ '[INST] ' + m['content'] "
+                               "+ ' [/INST]' }}{% endfor %}")
+          .status()
+          .code(),
+      absl::StatusCode::kUnimplemented);
   EXPECT_EQ(text::DetectChatTemplate("<|im_start|>...<|im_sep|>").status().code(),
             absl::StatusCode::kUnimplemented);
   auto llama3 = text::DetectChatTemplate("<|start_header_id|>x<|end_header_id|>");

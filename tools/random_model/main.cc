@@ -14,8 +14,8 @@
 #include <string>
 
 #include "common/strings.h"
-#include "kernels/quant.h"
 #include "gguf/writer.h"
+#include "kernels/quant.h"
 #include "text/byte_vocab.h"
 
 namespace {

@@ -44,7 +44,7 @@ struct SamplingOptions {
   float top_p = 0.95f;       // 1: off
   float min_p = 0.05f;       // 0: off
   float repeat_penalty = 1.0f;
-  uint64_t seed = 0;         // the draw at position p depends only on (seed, p)
+  uint64_t seed = 0;  // the draw at position p depends only on (seed, p)
 };
 
 // What drafts tokens for speculative decoding, at the client.
@@ -84,13 +84,13 @@ std::string_view SpeculativeModeName(SpeculativeMode mode);
 // Speculative decoding: drafts made here, verified across the chain in one pass each.
 // Greedy and seeded sampling give exactly the tokens of plain decoding.
 struct SpeculativeOptions {
-  Drafter drafter;               // Drafter::None(): plain decoding
+  Drafter drafter;  // Drafter::None(): plain decoding
   SpeculativeMode mode = SpeculativeMode::kChain;
-  int gamma = 4;                 // drafts per pass (start value; adapts to latency/acceptance)
+  int gamma = 4;  // drafts per pass (start value; adapts to latency/acceptance)
   bool adaptive = true;
-  int tree_budget = 16;          // draft nodes per tree
-  int max_in_flight = 6;         // most runs in flight (pipelined, dsi)
-  int replicas = 2;              // chains for dsi
+  int tree_budget = 16;             // draft nodes per tree
+  int max_in_flight = 6;            // most runs in flight (pipelined, dsi)
+  int replicas = 2;                 // chains for dsi
   bool rejection_sampling = false;  // accept with p/q instead of exact match
   // The node serving the last layers decides the tokens with the model's head and answers with
   // them instead of hidden states (chain, pipelined, dsi).
@@ -103,8 +103,8 @@ struct SpeculativeOptions {
 
 struct GenerateRequest {
   std::string prompt;
-  bool chat = false;          // wrap the prompt in the model's chat template
-  std::string system;         // system message when chat is set
+  bool chat = false;   // wrap the prompt in the model's chat template
+  std::string system;  // system message when chat is set
   int max_tokens = 128;
   SamplingOptions sampling;
   std::vector<std::string> stop;  // end before any of these strings
@@ -123,14 +123,14 @@ struct GenerateResult {
   std::string text;
   std::vector<int32_t> token_ids;  // generated ids
   int prompt_tokens = 0;
-  double ttft_ms = 0;               // time to the first generated token
+  double ttft_ms = 0;  // time to the first generated token
   double decode_tokens_per_s = 0;
-  std::string finish_reason;        // "stop", "length" or "cancelled"
+  std::string finish_reason;  // "stop", "length" or "cancelled"
   std::vector<RouteHop> route;
   // Speculative decoding (zero without it).
-  int passes = 0;                   // verification passes whose results were used
-  double accepted_per_pass = 0;     // accepted drafts per pass
-  int wasted_rows = 0;              // rows computed or cancelled and not used
+  int passes = 0;                // verification passes whose results were used
+  double accepted_per_pass = 0;  // accepted drafts per pass
+  int wasted_rows = 0;           // rows computed or cancelled and not used
 };
 
 // Called with each token and the text it completes ("" while a character or a possible stop

@@ -12,8 +12,8 @@
 
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
-#include "tests/harness/linkem/socket_testing.h"
 #include "harness/linkem/linkem_process.h"
+#include "tests/harness/linkem/socket_testing.h"
 
 namespace strata::linkem {
 namespace {

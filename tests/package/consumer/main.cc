@@ -42,12 +42,14 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::vector<int32_t>> prompt = (*client)->Tokenize(request);
   absl::StatusOr<strata::GenerateResult> result = (*client)->Generate(request);
   if (!prompt.ok() || !result.ok()) {
-    std::fprintf(stderr, "generate: %s\n",
+    std::fprintf(stderr,
+                 "generate: %s\n",
                  (prompt.ok() ? result.status() : prompt.status()).ToString().c_str());
     return 1;
   }
   std::printf("{\"prompt_ids\": %s, \"token_ids\": %s, \"hops\": %zu}\n",
-              JsonList(*prompt).c_str(), JsonList(result->token_ids).c_str(),
+              JsonList(*prompt).c_str(),
+              JsonList(result->token_ids).c_str(),
               result->route.size());
   return 0;
 }
