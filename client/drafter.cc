@@ -4,11 +4,11 @@
 #include <cmath>
 #include <map>
 
-#include "absl/strings/numbers.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
 #include "common/strings.h"
 #include "model/sampling.h"
+#include "strata/client.h"
 
 namespace strata::client {
 namespace {
@@ -204,24 +204,26 @@ absl::StatusOr<std::unique_ptr<Drafter>> MakeDrafter(const std::string& spec,
                                                      const std::string& target_path,
                                                      int target_vocab,
                                                      int threads) {
-  if (spec == "ngram") return std::unique_ptr<Drafter>(new NgramDrafter());
-  if (spec.rfind("draft:", 0) == 0) {
-    ASSIGN_OR_RETURN(auto d, ModelDrafter::Load(spec.substr(6), 0, target_vocab, threads));
-    return std::unique_ptr<Drafter>(std::move(d));
-  }
-  if (spec.rfind("self:", 0) == 0) {
-    int k = 0;
-    if (!absl::SimpleAtoi(spec.substr(5), &k) || k <= 0) {
-      return absl::InvalidArgumentError(StrCat("bad --speculative ", spec, " (self:K, K > 0)"));
+  ASSIGN_OR_RETURN(const strata::Drafter drafter, strata::ParseDrafter(spec));
+  switch (drafter.kind) {
+    case strata::Drafter::Kind::kNone:
+      break;
+    case strata::Drafter::Kind::kNgram:
+      return std::unique_ptr<Drafter>(new NgramDrafter());
+    case strata::Drafter::Kind::kModel: {
+      ASSIGN_OR_RETURN(auto d, ModelDrafter::Load(drafter.path, 0, target_vocab, threads));
+      return std::unique_ptr<Drafter>(std::move(d));
     }
-    if (target_path.empty()) {
-      return absl::InvalidArgumentError("self:K needs the target model file at the client");
+    case strata::Drafter::Kind::kSelf: {
+      if (target_path.empty()) {
+        return absl::InvalidArgumentError("self:K needs the target model file at the client");
+      }
+      ASSIGN_OR_RETURN(auto d,
+                       ModelDrafter::Load(target_path, drafter.layers, target_vocab, threads));
+      return std::unique_ptr<Drafter>(std::move(d));
     }
-    ASSIGN_OR_RETURN(auto d, ModelDrafter::Load(target_path, k, target_vocab, threads));
-    return std::unique_ptr<Drafter>(std::move(d));
   }
-  return absl::InvalidArgumentError(
-      StrCat("unknown --speculative '", spec, "' (none, ngram, draft:PATH, self:K)"));
+  return absl::InvalidArgumentError("no drafter to make: the request drafts nothing");
 }
 
 absl::StatusOr<DrafterCache::Lease> DrafterCache::Take(const std::string& spec) {

@@ -119,8 +119,9 @@ class OracleDrafter final : public Drafter {
   int vocab_;
 };
 
-// Parses a --speculative value: "ngram", "draft:PATH", "self:K" (needs the target file
-// `target_path`), "oracle:A" is not accepted here (benchmarks build it directly).
+// The drafter a --speculative value names (strata::ParseDrafter's spelling): "ngram",
+// "draft:PATH", "self:K" (needs the target file `target_path`); "none" is refused, and so is
+// "oracle:A" (benchmarks build it directly).
 absl::StatusOr<std::unique_ptr<Drafter>> MakeDrafter(const std::string& spec,
                                                      const std::string& target_path,
                                                      int target_vocab,
