@@ -17,7 +17,7 @@ APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libpcre2-dev
   libcpp-httplib-dev prometheus-cpp-dev libcli11-dev libjs-chart.js
-  chromium chromium-driver
+  chromium chromium-driver clang clang-format
 )
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -87,6 +87,28 @@ build_cuda() {
   cmake -S "$ROOT" -B "$CUDA_BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DSTRATA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="80;90" >/dev/null
   cmake --build "$CUDA_BUILD_DIR" -j "$(nproc)" --target "${CUDA_TARGETS[@]}"
+}
+
+# The C++ sources the formatter checks: every tracked .h/.cc/.cu/.cuh file.
+check_format() {
+  step "Checking the format (clang-format, .clang-format)"
+  local files
+  mapfile -t files < <(git -C "$ROOT" ls-files '*.h' '*.cc' '*.cu' '*.cuh')
+  (cd "$ROOT" && clang-format --dry-run --Werror "${files[@]}")
+}
+
+# The thread-safety build: clang's -Wthread-safety checks every ABSL_GUARDED_BY and
+# ABSL_EXCLUSIVE_LOCKS_REQUIRED annotation, as errors. It only compiles (the tests run in the
+# gcc build).
+TSA_BUILD_DIR="${TSA_BUILD_DIR:-$ROOT/build-tsa}"
+build_thread_safety() {
+  step "Building with clang's thread-safety analysis ($TSA_BUILD_DIR)"
+  cmake -S "$ROOT" -B "$TSA_BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DSTRATA_THREAD_SAFETY=ON \
+    -DSTRATA_BUILD_BENCH=OFF >/dev/null
+  cmake --build "$TSA_BUILD_DIR" -j "$(nproc)"
+  step "Checking sizes: files, and functions in client/ and node/ (clang-tidy)"
+  python3 "$ROOT/scripts/check_sizes.py" "$TSA_BUILD_DIR"
 }
 
 build() {

@@ -5,7 +5,9 @@ install_packages
 # The UI tests drive `strata serve` with the official OpenAI client and the dashboard with Selenium.
 install_python_packages openai selenium
 fetch_model
+check_format
 build
+build_thread_safety
 step "Running the test suite"
 (cd "$BUILD_DIR" && ctest --output-on-failure -j "$(nproc)" --timeout 900)
 if have_cuda; then
