@@ -8,9 +8,12 @@
 #include <vector>
 
 #include "text/tokenizer.h"
+#include "text/tokenizer_internal.h"
 
 namespace strata::text {
 namespace {
+
+using internal::Utf8LenFromLead;
 
 struct Symbol {
   int prev;
@@ -31,11 +34,6 @@ struct BigramBefore {  // highest score first, then leftmost
     return a.score < b.score || (a.score == b.score && a.left > b.left);
   }
 };
-
-size_t Utf8LenFromLead(char c) {
-  static constexpr size_t kLookup[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
-  return kLookup[static_cast<uint8_t>(c) >> 4];
-}
 
 }  // namespace
 
