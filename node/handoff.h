@@ -137,7 +137,6 @@ class HandoffInbound : public std::enable_shared_from_this<HandoffInbound> {
   struct Entry {
     v1::Op op;
     bool awaiting = false;  // its hidden states are still to come (link or late payload)
-    bool on_link = false;   // sent on the link: the receiver takes it in order
   };
   HandoffInbound(const HandoffOptions& options, int width, int max_rows, Hooks hooks);
   // Queues the answer ACCEPTED, the first reply.

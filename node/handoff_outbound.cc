@@ -270,7 +270,6 @@ void HandoffOutbound::SendItem(Item& item) {
   const absl::Status st = transport_->Send(item.payload, options_.io_timeout);
   unacked_.emplace(seq, std::move(item.payload));
   if (st.ok()) {
-    ++payloads_;
     if (options_.board) options_.board->CountPayload(board_key_);
   } else {
     Fallback(StrCat("send: ", st.message()), true);

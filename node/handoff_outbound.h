@@ -97,7 +97,6 @@ class HandoffOutbound final : public DownstreamLink,
   std::unique_ptr<HandoffTransport> transport_;
   std::string transport_name_;
   std::map<uint64_t, std::vector<float>> unacked_;
-  int64_t payloads_ = 0;
   bool holds_budget_ = false;
 };
 
