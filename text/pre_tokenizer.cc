@@ -175,9 +175,8 @@ class UnicodeTables {
 
 // --- pre-tokenizer patterns (as written in llama.cpp's llm_tokenizer_bpe) ----------------------
 
-constexpr const char* kGpt2Pattern =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)";
-
+// kGpt2, kLlama3 and kQwen2 are hand-written scanners of llama.cpp's patterns (Scanner, each
+// method names its pattern); kRegex runs `pattern` with PCRE2.
 enum class StepKind { kGpt2, kLlama3, kQwen2, kRegex };
 
 struct StepSpec {
